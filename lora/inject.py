@@ -1,0 +1,101 @@
+"""Put LoRALinear into a model by module name, freeze the rest, and find it again."""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from torch import nn
+
+from .config import LoRAConfig
+from .layer import LoRALinear
+
+# PEFT's default layers_pattern: the index after "layer"/"layers"/"h"/"blocks" in a module path.
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|h|blocks)\.(\d+)(?:\.|$)")
+
+
+def name_matches(name: str, patterns: tuple[str, ...]) -> bool:
+    """PEFT's rule for target_modules and modules_to_save: exact name, or a dotted suffix of it."""
+    return any(name == p or name.endswith("." + p) for p in patterns)
+
+
+def layer_index(name: str) -> int | None:
+    """The encoder layer a module lives in, or None for modules outside the layer stack."""
+    found = _LAYER_INDEX.search(name)
+    return int(found.group(1)) if found else None
+
+
+def lora_targets(model: nn.Module, config: LoRAConfig) -> list[str]:
+    """Names of the nn.Linear modules that `config` adapts, in model order. Raises if there are none."""
+    linears = {n: m for n, m in model.named_modules() if type(m) is nn.Linear}
+    if config.layers is not None:
+        present = {layer_index(n) for n in linears} - {None}
+        missing = sorted(set(config.layers) - present)
+        if missing:
+            raise ValueError(f"layers {missing} are not in the model, which has layers {sorted(present)}")
+    names = [
+        n for n in linears
+        if name_matches(n, config.targets)
+        and (config.layers is None or layer_index(n) in config.layers)
+    ]
+    if not names:
+        raise ValueError(f"no nn.Linear in the model matches targets {list(config.targets)}"
+                         + ("" if config.layers is None else f" in layers {list(config.layers)}"))
+    return names
+
+
+def inject_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
+    """Replace each targeted nn.Linear with a LoRALinear, in place, and freeze all but LoRA and
+    `config.trainable_modules`. Returns the same model."""
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
+        raise ValueError("model already has LoRA layers; inject into a fresh model")
+    names = lora_targets(model, config)
+    trainable = [n for n, _ in model.named_modules() if n and name_matches(n, config.trainable_modules)]
+    missing = [t for t in config.trainable_modules if not any(name_matches(n, (t,)) for n in trainable)]
+    if missing:
+        raise ValueError(f"trainable_modules {missing} match no module in the model")
+    overlap = [n for n in names if name_matches(n, config.trainable_modules)
+               or any(n.startswith(t + ".") for t in trainable)]
+    if overlap:
+        raise ValueError(f"{overlap[0]} is both a LoRA target and inside trainable_modules; pick one")
+
+    model.requires_grad_(False)
+    for name in trainable:
+        model.get_submodule(name).requires_grad_(True)
+    for name in names:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        layer = LoRALinear.from_linear(getattr(parent, attr), config.rank, config.alpha,
+                                       config.dropout, use_rslora=config.use_rslora)
+        setattr(parent, attr, layer)
+    return model
+
+
+def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
+    """(name, layer) for every LoRALinear in `model`."""
+    return ((n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear))
+
+
+def lora_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """The A and B weights of every LoRALinear."""
+    for _, layer in lora_layers(model):
+        yield layer.lora_A.weight
+        yield layer.lora_B.weight
+
+
+def count_trainable(model: nn.Module) -> int:
+    """Number of scalars that require grad."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Merge every LoRALinear (idempotent). Returns the model."""
+    for _, layer in lora_layers(model):
+        layer.merge()
+    return model
+
+
+def unmerge_lora(model: nn.Module) -> nn.Module:
+    """Unmerge every LoRALinear, restoring base weights exactly (idempotent). Returns the model."""
+    for _, layer in lora_layers(model):
+        layer.unmerge()
+    return model

@@ -1,0 +1,98 @@
+"""LoRALinear: a frozen nn.Linear plus a trainable low-rank update, with exact merge/unmerge."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LoRALinear(nn.Module):
+    """y = x Wᵀ + b + scaling · B(A(dropout(x))).
+
+    weight (out, in) and bias (out,) are the frozen base, kept under nn.Linear's names so a base
+    checkpoint loads unchanged. lora_A.weight is (r, in), kaiming-uniform; lora_B.weight is (out, r),
+    zeros, so a fresh layer computes exactly what the wrapped Linear did.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        bias: bool = True,
+        use_rslora: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.scaling = alpha / (math.sqrt(rank) if use_rslora else rank)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **kw), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out_features, **kw), requires_grad=False) if bias else None
+        # nn.Linear submodules so parameter names end in lora_A.weight / lora_B.weight, as in PEFT files.
+        self.lora_A = nn.Linear(in_features, rank, bias=False, **kw)
+        self.lora_B = nn.Linear(rank, out_features, bias=False, **kw)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        # While merged, the exact pre-merge weight; rounding makes W + Δ - Δ != W, so never recompute it.
+        self.register_buffer("_base_weight", None, persistent=False)
+        self.reset_lora_parameters()
+
+    @classmethod
+    def from_linear(
+        cls, linear: nn.Linear, rank: int, alpha: float, dropout: float = 0.0, use_rslora: bool = False
+    ) -> "LoRALinear":
+        """Wrap `linear`, sharing its weight and bias tensors (no copy), on its device and dtype."""
+        w = linear.weight
+        layer = cls(linear.in_features, linear.out_features, rank, alpha, dropout,
+                    bias=linear.bias is not None, use_rslora=use_rslora, device=w.device, dtype=w.dtype)
+        layer.weight = nn.Parameter(w.data, requires_grad=False)
+        if linear.bias is not None:
+            layer.bias = nn.Parameter(linear.bias.data, requires_grad=False)
+        return layer
+
+    def reset_lora_parameters(self) -> None:
+        # Same init as nn.Linear (and PEFT): A random, B zero, so ΔW = 0 at the start.
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+
+    @property
+    def merged(self) -> bool:
+        return self._base_weight is not None
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW = scaling · B A, (out, in), in at least float32 so merging rounds once."""
+        dtype = torch.promote_types(self.weight.dtype, torch.float32)
+        return (self.lora_B.weight.to(dtype) @ self.lora_A.weight.to(dtype)) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold ΔW into weight. Idempotent: merging a merged layer does nothing."""
+        if self.merged:
+            return
+        self._base_weight = self.weight.data.clone()
+        self.weight.data = (self.weight.data.to(torch.promote_types(self.weight.dtype, torch.float32))
+                            + self.delta_weight()).to(self.weight.dtype)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore the base weight bit for bit. Idempotent."""
+        if not self.merged:
+            return
+        self.weight.data = self._base_weight
+        self._base_weight = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) -> (..., out)."""
+        y = F.linear(x, self.weight, self.bias)
+        if self.merged:
+            return y
+        return y + self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+                f"scaling={self.scaling:g}, merged={self.merged}")
