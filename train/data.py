@@ -1,0 +1,271 @@
+"""Text classification data: read (hub, AG News CSV, text/label CSV or JSONL), tokenize once and
+cache, and cut into length-grouped, dynamically padded batches."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import UserError
+from .hub import hub_reachable, unreachable
+
+EVAL_NAMES = ("test", "dev", "validation")
+
+
+@dataclass
+class Split:
+    texts: list[str]
+    labels: list[int]  # 0..K-1
+
+
+@dataclass
+class Corpus:
+    train: Split
+    eval: Split
+    label_names: list[str]
+
+
+def load_corpus(data: str, train_file: str | None = None, eval_file: str | None = None) -> Corpus:
+    """Explicit files win; else `data` is a local directory or a hub dataset name."""
+    if train_file or eval_file:
+        if not (train_file and eval_file):
+            raise UserError("--train-file and --eval-file go together")
+        return _load_files(Path(train_file), Path(eval_file))
+    path = Path(data)
+    if path.is_dir():
+        train = _find(path, ("train",))
+        if train is None:
+            raise UserError(f"{path} has no train.csv or train.jsonl")
+        evalf = _find(path, EVAL_NAMES)
+        if evalf is None:
+            raise UserError(f"{path} has none of test/dev/validation .csv or .jsonl")
+        return _load_files(train, evalf)
+    if path.suffix in (".csv", ".jsonl") or os.sep in data or data.startswith("."):
+        raise UserError(f"data not found: {data}")
+    return _load_hub(data)
+
+
+def _find(directory: Path, stems: tuple[str, ...]) -> Path | None:
+    for stem in stems:
+        for ext in (".csv", ".jsonl"):
+            if (directory / f"{stem}{ext}").is_file():
+                return directory / f"{stem}{ext}"
+    return None
+
+
+def _load_files(train_path: Path, eval_path: Path) -> Corpus:
+    for p in (train_path, eval_path):
+        if not p.is_file():
+            raise UserError(f"file not found: {p}")
+    names = _class_names(train_path)
+    train_rows, train_kind = read_rows(train_path)
+    eval_rows, eval_kind = read_rows(eval_path)
+    if train_kind != eval_kind:
+        raise UserError(f"{train_path} and {eval_path} are in different formats ({train_kind} vs {eval_kind})")
+    if names is None:
+        raw = [label for _, label, _ in train_rows]
+        if all(isinstance(x, int) for x in raw):
+            # AG News classes are 1..K; text/label files use 0..K-1.
+            base = 1 if train_kind == "agnews" else 0
+            names = [str(i) for i in range(base, max(raw) + 1)]
+        else:
+            names = sorted({str(x) for x in raw})
+    train = _to_split(train_rows, names, train_kind, train_path)
+    evals = _to_split(eval_rows, names, eval_kind, eval_path)
+    return Corpus(train, evals, names)
+
+
+def _class_names(train_path: Path) -> list[str] | None:
+    classes = train_path.parent / "classes.txt"
+    if classes.is_file():
+        return [line.strip() for line in classes.read_text().splitlines() if line.strip()]
+    return None
+
+
+def read_rows(path: Path) -> tuple[list[tuple[str, int | str, int]], str]:
+    """(text, raw label, line number) per row, and the format: 'agnews' or 'textlabel'."""
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is empty")
+    if path.suffix == ".jsonl":
+        return _read_jsonl(path), "textlabel"
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        first = next(reader, None)
+        if first is None:
+            raise UserError(f"{path} is empty")
+        header = [h.strip().lower() for h in first]
+        if "text" in header or "label" in header:
+            if "text" not in header or "label" not in header:
+                raise UserError(f"{path}: header needs both 'text' and 'label' columns, has {first}")
+            t, y = header.index("text"), header.index("label")
+            rows = []
+            for line, row in enumerate(reader, start=2):
+                if len(row) <= max(t, y):
+                    raise UserError(f"{path} line {line}: expected columns text,label; got {len(row)} fields")
+                rows.append((row[t], _maybe_int(row[y]), line))
+            return rows, "textlabel"
+        rows = []
+        for line, row in enumerate([first, *reader], start=1):
+            if len(row) != 3:
+                raise UserError(f'{path} line {line}: expected 3 columns "class","title","description", '
+                                f"got {len(row)}")
+            if not row[0].strip().lstrip("-").isdigit():
+                raise UserError(f"{path} line {line}: class {row[0]!r} is not a whole number")
+            rows.append((f"{row[1].strip()} {row[2].strip()}".strip(), int(row[0]), line))
+        return rows, "agnews"
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, int | str, int]]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for line, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path} line {line}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict) or "text" not in obj or "label" not in obj:
+                raise UserError(f"{path} line {line}: needs 'text' and 'label' fields")
+            rows.append((obj["text"], obj["label"], line))
+    return rows
+
+
+def _maybe_int(value: str) -> int | str:
+    s = value.strip()
+    return int(s) if s.lstrip("-").isdigit() else s
+
+
+def _to_split(rows, names: list[str], kind: str, path: Path) -> Split:
+    if not rows:
+        raise UserError(f"{path} has no rows")
+    base = 1 if kind == "agnews" else 0
+    index = {n: i for i, n in enumerate(names)}
+    texts, labels = [], []
+    for text, label, line in rows:
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"{path} line {line}: empty text")
+        if isinstance(label, int) and not isinstance(label, bool):
+            if not base <= label < base + len(names):
+                raise UserError(f"{path} line {line}: label {label} is outside {base}..{base + len(names) - 1}")
+            labels.append(label - base)
+        elif isinstance(label, str) and label in index:
+            labels.append(index[label])
+        else:
+            raise UserError(f"{path} line {line}: unknown label {label!r} (labels: {', '.join(names)})")
+        texts.append(text)
+    return Split(texts, labels)
+
+
+def _load_hub(name: str) -> Corpus:
+    import datasets
+
+    if not hub_reachable():
+        datasets.config.HF_HUB_OFFLINE = True  # the cache may still have it
+    try:
+        ds = datasets.load_dataset(name)
+    except Exception as e:  # datasets raises many types; all mean "cannot get it"
+        if datasets.config.HF_HUB_OFFLINE:
+            raise unreachable("dataset", name, "--data DIR (train.csv + test.csv) or --train-file/--eval-file") from None
+        raise UserError(f"cannot load dataset '{name}': {str(e).splitlines()[0]}") from None
+    evalname = next((s for s in EVAL_NAMES if s in ds), None)
+    if "train" not in ds or evalname is None or "text" not in ds["train"].column_names:
+        raise UserError(f"dataset '{name}' needs a train split, a test/validation split and text/label columns")
+    feature = ds["train"].features["label"]
+    names = list(getattr(feature, "names", None) or sorted(set(ds["train"]["label"])))
+    return Corpus(*(Split(list(ds[s]["text"]), [int(y) for y in ds[s]["label"]]) for s in ("train", evalname)),
+                  label_names=[str(n) for n in names])
+
+
+def stratified_subset(split: Split, n: int | None, seed: int) -> Split:
+    """About n rows with the class mix of `split` (each class rounded, at least one per class present)."""
+    if n is None or n >= len(split.labels):
+        return split
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(split.labels):
+        by_class.setdefault(y, []).append(i)
+    keep = []
+    for y, idx in sorted(by_class.items()):
+        take = max(1, round(n * len(idx) / len(split.labels)))
+        keep += rng.sample(idx, min(take, len(idx)))
+    keep.sort()
+    return Split([split.texts[i] for i in keep], [split.labels[i] for i in keep])
+
+
+@dataclass
+class Encoded:
+    """Token ids of a split, flat: row i is ids[offsets[i]:offsets[i + 1]]."""
+    ids: torch.Tensor  # (total_tokens,) int32
+    offsets: torch.Tensor  # (n + 1,) int64
+    labels: torch.Tensor  # (n,) int64
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def encode(split: Split, tokenizer, max_length: int, cache_dir: str | None) -> Encoded:
+    """Tokenize once (truncated, unpadded); reuse the cached result when texts and tokenizer match."""
+    key = hashlib.sha256()
+    for part in (type(tokenizer).__name__, str(tokenizer.name_or_path), str(len(tokenizer)), str(max_length)):
+        key.update(part.encode() + b"\0")
+    for text in split.texts:
+        key.update(text.encode() + b"\0")
+    cache = Path(cache_dir) / f"{key.hexdigest()[:32]}.safetensors" if cache_dir else None
+    if cache is not None and cache.is_file():
+        t = load_file(str(cache))
+        return Encoded(t["ids"], t["offsets"], torch.tensor(split.labels))
+    rows = tokenizer(split.texts, truncation=True, max_length=max_length)["input_ids"]
+    offsets = torch.zeros(len(rows) + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(torch.tensor([len(r) for r in rows]), 0)
+    ids = torch.tensor([t for r in rows for t in r], dtype=torch.int32)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        save_file({"ids": ids, "offsets": offsets}, str(tmp))
+        os.replace(tmp, cache)
+    return Encoded(ids, offsets, torch.tensor(split.labels))
+
+
+def epoch_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int,
+                  mega: int = 50) -> list[list[int]]:
+    """Length-grouped batches for one epoch: shuffle, sort by length inside mega-batches of
+    `mega` batches, then shuffle the batch order. A pure function of (seed, epoch), so a resumed
+    run or another process computes the very same list."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(len(lengths), generator=g)
+    batches = []
+    for chunk in perm.split(batch_size * mega):
+        order = chunk[torch.argsort(lengths[chunk], descending=True, stable=True)]
+        batches += [b.tolist() for b in order.split(batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+
+def eval_batches(lengths: torch.Tensor, batch_size: int) -> list[list[int]]:
+    """Batches sorted by length, so padding is minimal; order does not matter for metrics."""
+    order = torch.argsort(lengths, descending=True, stable=True)
+    return [b.tolist() for b in order.split(batch_size)]
+
+
+def collate(data: Encoded, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask (b, longest row in the batch), labels (b,)."""
+    lengths = data.lengths[indices]
+    width = int(lengths.max()) if len(indices) else 1
+    ids = torch.full((len(indices), width), pad_id, dtype=torch.int64)
+    mask = torch.zeros((len(indices), width), dtype=torch.int64)
+    for row, (i, n) in enumerate(zip(indices, lengths.tolist())):
+        start = int(data.offsets[i])
+        ids[row, :n] = data.ids[start:start + n]
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": data.labels[indices]}
