@@ -143,6 +143,14 @@ def _maybe_int(value: str) -> int | str:
     return int(s) if s.lstrip("-").isdigit() else s
 
 
+def read_split(path: Path, names: list[str]) -> Split:
+    """One file, with labels mapped onto known class names (1..K for AG News, 0..K-1 or names otherwise)."""
+    if not path.is_file():
+        raise UserError(f"file not found: {path}")
+    rows, kind = read_rows(path)
+    return _to_split(rows, names, kind, path)
+
+
 def _to_split(rows, names: list[str], kind: str, path: Path) -> Split:
     if not rows:
         raise UserError(f"{path} has no rows")

@@ -1,0 +1,67 @@
+"""Offline stand-ins for the tests: a tiny RoBERTa with a tokenizer built here, and a learnable dataset."""
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
+TOPIC_WORDS = [
+    ["war", "election", "minister", "treaty", "border", "embassy"],
+    ["match", "goal", "coach", "league", "season", "striker"],
+    ["market", "shares", "profit", "bank", "stocks", "merger"],
+    ["software", "chip", "internet", "robot", "laptop", "research"],
+]
+FILLER = ["the", "a", "on", "in", "said", "today", "new", "after", "report", "week", "big", "more"]
+
+
+def make_tiny_model(directory: Path, num_labels: int = 4, seed: int = 0) -> Path:
+    """Save a 2-layer RoBERTa (hidden 32) and a word-level tokenizer, as a local model directory."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaForSequenceClassification
+
+    words = sorted({w for ws in TOPIC_WORDS for w in ws} | set(FILLER))
+    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", "<mask>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
+    torch.manual_seed(seed)
+    config = RobertaConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=80, pad_token_id=1, bos_token_id=0,
+                           eos_token_id=2, num_labels=num_labels)
+    RobertaForSequenceClassification(config).save_pretrained(directory)
+    fast.save_pretrained(directory)
+    return directory
+
+
+def synthetic_rows(n: int, seed: int) -> list[tuple[int, str, str]]:
+    """(class 1..4, title, description): topic words mark the class, filler words are noise."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        y = i % len(CLASSES)
+        title = " ".join(rng.choice(TOPIC_WORDS[y] if rng.random() < 0.8 else FILLER) for _ in range(3))
+        desc = " ".join(rng.choice(TOPIC_WORDS[y] if rng.random() < 0.5 else FILLER) for _ in range(rng.randint(3, 20)))
+        rows.append((y + 1, title, desc))
+    return rows
+
+
+def write_agnews(directory: Path, n_train: int = 160, n_eval: int = 40, seed: int = 0) -> Path:
+    """train.csv and test.csv in the original AG News layout, plus classes.txt."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, n, s in (("train.csv", n_train, seed), ("test.csv", n_eval, seed + 1)):
+        with (directory / name).open("w", newline="") as f:
+            csv.writer(f, quoting=csv.QUOTE_ALL).writerows(synthetic_rows(n, s))
+    (directory / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    return directory
+
+
+def write_jsonl(path: Path, n: int, seed: int) -> Path:
+    with path.open("w") as f:
+        for y, title, desc in synthetic_rows(n, seed):
+            f.write(json.dumps({"text": f"{title} {desc}", "label": y - 1}) + "\n")
+    return path

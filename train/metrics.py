@@ -1,0 +1,38 @@
+"""Accuracy, macro-F1, a per-class report and the confusion matrix, from predicted and true labels."""
+from __future__ import annotations
+
+import torch
+
+
+def classification_report(preds: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict:
+    """preds, labels: (n,) ints in 0..K-1. Returns accuracy, macro_f1, per_class and confusion[true][pred]."""
+    k = len(names)
+    confusion = torch.bincount(labels.long() * k + preds.long(), minlength=k * k).reshape(k, k)
+    tp = confusion.diag().double()
+    predicted, support = confusion.sum(0).double(), confusion.sum(1).double()
+    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
+    recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
+    denom = precision + recall
+    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-300), torch.zeros_like(tp))
+    return {
+        "accuracy": float(tp.sum() / max(len(labels), 1)),
+        "macro_f1": float(f1.mean()),
+        "per_class": [
+            {"label": n, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for n, p, r, f, s in zip(names, precision, recall, f1, support)
+        ],
+        "confusion": confusion.tolist(),
+        "examples": int(len(labels)),
+    }
+
+
+def format_report(report: dict) -> str:
+    """The per-class table, then accuracy and macro-F1, as plain text."""
+    width = max(12, *(len(c["label"]) for c in report["per_class"]))
+    lines = [f"{'label':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"]
+    for c in report["per_class"]:
+        lines.append(f"{c['label']:<{width}} {c['precision']:>9.4f} {c['recall']:>9.4f} {c['f1']:>9.4f} "
+                     f"{c['support']:>9d}")
+    lines.append(f"{'accuracy':<{width}} {report['accuracy']:>39.4f} {report['examples']:>9d}")
+    lines.append(f"{'macro-F1':<{width}} {report['macro_f1']:>39.4f}")
+    return "\n".join(lines)
