@@ -5,6 +5,7 @@ Only safetensors and JSON are ever read, so loading an adapter never runs pickle
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -14,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import LoRAConfig
-from .inject import inject_lora, lora_layers, name_matches
+from .inject import inject_lora, layer_index, lora_layers, lora_targets, name_matches
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -27,11 +28,48 @@ def adapter_state_dict(model: nn.Module, config: LoRAConfig) -> dict[str, torch.
     for name, layer in lora_layers(model):
         state[f"{_PREFIX}{name}.lora_A.weight"] = layer.lora_A.weight
         state[f"{_PREFIX}{name}.lora_B.weight"] = layer.lora_B.weight
+    state.update(_trainable_state(model, config))
+    return state
+
+
+def _trainable_state(model: nn.Module, config: LoRAConfig) -> dict[str, torch.Tensor]:
+    """PEFT key -> parameter, for every parameter inside a module of `config.trainable_modules`."""
+    state = {}
     for name, param in model.named_parameters():
         module_path = name.rpartition(".")[0]
         if any(name_matches(p, config.trainable_modules) for p in _prefixes(module_path)):
             state[_PREFIX + name] = param
     return state
+
+
+def _expected_shapes(model: nn.Module, config: LoRAConfig) -> dict[str, tuple[int, ...]]:
+    """PEFT key -> shape of the adapter `config` describes for `model`, without changing `model`."""
+    if any(True for _ in lora_layers(model)):
+        _check_layers_match(model, config)
+        return {k: tuple(v.shape) for k, v in adapter_state_dict(model, config).items()}
+    shapes = {}
+    for name in lora_targets(model, config):
+        linear = model.get_submodule(name)
+        shapes[f"{_PREFIX}{name}.lora_A.weight"] = (config.rank, linear.in_features)
+        shapes[f"{_PREFIX}{name}.lora_B.weight"] = (linear.out_features, config.rank)
+    shapes.update({k: tuple(v.shape) for k, v in _trainable_state(model, config).items()})
+    return shapes
+
+
+def _check_layers_match(model: nn.Module, config: LoRAConfig) -> None:
+    """Raise unless every LoRALinear in `model` is one `config` describes, with its rank and scaling."""
+    layers = list(lora_layers(model))
+    if not layers:
+        raise ValueError("model has no LoRA layers; call inject_lora first")
+    for name, layer in layers:
+        if not name_matches(name, config.targets) or (
+            config.layers is not None and layer_index(name) not in config.layers
+        ):
+            raise ValueError(f"LoRA layer {name} is not among the config's targets {list(config.targets)}"
+                             + ("" if config.layers is None else f" in layers {list(config.layers)}"))
+        if layer.rank != config.rank or not math.isclose(layer.scaling, config.scaling, rel_tol=1e-12):
+            raise ValueError(f"LoRA layer {name} has rank {layer.rank} and scaling {layer.scaling:g}, "
+                             f"the config says rank {config.rank} and scaling {config.scaling:g}")
 
 
 def _prefixes(path: str) -> list[str]:
@@ -64,6 +102,7 @@ def peft_config_dict(config: LoRAConfig, base_model_name: str | None) -> dict:
 def save_adapter(model: nn.Module, directory: str | os.PathLike, config: LoRAConfig,
                  base_model_name: str | None = None) -> Path:
     """Write the adapter to `directory`, each file atomically (temp file, then rename)."""
+    _check_layers_match(model, config)  # the JSON must describe the tensors actually written
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # Saved as trained (unmerged A/B); contiguous CPU copies because safetensors wants owned storage.
@@ -91,7 +130,11 @@ def read_adapter_config(directory: str | os.PathLike) -> tuple[LoRAConfig, dict]
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
     raw = json.loads(path.read_text())
-    unsupported = [k for k in ("use_dora", "rank_pattern", "alpha_pattern", "layer_replication") if raw.get(k)]
+    # Options that change what the adapter computes and that we do not implement: refuse, never ignore.
+    unsupported = [k for k in ("use_dora", "rank_pattern", "alpha_pattern", "layer_replication", "lora_bias",
+                               "fan_in_fan_out", "exclude_modules", "trainable_token_indices", "target_parameters")
+                   if raw.get(k)]
+    unsupported += ["bias"] if raw.get("bias", "none") != "none" else []
     if raw.get("peft_type", "LORA") != "LORA" or unsupported or not isinstance(raw.get("target_modules"), list):
         raise ValueError(f"{path}: only plain LoRA adapters with a list of target_modules are supported"
                          + (f" (has {unsupported})" if unsupported else ""))
@@ -108,29 +151,39 @@ def read_adapter_config(directory: str | os.PathLike) -> tuple[LoRAConfig, dict]
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike) -> tuple[nn.Module, LoRAConfig]:
-    """Inject LoRA into a base `model` as the adapter's config says (or reuse LoRA already there)
-    and load the adapter's weights. Every key and shape must match; the first one that does not is named."""
+    """Inject LoRA into a base `model` as the adapter's config says (or reuse LoRA already there, which
+    must have the adapter's targets, rank and scaling) and load the adapter's weights.
+
+    Every key and shape must match; the first one that does not (in sorted order) is named, and a
+    refused adapter leaves `model` as it was: everything is checked before anything is changed."""
     config, _ = read_adapter_config(directory)
     # Keep only the trainable modules this model has ("score" is PEFT's guess for other architectures).
     present = tuple(t for t in config.trainable_modules
                     if any(name_matches(n, (t,)) for n, _ in model.named_modules()))
     config = LoRAConfig(**{**config.__dict__, "trainable_modules": present})
-    if not any(True for _ in lora_layers(model)):
-        inject_lora(model, config)
     weights = Path(directory) / WEIGHTS_NAME
     if not weights.is_file():
-        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory} (pickle files are never read)")
     loaded = load_file(str(weights))
-    expected = adapter_state_dict(model, config)
+    expected = _expected_shapes(model, config)
     for key in sorted(set(loaded) | set(expected)):
         if key not in expected:
             raise ValueError(f"adapter key {key} does not exist in the model")
         if key not in loaded:
             raise ValueError(f"adapter is missing key {key}")
-        if loaded[key].shape != expected[key].shape:
+        if tuple(loaded[key].shape) != expected[key]:
             raise ValueError(f"adapter key {key} has shape {tuple(loaded[key].shape)}, "
-                             f"the model expects {tuple(expected[key].shape)}")
+                             f"the model expects {expected[key]}")
+    if not any(True for _ in lora_layers(model)):
+        inject_lora(model, config)
+    # A merged layer holds the old ΔW in its weight: unmerge, load, and merge the new ΔW back in.
+    merged = [layer for _, layer in lora_layers(model) if layer.merged]
+    for layer in merged:
+        layer.unmerge()
+    params = adapter_state_dict(model, config)
     with torch.no_grad():
         for key, tensor in loaded.items():
-            expected[key].copy_(tensor)
+            params[key].copy_(tensor)
+    for layer in merged:
+        layer.merge()
     return model, config

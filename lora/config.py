@@ -23,26 +23,34 @@ class LoRAConfig:
     use_rslora: bool = False
 
     def __post_init__(self) -> None:
-        # Accept lists from JSON or argparse, but store tuples so the config stays hashable.
+        # Accept lists from JSON or argparse (and a bare name / layer index, as PEFT does), but store
+        # tuples so the config stays hashable. Anything else is left as is and reported below.
         for name in ("targets", "layers", "trainable_modules"):
             value = getattr(self, name)
-            if isinstance(value, (list, str)):
-                value = (value,) if isinstance(value, str) else tuple(value)
-                object.__setattr__(self, name, value)
+            if isinstance(value, str) or (name == "layers" and type(value) is int):
+                value = (value,)
+            elif isinstance(value, list):
+                value = tuple(value)
+            object.__setattr__(self, name, value)
         problems = []
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             problems.append(f"rank must be an int >= 1, got {self.rank!r}")
-        if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha <= 0:
+        if (isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float))
+                or not math.isfinite(self.alpha) or self.alpha <= 0):
             problems.append(f"alpha must be > 0, got {self.alpha!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not self.targets or not all(isinstance(t, str) and t.strip(".") for t in self.targets):
+        if (not isinstance(self.targets, tuple) or not self.targets
+                or not all(isinstance(t, str) and t.strip(".") for t in self.targets)):
             problems.append(f"targets must be non-empty module names, got {self.targets!r}")
         if self.layers is not None and (
-            not self.layers or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers)
+            not isinstance(self.layers, tuple) or not self.layers
+            or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers)
         ):
             problems.append(f"layers must be None or non-negative ints, got {self.layers!r}")
-        if not all(isinstance(t, str) and t.strip(".") for t in self.trainable_modules):
+        if not isinstance(self.trainable_modules, tuple) or not all(
+            isinstance(t, str) and t.strip(".") for t in self.trainable_modules
+        ):
             problems.append(f"trainable_modules must be module names, got {self.trainable_modules!r}")
         if not isinstance(self.use_rslora, bool):
             problems.append(f"use_rslora must be a bool, got {self.use_rslora!r}")

@@ -53,7 +53,8 @@ class LoRALinear(nn.Module):
         layer.weight = nn.Parameter(w.data, requires_grad=False)
         if linear.bias is not None:
             layer.bias = nn.Parameter(linear.bias.data, requires_grad=False)
-        return layer
+        # A new module starts in train mode; follow the wrapped one so LoRA dropout is off in an eval model.
+        return layer.train(linear.training)
 
     def reset_lora_parameters(self) -> None:
         # Same init as nn.Linear (and PEFT): A random, B zero, so ΔW = 0 at the start.
