@@ -17,7 +17,7 @@ FILLER = ["the", "a", "on", "in", "said", "today", "new", "after", "report", "we
 
 
 def make_tiny_model(directory: Path, num_labels: int = 4, seed: int = 0) -> Path:
-    """Save a 2-layer RoBERTa (hidden 32) and a word-level tokenizer, as a local model directory."""
+    """Save a 2-layer RoBERTa (hidden 64) and a word-level tokenizer, as a local model directory."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaForSequenceClassification
@@ -30,8 +30,8 @@ def make_tiny_model(directory: Path, num_labels: int = 4, seed: int = 0) -> Path
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    pad_token="<pad>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
     torch.manual_seed(seed)
-    config = RobertaConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=80, pad_token_id=1, bos_token_id=0,
+    config = RobertaConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=128, max_position_embeddings=80, pad_token_id=1, bos_token_id=0,
                            eos_token_id=2, num_labels=num_labels)
     RobertaForSequenceClassification(config).save_pretrained(directory)
     fast.save_pretrained(directory)
@@ -65,3 +65,24 @@ def write_jsonl(path: Path, n: int, seed: int) -> Path:
         for y, title, desc in synthetic_rows(n, seed):
             f.write(json.dumps({"text": f"{title} {desc}", "label": y - 1}) + "\n")
     return path
+
+
+# Fixtures shared by the train tests (imported by name into each test module).
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    return write_agnews(tmp_path_factory.mktemp("tiny-data"), n_train=256, n_eval=64)
+
+
+def train_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    """A fast, learnable tiny run: fp32 so results are bit-reproducible on any CPU."""
+    return ["--model", str(model), "--data", str(data), "--output-dir", str(out), "--epochs", "4",
+            "--batch-size", "16", "--lr", "2e-2", "--rank", "8", "--precision", "fp32", "--cache-dir", "",
+            *extra]

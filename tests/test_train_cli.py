@@ -1,0 +1,90 @@
+"""python -m train end to end on a tiny RoBERTa: outputs, accuracy, reproducibility, resume."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tiny import tiny_data_dir, tiny_model_dir, train_args  # noqa: F401  (fixtures)
+from train.__main__ import main
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_model_dir, tiny_data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "full"
+    assert main(train_args(tiny_model_dir, tiny_data_dir, out)) == 0
+    return out
+
+
+def read_losses(out):
+    return [e["loss"] for e in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in e]
+
+
+def test_run_learns_and_writes_every_output(full_run):
+    result = json.loads((full_run / "eval.json").read_text())
+    assert result["accuracy"] >= 0.8  # 4 balanced classes: chance is 0.25
+    assert result["accuracy"] == max(h["accuracy"] for h in result["history"])
+    assert {"macro_f1", "per_class", "confusion", "train_seconds", "eval_seconds", "train_examples_per_s",
+            "trainable_params"} <= set(result)
+    assert sum(map(sum, result["confusion"])) == 64
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "curves.png", "confusion.png",
+                 "adapter/adapter_model.safetensors", "adapter/adapter_config.json"):
+        assert (full_run / name).is_file(), name
+    config = json.loads((full_run / "config.json").read_text())
+    assert config["rank"] == 8 and config["epochs"] == 4
+    assert len(read_losses(full_run)) == 4 * 16  # one line per step
+
+
+def test_same_seed_gives_same_metrics(full_run, tiny_model_dir, tiny_data_dir, tmp_path):
+    assert main(train_args(tiny_model_dir, tiny_data_dir, tmp_path / "again")) == 0
+    first, again = (json.loads((d / "eval.json").read_text()) for d in (full_run, tmp_path / "again"))
+    assert again["confusion"] == first["confusion"]
+    assert read_losses(tmp_path / "again") == read_losses(full_run)
+
+
+def test_resume_mid_epoch_equals_uninterrupted(full_run, tiny_model_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "resumed"
+    assert main(train_args(tiny_model_dir, tiny_data_dir, out, "--stop-after", "21", "--save-every", "7")) == 0
+    assert not (out / "eval.json").exists()
+    assert main(["--resume", str(out)]) == 0
+    assert read_losses(out) == read_losses(full_run)
+    first, resumed = (json.loads((d / "eval.json").read_text()) for d in (full_run, out))
+    assert resumed["confusion"] == first["confusion"] and resumed["history"] == [
+        {**h, "eval_seconds": r["eval_seconds"]} for h, r in zip(first["history"], resumed["history"])]
+    a, b = (load_file(str(d / "adapter/adapter_model.safetensors")) for d in (full_run, out))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_evaluate_and_predict_use_the_saved_adapter(full_run, tiny_data_dir, capsys):
+    from train.evaluate import main as evaluate
+    from train.predict import main as predict
+
+    assert evaluate(["--adapter", str(full_run / "adapter"), "--eval-file", str(tiny_data_dir / "test.csv"),
+                     "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["accuracy"] == json.loads((full_run / "eval.json").read_text())["accuracy"]
+    assert predict(["--adapter", str(full_run / "adapter"), "--json", "goal match striker league",
+                    "shares market profit bank"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["label"] for r in rows] == ["Sports", "Business"]
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in rows)
+
+
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch,
+                                                          capsys):
+    import train.loop
+
+    real, calls = train.loop.F.cross_entropy, []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 5 else loss
+
+    monkeypatch.setattr(train.loop.F, "cross_entropy", poisoned)
+    out = tmp_path / "nan"
+    assert main(train_args(tiny_model_dir, tiny_data_dir, out, "--save-every", "2")) == 1
+    err = capsys.readouterr().err.strip()
+    assert "loss became nan at step 5" in err and len(err.splitlines()) == 1
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["progress"]["step"] == 4  # the last good one
