@@ -78,13 +78,16 @@ def train(loop: Loop, cfg, progress: Progress, on_step, on_epoch_end) -> Progres
         while progress.batch < len(batches):
             started = time.perf_counter()
             rows = batches[progress.batch]
+            mine = shard(rows, d)
+            # A process whose shard is empty still runs one row with weight 0, so DDP's all-reduce happens.
+            weight = 1.0 if mine else 0.0
             batch = {k: v.to(loop.device, non_blocking=True)
-                     for k, v in collate(loop.train_data, shard(rows, d), loop.pad_id).items()}
+                     for k, v in collate(loop.train_data, mine or rows[:1], loop.pad_id).items()}
             with autocast(loop.device, loop.amp):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             # Sum over this shard, divided by the global batch: DDP's gradient mean then equals one process's.
-            loss_sum = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=cfg.label_smoothing,
-                                       reduction="sum")
+            loss_sum = weight * F.cross_entropy(logits.float(), batch["labels"],
+                                                label_smoothing=cfg.label_smoothing, reduction="sum")
             loss = loss_sum * d.world / len(rows)
             global_loss = float(all_sum(loss_sum.detach(), d)) / len(rows)
             if not math.isfinite(global_loss):
