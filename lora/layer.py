@@ -70,6 +70,7 @@ class LoRALinear(nn.Module):
         dtype = torch.promote_types(self.weight.dtype, torch.float32)
         return (self.lora_B.weight.to(dtype) @ self.lora_A.weight.to(dtype)) * self.scaling
 
+    @torch.inference_mode(False)  # called under inference_mode, the saved weight must still train later
     @torch.no_grad()
     def merge(self) -> None:
         """Fold ΔW into weight. Idempotent: merging a merged layer does nothing."""
@@ -79,6 +80,7 @@ class LoRALinear(nn.Module):
         self.weight.data = (self.weight.data.to(torch.promote_types(self.weight.dtype, torch.float32))
                             + self.delta_weight()).to(self.weight.dtype)
 
+    @torch.inference_mode(False)
     @torch.no_grad()
     def unmerge(self) -> None:
         """Restore the base weight bit for bit. Idempotent."""

@@ -147,3 +147,15 @@ def test_merged_layer_ignores_dropout_and_lora_branch(seed):
     x = torch.randn(4, 64, dtype=torch.float64)
     with torch.no_grad():
         assert torch.equal(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+
+
+def test_merge_inside_inference_mode_leaves_a_trainable_layer(seed):
+    layer = LoRALinear.from_linear(nn.Linear(6, 5), rank=2, alpha=4)
+    nn.init.normal_(layer.lora_B.weight)
+    with torch.inference_mode():
+        layer.merge()
+        layer(torch.randn(3, 6))
+        layer.unmerge()
+    assert not layer.weight.is_inference()
+    layer(torch.randn(3, 6)).sum().backward()  # raised "Inference tensors cannot be saved for backward"
+    assert layer.lora_B.weight.grad is not None
