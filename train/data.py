@@ -67,16 +67,21 @@ def _load_files(train_path: Path, eval_path: Path) -> Corpus:
     names = _class_names(train_path)
     train_rows, train_kind = read_rows(train_path)
     eval_rows, eval_kind = read_rows(eval_path)
+    for rows, path in ((train_rows, train_path), (eval_rows, eval_path)):
+        if not rows:
+            raise UserError(f"{path} has no rows")
     if train_kind != eval_kind:
         raise UserError(f"{train_path} and {eval_path} are in different formats ({train_kind} vs {eval_kind})")
     if names is None:
         raw = [label for _, label, _ in train_rows]
-        if all(isinstance(x, int) for x in raw):
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in raw):
             # AG News classes are 1..K; text/label files use 0..K-1.
             base = 1 if train_kind == "agnews" else 0
-            names = [str(i) for i in range(base, max(raw) + 1)]
-        else:
+            names = [str(i) for i in range(base, max(max(raw), base) + 1)]
+        else:  # names; numbers mixed in among them are names too
             names = sorted({str(x) for x in raw})
+            train_rows, eval_rows = ([(t, y if isinstance(y, str) else str(y), n) for t, y, n in rows]
+                                     for rows in (train_rows, eval_rows))
     train = _to_split(train_rows, names, train_kind, train_path)
     evals = _to_split(eval_rows, names, eval_kind, eval_path)
     return Corpus(train, evals, names)
@@ -84,47 +89,76 @@ def _load_files(train_path: Path, eval_path: Path) -> Corpus:
 
 def _class_names(train_path: Path) -> list[str] | None:
     classes = train_path.parent / "classes.txt"
-    if classes.is_file():
-        return [line.strip() for line in classes.read_text().splitlines() if line.strip()]
-    return None
+    if not classes.is_file():
+        return None
+    try:
+        names = [line.strip() for line in classes.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise UserError(f"{classes} is not UTF-8 text") from None
+    if not names:
+        raise UserError(f"{classes} lists no class names (one per line)")
+    if len(set(names)) != len(names):
+        raise UserError(f"{classes} lists a class name twice")
+    return names
 
 
 def read_rows(path: Path) -> tuple[list[tuple[str, int | str, int]], str]:
     """(text, raw label, line number) per row, and the format: 'agnews' or 'textlabel'."""
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty")
-    if path.suffix == ".jsonl":
-        return _read_jsonl(path), "textlabel"
-    with path.open(newline="", encoding="utf-8") as f:
+    try:
+        if path.suffix == ".jsonl":
+            return _read_jsonl(path), "textlabel"
+        return _read_csv(path)
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text") from None
+
+
+def _csv_records(path: Path):
+    """(line number where the record starts, fields) per CSV record; blank lines are skipped.
+    Quoted fields may span lines, so the record number is not the line number."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
-        first = next(reader, None)
-        if first is None:
-            raise UserError(f"{path} is empty")
-        header = [h.strip().lower() for h in first]
-        if "text" in header or "label" in header:
-            if "text" not in header or "label" not in header:
-                raise UserError(f"{path}: header needs both 'text' and 'label' columns, has {first}")
-            t, y = header.index("text"), header.index("label")
-            rows = []
-            for line, row in enumerate(reader, start=2):
-                if len(row) <= max(t, y):
-                    raise UserError(f"{path} line {line}: expected columns text,label; got {len(row)} fields")
-                rows.append((row[t], _maybe_int(row[y]), line))
-            return rows, "textlabel"
+        start = 1
+        try:
+            for row in reader:
+                if row:
+                    yield start, row
+                start = reader.line_num + 1
+        except csv.Error as e:
+            raise UserError(f"{path} line {reader.line_num}: not valid CSV ({e})") from None
+
+
+def _read_csv(path: Path) -> tuple[list[tuple[str, int | str, int]], str]:
+    records = _csv_records(path)
+    first = next(records, None)
+    if first is None:
+        raise UserError(f"{path} is empty")
+    header = [h.strip().lower() for h in first[1]]
+    if "text" in header or "label" in header:
+        if "text" not in header or "label" not in header:
+            raise UserError(f"{path}: header needs both 'text' and 'label' columns, has {first[1]}")
+        t, y = header.index("text"), header.index("label")
         rows = []
-        for line, row in enumerate([first, *reader], start=1):
-            if len(row) != 3:
-                raise UserError(f'{path} line {line}: expected 3 columns "class","title","description", '
-                                f"got {len(row)}")
-            if not row[0].strip().lstrip("-").isdigit():
-                raise UserError(f"{path} line {line}: class {row[0]!r} is not a whole number")
-            rows.append((f"{row[1].strip()} {row[2].strip()}".strip(), int(row[0]), line))
-        return rows, "agnews"
+        for line, row in records:
+            if len(row) <= max(t, y):
+                raise UserError(f"{path} line {line}: expected columns {','.join(first[1])}; got {len(row)} fields")
+            rows.append((row[t], _maybe_int(row[y]), line))
+        return rows, "textlabel"
+    rows = []
+    for line, row in (first, *records):
+        if len(row) != 3:
+            raise UserError(f'{path} line {line}: expected 3 columns "class","title","description", '
+                            f"got {len(row)}")
+        if not row[0].strip().lstrip("-").isdigit():
+            raise UserError(f"{path} line {line}: class {row[0]!r} is not a whole number")
+        rows.append((f"{row[1].strip()} {row[2].strip()}".strip(), int(row[0]), line))
+    return rows, "agnews"
 
 
 def _read_jsonl(path: Path) -> list[tuple[str, int | str, int]]:
     rows = []
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for line, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
@@ -158,7 +192,9 @@ def _to_split(rows, names: list[str], kind: str, path: Path) -> Split:
     index = {n: i for i, n in enumerate(names)}
     texts, labels = [], []
     for text, label, line in rows:
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
+            raise UserError(f"{path} line {line}: text is {type(text).__name__}, not a string")
+        if not text.strip():
             raise UserError(f"{path} line {line}: empty text")
         if isinstance(label, int) and not isinstance(label, bool):
             if not base <= label < base + len(names):
@@ -193,17 +229,30 @@ def _load_hub(name: str) -> Corpus:
 
 
 def stratified_subset(split: Split, n: int | None, seed: int) -> Split:
-    """About n rows with the class mix of `split` (each class rounded, at least one per class present)."""
+    """Exactly n rows (all of them if n is None or larger) with the class mix of `split`: each class
+    gets its share rounded by largest remainder, and at least one row while n allows. Rows keep
+    their order; which rows is a pure function of (split, n, seed)."""
     if n is None or n >= len(split.labels):
         return split
-    rng = random.Random(seed)
+    if n < 1:
+        raise UserError(f"a subset needs at least 1 row, got {n}")
     by_class: dict[int, list[int]] = {}
     for i, y in enumerate(split.labels):
         by_class.setdefault(y, []).append(i)
+    total = len(split.labels)
+    quota = {y: n * len(idx) // total for y, idx in by_class.items()}
+    by_remainder = sorted(by_class, key=lambda y: (-(n * len(by_class[y]) % total), y))
+    for y in by_remainder[: n - sum(quota.values())]:
+        quota[y] += 1
+    if n >= len(by_class):  # no class present in the data vanishes from the subset
+        for y in sorted(by_class):
+            if quota[y] == 0:
+                quota[max(quota, key=lambda c: (quota[c], -c))] -= 1
+                quota[y] = 1
+    rng = random.Random(seed)
     keep = []
     for y, idx in sorted(by_class.items()):
-        take = max(1, round(n * len(idx) / len(split.labels)))
-        keep += rng.sample(idx, min(take, len(idx)))
+        keep += rng.sample(idx, quota[y])
     keep.sort()
     return Split([split.texts[i] for i in keep], [split.labels[i] for i in keep])
 
@@ -226,7 +275,8 @@ class Encoded:
 def encode(split: Split, tokenizer, max_length: int, cache_dir: str | None) -> Encoded:
     """Tokenize once (truncated, unpadded); reuse the cached result when texts and tokenizer match."""
     key = hashlib.sha256()
-    for part in (type(tokenizer).__name__, str(tokenizer.name_or_path), str(len(tokenizer)), str(max_length)):
+    for part in (type(tokenizer).__name__, str(tokenizer.name_or_path), str(len(tokenizer)), str(max_length),
+                 str(getattr(tokenizer, "truncation_side", "")), _tokenizer_fingerprint(tokenizer)):
         key.update(part.encode() + b"\0")
     for text in split.texts:
         key.update(text.encode() + b"\0")
@@ -244,6 +294,21 @@ def encode(split: Split, tokenizer, max_length: int, cache_dir: str | None) -> E
         save_file({"ids": ids, "offsets": offsets}, str(tmp))
         os.replace(tmp, cache)
     return Encoded(ids, offsets, torch.tensor(split.labels))
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    """The tokenizer's full definition (vocabulary, merges, special tokens, templates) as text, so a
+    changed tokenizer saved under the same name never reuses stale token ids."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        for state in ("truncation", "padding"):  # set by the last call, not part of the definition
+            spec.pop(state, None)
+        return json.dumps(spec, sort_keys=True)
+    try:
+        return json.dumps(sorted(tokenizer.get_vocab().items()))
+    except (AttributeError, NotImplementedError, TypeError):
+        return ""
 
 
 def epoch_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int,
