@@ -7,6 +7,12 @@ import torch
 def classification_report(preds: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict:
     """preds, labels: (n,) ints in 0..K-1. Returns accuracy, macro_f1, per_class and confusion[true][pred]."""
     k = len(names)
+    if preds.shape != labels.shape or preds.ndim != 1:
+        raise ValueError(f"preds and labels must be 1-d and the same length, got {tuple(preds.shape)} "
+                         f"and {tuple(labels.shape)}")
+    for what, t in (("preds", preds), ("labels", labels)):
+        if len(t) and not (0 <= int(t.min()) and int(t.max()) < k):
+            raise ValueError(f"{what} must be class indices in 0..{k - 1}, got {int(t.min())}..{int(t.max())}")
     confusion = torch.bincount(labels.long() * k + preds.long(), minlength=k * k).reshape(k, k)
     tp = confusion.diag().double()
     predicted, support = confusion.sum(0).double(), confusion.sum(1).double()
@@ -33,6 +39,6 @@ def format_report(report: dict) -> str:
     for c in report["per_class"]:
         lines.append(f"{c['label']:<{width}} {c['precision']:>9.4f} {c['recall']:>9.4f} {c['f1']:>9.4f} "
                      f"{c['support']:>9d}")
-    lines.append(f"{'accuracy':<{width}} {report['accuracy']:>39.4f} {report['examples']:>9d}")
-    lines.append(f"{'macro-F1':<{width}} {report['macro_f1']:>39.4f}")
+    lines.append(f"{'accuracy':<{width}} {report['accuracy']:>29.4f} {report['examples']:>9d}")
+    lines.append(f"{'macro-F1':<{width}} {report['macro_f1']:>29.4f}")
     return "\n".join(lines)
