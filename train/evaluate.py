@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
     try:
+        if args.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.max_eval_samples is not None and args.max_eval_samples < 1:
+            raise UserError(f"--max-eval-samples must be >= 1, got {args.max_eval_samples}")
         device = pick_device(args.device)
         model, tokenizer, info = load_for_inference(args.adapter, args.model, device)
         train = info["train"]

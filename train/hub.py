@@ -10,11 +10,17 @@ from .errors import UserError
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """True if the hub endpoint accepts a TCP connection within `timeout` seconds."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on"):
         return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    if not url.hostname:
+        return False
     try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+        port = url.port or (80 if url.scheme == "http" else 443)
+    except ValueError:  # a port that is not a number
+        return False
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
             return True
     except OSError:
         return False

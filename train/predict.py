@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not texts:
             raise UserError("no texts: pass them as arguments or one per line on stdin")
+        if args.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
         device = pick_device(args.device)
         model, tokenizer, info = load_for_inference(args.adapter, args.model, device)
         data = encode(Split(texts, [0] * len(texts)), tokenizer, info["train"]["max_length"], None)

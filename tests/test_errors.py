@@ -1,0 +1,241 @@
+"""Every mistake a user can make ends as one line on stderr and exit code 2, never a traceback."""
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tiny import CLASSES, tiny_data_dir, tiny_model_dir, train_args  # noqa: F401  (fixtures)
+from train.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """Run from a scratch directory, so a refusal that fails to happen cannot leave runs/ in the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
+def refused(argv, capsys, entry=main) -> str:
+    """Run a CLI in-process; it must exit 2 with exactly one 'error: ...' line on stderr. Returns that line."""
+    rc = entry([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--rank", "0", "rank must be >= 1 or 'auto', got 0"),
+    ("--lr", "0", "lr must be > 0, got 0.0"),
+    ("--lr", "-0.001", "lr must be > 0, got -0.001"),
+    ("--dropout", "1", "dropout must be in [0, 1), got 1.0"),
+    ("--dropout", "-0.1", "dropout must be in [0, 1), got -0.1"),
+    ("--epochs", "0", "epochs must be >= 1, got 0"),
+    ("--max-train-samples", "0", "max_train_samples must be >= 1, got 0"),
+    ("--train-file", "train.csv", "train_file and eval_file go together"),
+])
+def test_bad_flag_values(flag, value, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    line = refused(["--data", tmp_path, "--output-dir", out, flag, value], capsys)
+    assert message in line
+    assert not out.exists()  # refused before anything was written
+
+
+def test_unparsable_flag_value_is_one_line_too(capsys):
+    with pytest.raises(SystemExit, match="2"):
+        main(["--rank", "big"])
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["error: argument --rank: expected a whole number or 'auto', got 'big'"]
+
+
+def test_missing_files(tiny_data_dir, tmp_path, capsys):
+    missing = tmp_path / "nope.csv"
+    line = refused(["--train-file", missing, "--eval-file", tiny_data_dir / "test.csv", "--output-dir",
+                    tmp_path / "o"], capsys)
+    assert f"file not found: {missing}" in line
+    assert f"data not found: {tmp_path / 'nowhere'}" in refused(["--data", tmp_path / "nowhere"], capsys)
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "train.csv").write_text('"1","a","b"\n')
+    assert "has none of test/dev/validation" in refused(["--data", tmp_path / "only"], capsys)
+
+
+def agnews_dir(tmp_path, train_rows, classes=True):
+    """A --data directory whose train.csv holds `train_rows` (lists of fields, or raw text) and a good test.csv."""
+    d = tmp_path / "data"
+    d.mkdir()
+    train = d / "train.csv"
+    if isinstance(train_rows, str):
+        train.write_bytes(train_rows.encode("latin-1"))
+    else:
+        with train.open("w", newline="") as f:
+            csv.writer(f, quoting=csv.QUOTE_ALL).writerows(train_rows)
+    (d / "test.csv").write_text('"1","a","b"\n"2","c","d"\n')
+    if classes:
+        (d / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    return d
+
+
+GOOD = ["1", "war", "treaty"]
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([GOOD, GOOD, ["2", "only a title"]], "train.csv line 3: expected 3 columns \"class\",\"title\",\"description\", got 2"),
+    ([GOOD, ["3", " ", ""]], "train.csv line 2: empty text"),
+    ([GOOD, GOOD, ["5", "x", "y"]], "train.csv line 3: label 5 is outside 1..4"),
+    ([["0", "x", "y"]], "train.csv line 1: label 0 is outside 1..4"),
+    ([GOOD, ["two", "x", "y"]], "train.csv line 2: class 'two' is not a whole number"),
+    ([["1", "multi\nline\ntitle", "d"], GOOD, ["9", "x", "y"]], "train.csv line 5: label 9 is outside 1..4"),
+    ([["text", "category"], ["hello", "1"]], "header needs both 'text' and 'label' columns"),
+    ('"1","caf\xe9","ok"\n', "train.csv is not UTF-8 text"),
+    ('"1","a","b"\n"2","' + "x" * 140_000 + '","d"\n', "train.csv line 2: not valid CSV (field larger than"),
+])
+def test_bad_rows_name_file_and_line(rows, message, tmp_path, capsys):
+    line = refused(["--data", agnews_dir(tmp_path, rows)], capsys)
+    assert message in line
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"text": "a", "label": 0}\n{"text": "b", "label": \n', "bad.jsonl line 2: not valid JSON"),
+    ('{"text": "a", "label": 0}\n\n{"text": "b"}\n', "bad.jsonl line 3: needs 'text' and 'label' fields"),
+    ('{"text": 7, "label": 0}\n', "bad.jsonl line 1: text is int, not a string"),
+    ('{"text": "a", "label": 1}\n{"text": "b", "label": 2}\n', "bad.jsonl line 2: label 2 is outside 0..1"),
+    ('{"text": "a", "label": 1}\n{"text": "b", "label": "one"}\n', "bad.jsonl line 2: unknown label 'one' "
+                                                                      "(labels: 0, 1)"),
+])
+def test_bad_jsonl_rows(content, message, tmp_path, capsys):
+    """The eval file is checked against the classes of the training file (labels 0 and 1)."""
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n')
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(content)
+    assert message in refused(["--train-file", good, "--eval-file", bad], capsys)
+
+
+@pytest.mark.parametrize("train, message", [
+    ("", "train.csv is empty"),
+    ("\n\n", "train.csv is empty"),
+    ("text,label\n", "train.csv has no rows"),
+])
+def test_empty_datasets(train, message, tmp_path, capsys):
+    d = agnews_dir(tmp_path, train, classes=False)
+    if train.startswith("text"):
+        (d / "test.csv").write_text("text,label\nhello,0\n")
+    assert message in refused(["--data", d], capsys)
+    (d / "classes.txt").write_text("\n")
+    (d / "train.csv").write_text('"1","a","b"\n')
+    assert "classes.txt lists no class names" in refused(["--data", d], capsys)
+
+
+def test_unknown_models(tiny_data_dir, tmp_path, monkeypatch, capsys):
+    import train.run  # noqa: F401  (import cost is not the failure's)
+
+    missing = tmp_path / "no-model-here"
+    assert f"model not found: {missing}" in refused(["--model", missing, "--data", tiny_data_dir], capsys)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    line = refused(["--model", "no-such-org/no-such-model", "--data", tiny_data_dir, "--output-dir", tmp_path / "o"],
+                   capsys)
+    assert time.perf_counter() - started < 20
+    assert "cannot fetch model 'no-such-org/no-such-model'" in line and "--model PATH" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_hub_dataset_while_offline_names_the_local_alternative(monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    line = refused(["--data", "no_such_dataset_xyz"], capsys)
+    assert time.perf_counter() - started < 30
+    assert "cannot fetch dataset 'no_such_dataset_xyz'" in line and "--data DIR" in line
+
+
+def test_output_dir_with_a_run_and_resume_without_checkpoint(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
+    from train.config import TrainConfig
+
+    out = tmp_path / "run"
+    out.mkdir()
+    assert f"nothing to resume: {out / 'config.json'} does not exist" in refused(["--resume", out], capsys)
+    cfg = TrainConfig(model=str(tiny_model_dir), data=str(tiny_data_dir), output_dir=str(out), epochs=1)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict()))
+    line = refused(train_args(tiny_model_dir, tiny_data_dir, out), capsys)
+    assert f"{out} already holds a run; continue it with --resume {out}" in line and "--overwrite" in line
+    line = refused(["--resume", out], capsys)
+    assert f"nothing to resume: {out / 'checkpoint.pt'} does not exist" in line
+
+
+def tiny_trainable(rank: int, hidden=64, layers=2, labels=4) -> int:
+    """By hand: LoRA on query and value in every layer, plus the full RoBERTa head (dense + out_proj)."""
+    return rank * layers * 2 * (hidden + hidden) + (hidden * hidden + hidden) + (hidden * labels + labels)
+
+
+def test_over_budget_is_refused_before_training_with_the_count(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "o"
+    total = tiny_trainable(8)
+    line = refused(train_args(tiny_model_dir, tiny_data_dir, out, "--max-trainable-params", total), capsys)
+    assert f"{total:,} trainable parameters reach the budget of {total:,}" in line
+    assert "lower --rank" in line and "fewer --targets" in line
+    assert not out.exists()
+    line = refused(train_args(tiny_model_dir, tiny_data_dir, out, "--rank", "auto", "--max-trainable-params", 4000),
+                   capsys)
+    assert f"no rank fits under 4,000 trainable parameters: the head alone has {tiny_trainable(0):,}" in line
+    assert "--head linear" in line
+
+
+def test_evaluate_and_predict_refuse_bad_input(tmp_path, capsys):
+    from train.evaluate import main as evaluate
+    from train.predict import main as predict
+
+    line = refused(["--adapter", tmp_path, "--eval-file", "x.csv"], capsys, evaluate)
+    assert f"{tmp_path} is not an adapter written by python -m train" in line
+    assert "--batch-size must be >= 1, got 0" in refused(["--adapter", tmp_path, "--batch-size", 0], capsys, evaluate)
+    assert "--batch-size must be >= 1, got 0" in refused(["--adapter", tmp_path, "--batch-size", 0, "hi"], capsys,
+                                                         predict)
+    assert "is not an adapter" in refused(["--adapter", tmp_path / "none", "some text"], capsys, predict)
+
+
+def test_real_process_exits_2_with_one_line_and_no_traceback(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "train", "--rank", "0", "--output-dir", str(tmp_path / "o")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["error: rank must be >= 1 or 'auto', got 0"]
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("offline", ["1", "true", "ON", " yes "])
+def test_offline_env_means_unreachable_without_touching_the_network(offline, monkeypatch):
+    import train.hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("connected although HF_HUB_OFFLINE is set")
+
+    monkeypatch.setattr(train.hub.socket, "create_connection", no_network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+    assert train.hub.hub_reachable() is False
+
+
+@pytest.mark.parametrize("endpoint, address", [
+    ("http://mirror.local", ("mirror.local", 80)),
+    ("https://mirror.local", ("mirror.local", 443)),
+    ("https://mirror.local:8443/", ("mirror.local", 8443)),
+    ("not a url", None),
+])
+def test_hub_probe_dials_the_endpoint_port(endpoint, address, monkeypatch):
+    import contextlib
+
+    import train.hub
+
+    dialled = []
+    monkeypatch.setattr(train.hub.socket, "create_connection",
+                        lambda addr, timeout: dialled.append(addr) or contextlib.nullcontext())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    assert train.hub.hub_reachable() is (address is not None)
+    assert dialled == ([address] if address else [])
