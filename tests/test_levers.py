@@ -1,0 +1,71 @@
+"""Recipe levers: LoRA+, weight decay groups, warmup, EMA at eval, rsLoRA, head choices, layer subsets."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lora import LoRAConfig, inject_lora
+from tiny import tiny_data_dir, tiny_model_dir, train_args  # noqa: F401  (fixtures)
+from train.__main__ import main
+from train.config import TrainConfig
+from train.run import param_groups
+
+
+def test_lora_plus_gives_b_its_own_learning_rate_and_decay_skips_biases(tiny_roberta):
+    model = inject_lora(tiny_roberta(), LoRAConfig(rank=2))
+    groups = param_groups(model, TrainConfig(lr=1e-3, lora_plus_ratio=16, weight_decay=0.1))
+    b_ids = {id(m.lora_B.weight) for m in model.modules() if hasattr(m, "lora_B")}
+    for g in groups:
+        is_b = {id(p) in b_ids for p in g["params"]}
+        assert len(is_b) == 1  # B never shares a group with anything else
+        assert g["lr"] == pytest.approx(16e-3 if is_b.pop() else 1e-3)
+        assert g["weight_decay"] == (0.1 if all(p.ndim >= 2 for p in g["params"]) else 0.0)
+    assert sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def run(model, data, out, *extra):
+    assert main(train_args(model, data, out, "--epochs", "1", *extra)) == 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return json.loads((out / "eval.json").read_text()), [x for x in lines if "lr" in x]
+
+
+def test_warmup_rises_then_decays(tiny_model_dir, tiny_data_dir, tmp_path):
+    _, steps = run(tiny_model_dir, tiny_data_dir, tmp_path / "w", "--warmup-ratio", "0.25")
+    lrs = [s["lr"] for s in steps]  # lr after each step; 16 steps, 4 of warmup
+    assert lrs[:3] == sorted(lrs[:3]) and lrs[2] < 2e-2
+    assert max(lrs) == pytest.approx(2e-2, rel=0.02)
+    assert lrs[4:] == sorted(lrs[4:], reverse=True) and lrs[-1] < 1e-3
+
+
+def test_ema_weights_are_the_ones_evaluated_and_saved(tiny_model_dir, tiny_data_dir, tmp_path):
+    plain, _ = run(tiny_model_dir, tiny_data_dir, tmp_path / "plain")
+    ema, _ = run(tiny_model_dir, tiny_data_dir, tmp_path / "ema", "--ema-decay", "0.9")
+    a = load_file(str(tmp_path / "plain/adapter/adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "ema/adapter/adapter_model.safetensors"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # same training, different (averaged) weights saved
+    state = torch.load(tmp_path / "ema/checkpoint.pt", weights_only=True)
+    key = next(k for k in state["ema"] if k.endswith("lora_B.weight"))
+    saved = next(v for k, v in b.items() if k.endswith(key.replace("lora_B.weight", "lora_B.weight")))
+    assert torch.equal(saved, state["ema"][key].to(saved.dtype))
+
+
+@pytest.mark.parametrize("head, trained, lora_on_head", [
+    ("full", "classifier.dense", False), ("lora", "classifier.out_proj", True), ("linear", "classifier.out_proj", False)])
+def test_head_choices_train_what_they_say(tiny_model_dir, tiny_data_dir, tmp_path, head, trained, lora_on_head):
+    result, _ = run(tiny_model_dir, tiny_data_dir, tmp_path / head, "--head", head, "--rslora")
+    keys = load_file(str(tmp_path / head / "adapter/adapter_model.safetensors")).keys()
+    assert any(trained in k for k in keys)
+    assert any("classifier.dense.lora_A" in k for k in keys) == lora_on_head
+    assert (head == "linear") == (not any("classifier.dense" in k for k in keys))
+    config = json.loads((tmp_path / head / "adapter/adapter_config.json").read_text())
+    assert config["use_rslora"] is True
+    assert result["trainable_params"] == sum(load_file(str(tmp_path / head / "adapter/adapter_model.safetensors"))[k]
+                                             .numel() for k in keys)
+
+
+def test_layer_subset_only_adapts_those_layers(tiny_model_dir, tiny_data_dir, tmp_path):
+    run(tiny_model_dir, tiny_data_dir, tmp_path / "l1", "--layers", "1", "--targets", "query,key,value")
+    keys = [k for k in load_file(str(tmp_path / "l1/adapter/adapter_model.safetensors")) if "lora_A" in k]
+    assert len(keys) == 3 and all(".layer.1." in k for k in keys)
+    assert json.loads((tmp_path / "l1/adapter/adapter_config.json").read_text())["layers_to_transform"] == [1]
