@@ -239,3 +239,26 @@ def test_hub_probe_dials_the_endpoint_port(endpoint, address, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
     assert train.hub.hub_reachable() is (address is not None)
     assert dialled == ([address] if address else [])
+
+
+def test_resume_refuses_other_flags_and_long_max_length_is_refused(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
+    line = refused(["--resume", tmp_path, "--lr", "1e-3"], capsys)
+    assert "--resume continues a run with its saved config; drop --lr" in line
+    # The tiny RoBERTa has 80 positions, numbered from pad_token_id + 1 = 2: 78 usable.
+    long_text = tmp_path / "long"
+    long_text.mkdir()
+    (long_text / "train.csv").write_text('"1","goal","' + " match" * 100 + '"\n"2","war","treaty"\n')
+    (long_text / "test.csv").write_text('"1","goal","match"\n')
+    line = refused(train_args(tiny_model_dir, long_text, tmp_path / "r", "--max-length", "200"), capsys)
+    assert "--max-length 200 lets texts reach 103 tokens" in line and "use --max-length 78" in line
+
+
+def test_overwrite_clears_the_previous_run(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model_dir, tiny_data_dir, out, "--epochs", "1")) == 0
+    assert (out / "eval.json").is_file()
+    # A second run that stops before its first checkpoint must not leave the first run's files behind.
+    assert main(train_args(tiny_model_dir, tiny_data_dir, out, "--overwrite", "--stop-after", "1")) == 0
+    state = __import__("torch").load(out / "checkpoint.pt", weights_only=True)
+    assert state["progress"]["step"] == 1
+    assert not (out / "eval.json").exists() and not (out / "adapter").exists()

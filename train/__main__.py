@@ -117,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             from .checkpoint import load_config
 
+            extra = sorted(given_flags(argv) - {"resume", "stop_after", "device"})
+            if extra:
+                raise UserError(f"--resume continues a run with its saved config; drop --{extra[0].replace('_', '-')}")
+
             cfg = replace(load_config(Path(args.resume)), stop_after=args.stop_after,
                           **({"device": args.device} if "device" in given_flags(argv) else {}))
         else:
@@ -129,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Diverged as e:
-        print(f"error: {e}; the last good checkpoint is in {out}; try a lower --lr", file=sys.stderr)
+        kept = (Path(out) / "checkpoint.pt").is_file()
+        where = (f"the last good checkpoint is in {out}; resume with --resume {out} or" if kept
+                 else f"no checkpoint was saved yet; rerun with --output-dir {out} --overwrite and")
+        print(f"error: {e}; {where} a lower --lr", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"error: interrupted; continue with --resume {out}", file=sys.stderr)

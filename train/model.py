@@ -21,11 +21,13 @@ def load_pretrained(name: str, num_labels: int, label_names: list[str]) -> tuple
 
     hf_logging.set_verbosity_error()  # "newly initialized head" is expected: we train it
     hf_logging.disable_progress_bar()
+    name = str(Path(name).expanduser()) if name.startswith("~") else name
     local = Path(name).is_dir()
     if not local and (Path(name).exists() or name.startswith((".", "/", "~"))):
         raise UserError(f"model not found: {name} is not a model directory")
     kwargs = dict(num_labels=num_labels, id2label=dict(enumerate(label_names)),
-                  label2id={n: i for i, n in enumerate(label_names)}, attn_implementation="sdpa")
+                  label2id={n: i for i, n in enumerate(label_names)}, attn_implementation="sdpa",
+                  ignore_mismatched_sizes=True)  # a saved head for another label count is replaced, as it is trained
     attempts = [True] if local else [True, False]  # cache first; the network only if it answers
     for local_only in attempts:
         if not local_only and not hub_reachable():
@@ -34,7 +36,7 @@ def load_pretrained(name: str, num_labels: int, label_names: list[str]) -> tuple
             tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
             model = AutoModelForSequenceClassification.from_pretrained(name, local_files_only=local_only, **kwargs)
             return model, tokenizer
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
             if local or not local_only:
                 raise UserError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from None
     raise AssertionError("unreachable")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-import sys
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -58,6 +58,9 @@ def _run(cfg: TrainConfig, out: Path, device: torch.device, d: Dist, resume: boo
     if not resume and not overwrite and (out / "config.json").exists():
         raise UserError(f"{out} already holds a run; continue it with --resume {out}, "
                         "or pick another --output-dir (or --overwrite)")
+    if resume and not (out / "checkpoint.pt").is_file():
+        raise UserError(f"nothing to resume: {out / 'checkpoint.pt'} does not exist; "
+                        f"start again with --output-dir {out} --overwrite")
     torch.manual_seed(cfg.seed)
     corpus = load_corpus(cfg.data, cfg.train_file, cfg.eval_file)
     corpus.train = stratified_subset(corpus.train, cfg.max_train_samples, cfg.seed)
@@ -69,6 +72,15 @@ def _run(cfg: TrainConfig, out: Path, device: torch.device, d: Dist, resume: boo
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     train_data = encode(corpus.train, tokenizer, cfg.max_length, cfg.cache_dir)
     eval_data = encode(corpus.eval, tokenizer, cfg.max_length, cfg.cache_dir)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    longest = int(max(train_data.lengths.max(), eval_data.lengths.max()))
+    if positions is not None:
+        # RoBERTa numbers positions from pad_token_id + 1, so it has that many fewer usable slots.
+        usable = positions - (model.config.pad_token_id + 1 if model.config.model_type in ("roberta", "xlm-roberta")
+                              else 0)
+        if longest > usable:
+            raise UserError(f"--max-length {cfg.max_length} lets texts reach {longest} tokens, longer than "
+                            f"{cfg.model} supports ({usable}); use --max-length {usable}")
 
     groups = param_groups(model, cfg)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
@@ -98,6 +110,9 @@ def _run(cfg: TrainConfig, out: Path, device: torch.device, d: Dist, resume: boo
         set_rng_state(state["rng"])
     elif d.main:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in ("checkpoint.pt", "eval.json", "curves.png", "confusion.png"):  # --overwrite: no mixing runs
+            (out / stale).unlink(missing_ok=True)
+        shutil.rmtree(out / ADAPTER_DIR, ignore_errors=True)
         write_json(out / "config.json", cfg.to_dict())
         (out / "metrics.jsonl").write_text("")
 
