@@ -69,3 +69,19 @@ def test_layer_subset_only_adapts_those_layers(tiny_model_dir, tiny_data_dir, tm
     keys = [k for k in load_file(str(tmp_path / "l1/adapter/adapter_model.safetensors")) if "lora_A" in k]
     assert len(keys) == 3 and all(".layer.1." in k for k in keys)
     assert json.loads((tmp_path / "l1/adapter/adapter_config.json").read_text())["layers_to_transform"] == [1]
+
+
+def test_recipes_fill_unset_flags_and_stay_inside_the_budget_on_roberta_base():
+    from train.__main__ import RECIPES, config_from_args, given_flags, parser
+    from train.sweep import roberta_base_count
+
+    def config(*argv):
+        return config_from_args(parser().parse_args(list(argv)), given_flags(list(argv)))
+
+    ref = config("--recipe", "reference")
+    assert (ref.rank, ref.targets, ref.head, ref.lr) == (4, ("query", "value"), "full", 4e-4)
+    assert roberta_base_count(ref, 4) == 741_124
+    wide = config("--recipe", "all-linear", "--lr", "1e-3")
+    assert wide.lr == 1e-3 and wide.targets == RECIPES["all-linear"]["targets"] and wide.head == "linear"
+    assert roberta_base_count(wide, 4) == 998_404
+    assert config("--recipe", "all-linear", "--rank", "4").rank == 4
