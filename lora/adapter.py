@@ -107,13 +107,15 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, config: LoRACon
     directory.mkdir(parents=True, exist_ok=True)
     # Saved as trained (unmerged A/B); contiguous CPU copies because safetensors wants owned storage.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter_state_dict(model, config).items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(tensors, path, metadata={"format": "pt"}))
+    atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(tensors, path, metadata={"format": "pt"}))
     text = json.dumps(peft_config_dict(config, base_model_name), indent=2) + "\n"
-    _atomic_write(directory / CONFIG_NAME, lambda path: Path(path).write_text(text))
+    atomic_write(directory / CONFIG_NAME, lambda path: Path(path).write_text(text))
     return directory
 
 
-def _atomic_write(target: Path, write) -> None:
+def atomic_write(target: Path, write) -> None:
+    """Call write(temp_path) beside `target`, then rename it over `target`: a crash never leaves half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     os.close(fd)
     try:

@@ -73,3 +73,19 @@ def randomize(seed):
                     param.normal_(0.0, std)
         return model
     return fill
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A saved 2-layer RoBERTa with a word-level tokenizer: a local --model for CLI runs."""
+    from tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+    """A learnable AG News-layout directory (train.csv 256 rows, test.csv 64, classes.txt)."""
+    from tiny import write_agnews
+
+    return write_agnews(tmp_path_factory.mktemp("tiny-data"), n_train=256, n_eval=64)

@@ -6,9 +6,9 @@ from collections import Counter
 import pytest
 import torch
 
-from tiny import CLASSES, tiny_model_dir, write_agnews, write_jsonl  # noqa: F401  (fixture)
-from train.data import (Encoded, Split, collate, encode, epoch_batches, load_corpus, read_split,
-                        stratified_subset)
+from tiny import CLASSES, write_agnews, write_jsonl
+from train.batches import Encoded, collate, encode, epoch_batches
+from train.data import Split, load_corpus, read_split, stratified_subset
 
 AGNEWS_ROWS = [("3", "Stocks rise", "Markets gained\non Monday."),  # a quoted description spanning lines
                ("2", "Cup final", "The coach was pleased."),

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tiny import make_tiny_model, tiny_data_dir, train_args  # noqa: F401  (fixture)
+from tiny import make_tiny_model, train_args
 from train.__main__ import main
 
 

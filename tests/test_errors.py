@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny import CLASSES, tiny_data_dir, tiny_model_dir, train_args  # noqa: F401  (fixtures)
+from tiny import CLASSES, train_args
 from train.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[1]

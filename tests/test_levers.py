@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from lora import LoRAConfig, inject_lora
-from tiny import tiny_data_dir, tiny_model_dir, train_args  # noqa: F401  (fixtures)
+from tiny import train_args
 from train.__main__ import main
 from train.config import TrainConfig
 from train.run import param_groups

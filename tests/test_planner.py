@@ -7,7 +7,7 @@ import torch
 from transformers import RobertaConfig, RobertaForSequenceClassification
 
 from lora import LoRALinear, count_trainable, lora_layers
-from tiny import tiny_data_dir, tiny_model_dir, train_args  # noqa: F401  (fixtures)
+from tiny import train_args
 from train.config import TrainConfig
 from train.errors import UserError
 from train.loop import lr_at

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiny import tiny_data_dir, tiny_model_dir, train_args  # noqa: F401  (fixtures)
+from tiny import train_args
 from train.__main__ import main
 
 

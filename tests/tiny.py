@@ -67,20 +67,6 @@ def write_jsonl(path: Path, n: int, seed: int) -> Path:
     return path
 
 
-# Fixtures shared by the train tests (imported by name into each test module).
-import pytest  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
-
-
-@pytest.fixture(scope="session")
-def tiny_data_dir(tmp_path_factory) -> Path:
-    return write_agnews(tmp_path_factory.mktemp("tiny-data"), n_train=256, n_eval=64)
-
-
 def train_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
     """A fast, learnable tiny run: fp32 so results are bit-reproducible on any CPU."""
     return ["--model", str(model), "--data", str(data), "--output-dir", str(out), "--epochs", "4",

@@ -2,28 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from lora.adapter import atomic_write
+
 from .errors import UserError
 
 CHECKPOINT = "checkpoint.pt"
-
-
-def atomic_write(target: Path, write) -> None:
-    """Call write(temp_path) next to `target`, then rename over it: a crash never leaves half a file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(target: Path, obj) -> None:

@@ -1,7 +1,6 @@
 """python -m train.evaluate --adapter DIR: re-score a saved adapter on any labelled data."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -9,7 +8,8 @@ from pathlib import Path
 
 from .__main__ import Parser
 from .config import PRECISIONS
-from .data import encode, load_corpus, read_split, stratified_subset
+from .batches import encode
+from .data import load_corpus, read_split, stratified_subset
 from .errors import UserError
 from .loop import predict
 from .metrics import classification_report, format_report

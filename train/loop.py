@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from lora import merge_lora, unmerge_lora
 
-from .data import Encoded, collate, epoch_batches, eval_batches
+from .batches import Encoded, collate, epoch_batches, eval_batches
 from .distributed import Dist, all_sum, gather_rows, shard
 
 

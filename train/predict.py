@@ -6,7 +6,8 @@ import sys
 
 from .__main__ import Parser
 from .config import PRECISIONS
-from .data import Split, encode
+from .batches import encode
+from .data import Split
 from .errors import UserError
 from .loop import predict
 from .model import load_for_inference, pick_device, pick_precision

@@ -15,7 +15,8 @@ from lora import lora_layers, save_adapter
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json
 from .config import TrainConfig
-from .data import encode, load_corpus, stratified_subset
+from .batches import encode
+from .data import load_corpus, stratified_subset
 from .distributed import Dist, barrier, cleanup, init_distributed
 from .ema import EMA
 from .errors import UserError

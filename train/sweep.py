@@ -6,7 +6,6 @@ Finished runs are skipped and interrupted ones resumed, so rerunning the same co
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import statistics
