@@ -55,3 +55,31 @@ def test_two_processes_match_one_and_resume(model_without_dropout, tiny_data_dir
     assert r2["accuracy"] == r1["accuracy"] and r2["macro_f1"] == pytest.approx(r1["macro_f1"])
     # Only rank 0 writes: one summary and one line per step, not two.
     assert second.stdout.count("trainable ") == 1
+
+
+def test_a_dead_peer_ends_the_whole_run_without_hanging(tmp_path):
+    import time
+
+    import psutil
+
+    from tiny import make_tiny_model, write_agnews
+
+    model, data, out = make_tiny_model(tmp_path / "m"), write_agnews(tmp_path / "d", 4000, 32), tmp_path / "o"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                 "2", "-m", "train", *train_args(model, data, out, "--epochs", "3")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text()):
+            assert launcher.poll() is None and time.monotonic() < deadline, "the run never started training"
+            time.sleep(0.5)
+        workers = [p for p in psutil.Process(launcher.pid).children(recursive=True) if "train" in " ".join(p.cmdline())]
+        assert len(workers) == 2
+        max(workers, key=lambda p: p.pid).kill()  # one peer dies mid-run
+        killed = time.monotonic()
+        _, err = launcher.communicate(timeout=60)
+    finally:
+        launcher.kill()
+    assert launcher.returncode != 0 and time.monotonic() - killed < 60
+    assert "FAILED" in err and "SIGKILL" in err  # torchrun names the rank that died and how
