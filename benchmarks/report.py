@@ -1,0 +1,157 @@
+"""Markdown tables from the benchmark JSON, and the results sections of benchmarks/README.md.
+
+    python -m benchmarks.report           # rewrite the tables in benchmarks/README.md
+    python -m benchmarks.report --check   # exit 1 if the README is out of date
+
+Each results/NAME.json is rendered between `<!-- results:NAME -->` and `<!-- /results:NAME -->` in
+the README, so the numbers there are never typed by hand. Pure JSON in, text out: no torch import.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+from benchmarks import RESULTS_DIR
+
+README = Path(__file__).resolve().parent / "README.md"
+MARKER = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(.*?)(<!-- /results:(?P=name) -->)", re.S)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.0f} ms"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def _quartiles(values: list[float]) -> list[float]:
+    return statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def machine_line(m: dict) -> str:
+    """One sentence naming the machine a result came from."""
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
+    load = m.get("load_average_1m")
+    end = m.get("load_average_1m_end")
+    load_text = "" if load is None else f", load average {load}" + ("" if end is None else f" → {end}")
+    return (f"{m.get('cpu')} ({m.get('cpu_count')} cores, {m.get('torch_threads')} torch threads, "
+            f"{m.get('cpu_capability')}{', native bf16' if m.get('cpu_native_bf16') else ''}){gpu}; "
+            f"torch {m.get('torch')}, transformers {m.get('transformers')}, peft {m.get('peft')}{load_text}")
+
+
+def speed_tables(data: dict) -> str:
+    """Training-step and eval tables for one speed-*.json, one pair per precision."""
+    cpu = data["device"] == "cpu"
+    parts = [f"Machine: {machine_line(data['machine'])}. {data['repeats']} interleaved rounds after "
+             f"{data['warmup']} warm-up round(s). Each ratio is the median of per-round wall-time ratios, "
+             "[its interquartile range]" + (" and (the same median from process CPU time, which leaves out "
+                                            "the time other jobs held our core)." if cpu else ".")]
+    if data.get("note"):
+        parts.append(f"Note: {data['note']}.")
+
+    def pair(part: dict, key: str) -> str:
+        """median [interquartile range] of the per-round wall ratios, (CPU-time median)."""
+        a, b = key.split("/")
+        q1, _, q3 = _quartiles([x / y for x, y in zip(part["seconds"][a], part["seconds"][b])])
+        text = f"{part['ratio'][key]:.3f} [{q1:.2f}–{q3:.2f}]"
+        return text + (f" ({part['cpu_ratio'][key]:.3f})" if cpu else "")
+
+    for precision, r in data["precisions"].items():
+        t, e = r["train"], r["eval"]
+        label = "fp32" if precision == "fp32" else "bf16 autocast"
+        vs = {"ours": "1", "peft": pair(t, "ours/peft"), "floor": pair(t, "ours/floor")}
+        peak = "cuda_peak_bytes" in t["memory"]["ours"]
+        rows = []
+        for name in ("ours", "peft", "floor"):
+            m = t["memory"][name]
+            mem = m["saved_activation_bytes"] + m["grad_bytes"] + m["optimizer_bytes"]
+            rows.append([name, _ms(t["median_seconds"][name]), vs[name], f"{t['trainable_params'][name]:,}",
+                         _mib(mem)] + ([_mib(m["cuda_peak_bytes"])] if peak else []))
+        header = ["training step", "median", "ours / this", "trainable params",
+                  "saved activations + grads + AdamW"] + (["CUDA peak over weights"] if peak else [])
+        parts.append(f"**{label}, training step (forward, backward, AdamW, zero_grad), batch {r['batch_size']} "
+                     f"× seq {r['seq_len']}**\n\n" + _table(header, rows))
+        vs = {"ours_merged": "1", "peft_unmerged": pair(e, "peft_unmerged/ours_merged"),
+              "peft_merged": pair(e, "peft_merged/ours_merged")}
+        rows = [[name, _ms(e["median_seconds"][name]), f"{e['examples_per_s'][name]:,.1f}", vs[name]]
+                for name in ("ours_merged", "peft_unmerged", "peft_merged")]
+        parts.append(f"**{label}, inference (eval, inference_mode), same batch**\n\n"
+                     + _table(["inference", "median", "examples/s", "this / ours merged"], rows))
+    h = data["headline"]
+    parts.append("Headline (wall time), against targets ours/PEFT ≤ 1, ours/floor ≤ 1.05, eval speedup ≥ 3×: "
+                 + "; ".join(f"{p}: ours/PEFT {h['step_ratio_vs_peft'][p]:.3f}, ours/floor "
+                             f"{h['step_ratio_vs_floor'][p]:.3f}, eval speedup vs PEFT unmerged "
+                             f"{h['eval_speedup_vs_peft_unmerged'][p]:.2f}×" for p in h["step_ratio_vs_peft"]) + ".")
+    return "\n\n".join(parts)
+
+
+def accuracy_table(data: dict) -> str:
+    """Ours against the reference recipe: quality, times, and ours / reference for each time."""
+    o, r, ratios = data["ours"], data["reference"], data["ratios"]
+    rows = [
+        ["accuracy", f"{o['accuracy'] * 100:.2f}%", f"{r['accuracy'] * 100:.2f}%",
+         f"{data['headline']['accuracy_delta_pp']:+.2f} pp"],
+        ["macro-F1", f"{o['macro_f1'] * 100:.2f}", f"{r['macro_f1'] * 100:.2f}", ""],
+        ["training wall time", f"{o['train_seconds']:,.1f} s", f"{r['train_seconds']:,.1f} s",
+         f"{ratios['train_seconds']:.3f}×"],
+        ["evaluation wall time", f"{o['eval_seconds']:,.1f} s", f"{r['eval_seconds']:,.1f} s",
+         f"{ratios['eval_seconds']:.3f}×"],
+        ["training examples/s", f"{o['train_examples_per_s']:,.1f}", f"{r['train_examples_per_s']:,.1f}",
+         f"{ratios['train_examples_per_s']:.2f}×"],
+        ["trainable parameters", f"{o['trainable_params']:,}", f"{r['trainable_params']:,}", ""],
+    ]
+    s = data["setup"]
+    head = (f"Machine: {machine_line(data['machine'])}. Model {s['model_name']}, {s['train_examples']} training "
+            f"examples × {s['epochs']} epochs, {s['eval_examples']} evaluation examples"
+            + (f", our extra args `{' '.join(s['extra_args'])}`" if s.get("extra_args") else "") + ".")
+    h = data["headline"]
+    target = (f"Targets: training time ≤ 0.33× reference ({'met' if h['train_time_ratio_vs_reference'] <= 0.33 else 'missed'}), "
+              f"accuracy ≥ reference − 0.3 pp ({'met' if h['accuracy_delta_pp'] >= -0.3 else 'missed'}).")
+    return "\n\n".join([head, _table(["", "ours", "reference", "ours / reference"], rows), target])
+
+
+def render(data: dict) -> str:
+    """The markdown for one results file, by its kind."""
+    return speed_tables(data) if data.get("benchmark") == "speed" else accuracy_table(data)
+
+
+def update_readme(text: str, results_dir: Path = RESULTS_DIR) -> str:
+    """`text` with every marked section replaced by the table of its results/NAME.json
+    (a section whose file does not exist yet says so)."""
+    def fill(m: re.Match) -> str:
+        path = results_dir / f"{m['name']}.json"
+        body = render(json.loads(path.read_text())) if path.is_file() else f"_No {path.name} yet._"
+        return f"{m.group(1)}{body}\n{m.group(4)}"
+    return MARKER.sub(fill, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Regenerate the results tables in benchmarks/README.md.")
+    p.add_argument("--check", action="store_true", help="exit 1 if the README's tables are stale")
+    p.add_argument("--readme", type=Path, default=README)
+    args = p.parse_args(argv)
+    old = args.readme.read_text()
+    new = update_readme(old)
+    if args.check:
+        if new != old:
+            print(f"{args.readme} is out of date: run python -m benchmarks.report", file=sys.stderr)
+            return 1
+        return 0
+    if new != old:
+        args.readme.write_text(new)
+    print(f"{args.readme}: {'updated' if new != old else 'already up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
