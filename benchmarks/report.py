@@ -112,7 +112,7 @@ def accuracy_table(data: dict) -> str:
     ]
     s = data["setup"]
     head = (f"Machine: {machine_line(data['machine'])}. Model {s['model_name']}, {s['train_examples']} training "
-            f"examples × {s['epochs']} epochs, {s['eval_examples']} evaluation examples"
+            f"examples × {s['epochs']} epoch(s), {s['eval_examples']} evaluation examples"
             + (f", our extra args `{' '.join(s['extra_args'])}`" if s.get("extra_args") else "") + ".")
     h = data["headline"]
     target = (f"Targets: training time ≤ 0.33× reference ({'met' if h['train_time_ratio_vs_reference'] <= 0.33 else 'missed'}), "
