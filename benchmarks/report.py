@@ -52,7 +52,8 @@ def machine_line(m: dict) -> str:
 def speed_tables(data: dict) -> str:
     """Training-step and eval tables for one speed-*.json, one pair per precision."""
     cpu = data["device"] == "cpu"
-    parts = [f"Machine: {machine_line(data['machine'])}. {data['repeats']} interleaved rounds after "
+    parts = ([f"`{data['command']}`"] if data.get("command") else []) + [
+             f"Machine: {machine_line(data['machine'])}. {data['repeats']} interleaved rounds after "
              f"{data['warmup']} warm-up round(s). Each ratio is the median of per-round wall-time ratios, "
              "[its interquartile range]" + (" and (the same median from process CPU time, which leaves out "
                                             "the time other jobs held our core)." if cpu else ".")]

@@ -17,6 +17,7 @@ import contextlib
 import copy
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -236,7 +237,8 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--precisions takes fp32 and/or bf16, got {args.precisions!r}")
 
     base = build_base().to(device)
-    result: dict = {"benchmark": "speed", "device": device.type, "machine": machine,
+    result: dict = {"benchmark": "speed", "command": " ".join(["python -m benchmarks.speed", *sys.argv[1:]])
+                    if argv is None else f"main({argv!r})", "device": device.type, "machine": machine,
                     "repeats": repeats, "warmup": warmup, "lora": LoRAConfig().__dict__, "precisions": {}}
     if slow_bf16 and "bf16" in precisions:
         result["note"] = ("this CPU has no native bf16 (no avx512_bf16/amx): bf16 autocast is emulated, far slower "
