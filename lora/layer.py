@@ -94,7 +94,11 @@ class LoRALinear(nn.Module):
         y = F.linear(x, self.weight, self.bias)
         if self.merged:
             return y
-        return y + self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
+        # y + scaling · B(A(dropout(x))) as one addmm: no full-size temporaries, and autograd then
+        # computes B's gradient in the fast (xaᵀ g)ᵀ layout instead of gᵀ xa.
+        xa = self.lora_A(self.dropout(x))
+        return torch.addmm(y.reshape(-1, self.out_features), xa.reshape(-1, self.rank), self.lora_B.weight.t(),
+                           alpha=self.scaling).view_as(y)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "

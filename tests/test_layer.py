@@ -159,3 +159,13 @@ def test_merge_inside_inference_mode_leaves_a_trainable_layer(seed):
     assert not layer.weight.is_inference()
     layer(torch.randn(3, 6)).sum().backward()  # raised "Inference tensors cannot be saved for backward"
     assert layer.lora_B.weight.grad is not None
+
+
+def test_forward_matches_the_written_formula_for_any_leading_shape(seed):
+    layer = LoRALinear.from_linear(nn.Linear(6, 5).double(), rank=2, alpha=3)
+    nn.init.normal_(layer.lora_B.weight)
+    for shape in ((6,), (4, 6), (2, 3, 6)):
+        x = torch.randn(*shape, dtype=torch.float64)
+        expected = x @ layer.weight.T + layer.bias + 1.5 * (x @ layer.lora_A.weight.T) @ layer.lora_B.weight.T
+        assert layer(x).shape == expected.shape
+        assert torch.allclose(layer(x), expected, rtol=0, atol=1e-12)
