@@ -52,6 +52,9 @@ def run_ours(model: str, data_args: list[str], epochs: int, output_dir: Path, ma
     if done.returncode != 0:
         raise SystemExit(f"error: our run failed with exit code {done.returncode}: {' '.join(cmd)}")
     result = json.loads((output_dir / "eval.json").read_text())
+    # Score the last epoch, as the reference does: the best epoch was chosen on the very data scored.
+    last = result["history"][-1]
+    result |= {"best_epoch_accuracy": result["accuracy"], "accuracy": last["accuracy"], "macro_f1": last["macro_f1"]}
     missing = [k for k in KEYS if k not in result]
     if missing:
         raise SystemExit(f"error: {output_dir / 'eval.json'} lacks {missing}")

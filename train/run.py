@@ -194,6 +194,8 @@ def _run(cfg: TrainConfig, out: Path, device: torch.device, d: Dist, resume: boo
     result = {
         **{k: best[k] for k in ("accuracy", "macro_f1", "per_class", "confusion", "examples", "eval_seconds")},
         "best_epoch": best["epoch"], "history": progress.history,
+        # The last epoch's scores: no choice made on the eval data, so comparable with a single final eval.
+        "final_accuracy": progress.history[-1]["accuracy"], "final_macro_f1": progress.history[-1]["macro_f1"],
         "train_seconds": progress.train_seconds, "train_examples": progress.examples,
         "train_examples_per_s": progress.examples / max(progress.train_seconds, 1e-9),
         "eval_examples_per_s": best["examples"] / max(best["eval_seconds"], 1e-9),

@@ -61,7 +61,7 @@ def roberta_base_count(cfg: TrainConfig, num_labels: int) -> int:
 def summarize(rows: list[dict]) -> str:
     """The markdown table: one line per run, accuracy mean ± std over its seeds."""
     head = ("| run | targets | r | alpha | dropout | lr | head | trainable (roberta-base) | seeds "
-            "| accuracy (mean ± std) | macro-F1 (mean) |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "| final-epoch accuracy (mean ± std) | macro-F1 (mean) |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         acc, f1 = r["accuracies"], r["macro_f1s"]
@@ -130,8 +130,9 @@ def run_sweep(base: dict, runs: list[dict], seeds: list[int], out: Path, only: s
                 run(cfg, resume=(Path(cfg.output_dir) / "checkpoint.pt").is_file(), overwrite=True)
             if done.is_file():
                 result = json.loads(done.read_text())
-                accs.append(result["accuracy"])
-                f1s.append(result["macro_f1"])
+                last = result["history"][-1]  # not the best epoch: that one was picked on this very data
+                accs.append(last["accuracy"])
+                f1s.append(last["macro_f1"])
         labels = 4 if not accs else len(json.loads(done.read_text())["labels"])
         c = cfgs[0]
         rows.append({"name": spec["name"], "targets": list(c.targets), "rank": c.rank, "alpha": c.alpha,
