@@ -88,3 +88,14 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny_model_dir, tiny_d
     assert "loss became nan at step 5" in err and len(err.splitlines()) == 1
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["progress"]["step"] == 4  # the last good one
+
+
+def test_default_recipe_adapts_every_linear_layer_with_a_lean_head(tiny_model_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "default"
+    argv = [a for a in train_args(tiny_model_dir, tiny_data_dir, out) if a not in ("--recipe", "reference")]
+    assert main([a for a in argv if a not in ("--lr", "2e-2")] + ["--lr", "5e-3"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["head"] == "linear" and len(config["targets"]) == 6 and config["warmup_ratio"] > 0
+    keys = load_file(str(out / "adapter/adapter_model.safetensors")).keys()
+    assert {k.split(".")[-3] for k in keys if "lora_A" in k} == {"query", "key", "value", "dense"}
+    assert json.loads((out / "eval.json").read_text())["accuracy"] >= 0.8

@@ -25,7 +25,7 @@ RECIPES = {
                    "targets": ("query", "key", "value", "attention.output.dense", "intermediate.dense",
                                "output.dense")},
 }
-DEFAULT_RECIPE = "reference"  # what the proxy measurements in the README support
+DEFAULT_RECIPE = "all-linear"  # beat the reference by > 1 pp on the offline proxy (README, sweeps/results)
 
 
 class Parser(argparse.ArgumentParser):
