@@ -113,17 +113,28 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, config: LoRACon
     return directory
 
 
+TEMP_SUFFIX = ".tmp"  # atomic_write's temp files are ".<name>.<random>.tmp" beside the target
+
+
 def atomic_write(target: Path, write) -> None:
-    """Call write(temp_path) beside `target`, then rename it over `target`: a crash never leaves half a file."""
+    """Call write(temp_path) beside `target`, then rename it over `target`: a crash never leaves half a file.
+    The file gets the mode a plain open() would give (0666 less the umask), not mkstemp's private 0600."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it and put it back
+    os.umask(mask)
+    return mask
 
 
 def read_adapter_config(directory: str | os.PathLike) -> tuple[LoRAConfig, dict]:

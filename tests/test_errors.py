@@ -163,7 +163,7 @@ def test_output_dir_with_a_run_and_resume_without_checkpoint(tiny_model_dir, tin
     out.mkdir()
     assert f"nothing to resume: {out / 'config.json'} does not exist" in refused(["--resume", out], capsys)
     cfg = TrainConfig(model=str(tiny_model_dir), data=str(tiny_data_dir), output_dir=str(out), epochs=1)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (out / "config.json").write_text(json.dumps({"train": cfg.to_dict(), "labels": ["a", "b"]}))
     line = refused(train_args(tiny_model_dir, tiny_data_dir, out), capsys)
     assert f"{out} already holds a run; continue it with --resume {out}" in line and "--overwrite" in line
     line = refused(["--resume", out], capsys)
@@ -249,8 +249,11 @@ def test_resume_refuses_other_flags_and_long_max_length_is_refused(tiny_model_di
     long_text.mkdir()
     (long_text / "train.csv").write_text('"1","goal","' + " match" * 100 + '"\n"2","war","treaty"\n')
     (long_text / "test.csv").write_text('"1","goal","match"\n')
-    line = refused(train_args(tiny_model_dir, long_text, tmp_path / "r", "--max-length", "200"), capsys)
-    assert "--max-length 200 lets texts reach 103 tokens" in line and "use --max-length 78" in line
+    # A length the model cannot take is capped, with one line saying so, and written capped.
+    assert main(train_args(tiny_model_dir, long_text, tmp_path / "r", "--max-length", "200", "--epochs", "1",
+                           "--allow-empty-classes")) == 0
+    assert "--max-length 200 is more than" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r/config.json").read_text())["train"]["max_length"] == 78
 
 
 def test_overwrite_clears_the_previous_run(tiny_model_dir, tiny_data_dir, tmp_path, capsys):

@@ -72,16 +72,17 @@ def test_layer_subset_only_adapts_those_layers(tiny_model_dir, tiny_data_dir, tm
 
 
 def test_recipes_fill_unset_flags_and_stay_inside_the_budget_on_roberta_base():
-    from train.__main__ import RECIPES, config_from_args, given_flags, parser
+    from train.__main__ import config_from_args, parser
+    from train.recipes import RECIPES
     from train.sweep import roberta_base_count
 
     def config(*argv):
-        return config_from_args(parser().parse_args(list(argv)), given_flags(list(argv)))
+        return config_from_args(parser().parse_args(list(argv)))
 
     ref = config("--recipe", "reference")
-    assert (ref.rank, ref.targets, ref.head, ref.lr) == (4, ("query", "value"), "full", 4e-4)
+    assert (ref.lora.rank, ref.lora.targets, ref.head, ref.lr) == (4, ("query", "value"), "full", 4e-4)
     assert roberta_base_count(ref, 4) == 741_124
     wide = config("--recipe", "all-linear", "--lr", "1e-3")
-    assert wide.lr == 1e-3 and wide.targets == RECIPES["all-linear"]["targets"] and wide.head == "linear"
+    assert wide.lr == 1e-3 and wide.lora.targets == RECIPES["all-linear"]["targets"] and wide.head == "linear"
     assert roberta_base_count(wide, 4) == 998_404
-    assert config("--recipe", "all-linear", "--rank", "4").rank == 4
+    assert config("--recipe", "all-linear", "--rank", "4").lora.rank == 4

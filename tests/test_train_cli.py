@@ -31,7 +31,7 @@ def test_run_learns_and_writes_every_output(full_run):
                  "adapter/adapter_model.safetensors", "adapter/adapter_config.json"):
         assert (full_run / name).is_file(), name
     config = json.loads((full_run / "config.json").read_text())
-    assert config["rank"] == 8 and config["epochs"] == 4
+    assert config["train"]["lora"]["rank"] == 8 and config["train"]["epochs"] == 4
     assert len(read_losses(full_run)) == 4 * 16  # one line per step
 
 
@@ -95,7 +95,8 @@ def test_default_recipe_adapts_every_linear_layer_with_a_lean_head(tiny_model_di
     argv = [a for a in train_args(tiny_model_dir, tiny_data_dir, out) if a not in ("--recipe", "reference")]
     assert main([a for a in argv if a not in ("--lr", "2e-2")] + ["--lr", "5e-3"]) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["head"] == "linear" and len(config["targets"]) == 6 and config["warmup_ratio"] > 0
+    config = config["train"]
+    assert config["head"] == "linear" and len(config["lora"]["targets"]) == 6 and config["warmup_ratio"] > 0
     keys = load_file(str(out / "adapter/adapter_model.safetensors")).keys()
     assert {k.split(".")[-3] for k in keys if "lora_A" in k} == {"query", "key", "value", "dense"}
     assert json.loads((out / "eval.json").read_text())["accuracy"] >= 0.8

@@ -1,6 +1,7 @@
-"""python -m train: fine-tune a frozen encoder with LoRA. Flags -> TrainConfig -> run.
+"""python -m train: fine-tune a frozen encoder with LoRA. flags → TrainConfig → build → loop.
 
-User mistakes end as one line on stderr and exit code 2, never a traceback.
+User mistakes end as one line on stderr and exit code 2, never a traceback (see train/cli.py).
+SIGTERM / SIGINT finish the step in flight, checkpoint, and exit 143 / 130 naming --resume.
 """
 from __future__ import annotations
 
@@ -8,145 +9,127 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
+from .cli import Parser, csv_list, layer_list, rank_value, run_main
 from .config import HEADS, PRECISIONS, TrainConfig
 from .errors import UserError
-from .loop import Diverged
+from .recipes import DEFAULT_RECIPE, RECIPES, recipe
 
-RECIPES = {
-    # The reference project's recipe: PEFT LoRA r=4 on query/value, full head, HF Trainer defaults.
-    "reference": {"rank": 4, "alpha": 16.0, "dropout": 0.0, "targets": ("query", "value"), "head": "full",
-                  "lr": 4e-4, "warmup_ratio": 0.0, "weight_decay": 0.0, "label_smoothing": 0.1},
-    # LoRA on every linear layer of every block, rank 6, lean head: 998,404 trainable on roberta-base.
-    "all-linear": {"rank": 6, "alpha": 16.0, "dropout": 0.0, "head": "linear", "lr": 5e-4, "warmup_ratio": 0.06,
-                   "weight_decay": 0.01, "label_smoothing": 0.1,
-                   "targets": ("query", "key", "value", "attention.output.dense", "intermediate.dense",
-                               "output.dense")},
-}
-DEFAULT_RECIPE = "all-linear"  # beat the reference by > 1 pp on the offline proxy (README, sweeps/results)
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse prints usage plus a line; one line is enough
-        self.exit(2, f"error: {message}\n")
-
-
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(t.strip() for t in text.split(",") if t.strip())
-
-
-def _layers(text: str) -> tuple[int, ...] | None:
-    if text == "all":
-        return None
-    try:
-        return tuple(int(t) for t in _csv(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'all' or comma-separated layer numbers, got {text!r}") from None
-
-
-def _rank(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
+DEFAULT_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "roberta-lora")
+RESUME_MAY_CHANGE = {"stop_after", "device", "debug", "resume"}
 
 
 def parser() -> argparse.ArgumentParser:
+    """Flags default to 'not given' (SUPPRESS), so the parse itself says which the user typed; the help
+    shows the value that runs when a flag is left out: the default recipe's, or TrainConfig's."""
     d = TrainConfig()
-    p = Parser(prog="python -m train", description="Fine-tune a frozen encoder with LoRA for text classification.")
+    p = Parser(prog="python -m train", description="Fine-tune a frozen encoder with LoRA for text classification.",
+               argument_default=argparse.SUPPRESS)
     a = p.add_argument
-    a("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
-      help="start from a named recipe (default %(default)s); flags given override its values")
-    a("--model", default=d.model, help="hub id or local model directory (default %(default)s)")
-    a("--data", default=d.data, help="hub dataset name, or a directory with train.csv and test/dev/validation.csv")
+
+    def default(value) -> str:
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else ("all" if value is None else value)
+        return f" (default: {shown})"
+
+    a("--recipe", choices=sorted(RECIPES),
+      help=f"start from a named recipe (default: {DEFAULT_RECIPE}); flags given override its values")
+    a("--model", help="hub id or local model directory" + default(d.model))
+    a("--data", help="hub dataset name, or a directory with train.csv and test/dev/validation.csv" + default(d.data))
     a("--train-file", help="training CSV/JSONL (AG News layout, or text,label columns)")
     a("--eval-file", help="evaluation CSV/JSONL")
     a("--max-train-samples", type=int, help="stratified subset of the training data")
     a("--max-eval-samples", type=int, help="stratified subset of the evaluation data")
-    a("--max-length", type=int, default=d.max_length)
-    a("--rank", type=_rank, default=d.rank, help="LoRA rank, or 'auto' for the largest under the budget")
-    a("--alpha", type=float, default=d.alpha)
-    a("--dropout", type=float, default=d.dropout, help="LoRA dropout")
-    a("--targets", type=_csv, default=d.targets, help="comma-separated module names, e.g. query,key,value")
-    a("--layers", type=_layers, default=d.layers, help="comma-separated layer indices, or 'all'")
-    a("--head", choices=HEADS, default=d.head)
+    a("--allow-empty-classes", action="store_true", help="train even if a class has no training row")
+    a("--max-length", type=int, help="tokens per text" + default(d.max_length))
+    a("--rank", type=rank_value, help="LoRA rank, or 'auto' for the largest under the budget" + default(d.lora.rank))
+    a("--alpha", type=float, help="LoRA alpha" + default(d.lora.alpha))
+    a("--dropout", type=float, help="LoRA dropout" + default(d.lora.dropout))
+    a("--targets", type=csv_list, help="comma-separated module names" + default(d.lora.targets))
+    a("--layers", type=layer_list, help="comma-separated layer indices, or 'all'" + default(d.lora.layers))
+    a("--head", choices=HEADS, help=default(d.head).strip(" ()"))
     a("--rslora", dest="use_rslora", action="store_true", help="scale by alpha/sqrt(rank)")
-    a("--lr", type=float, default=d.lr)
-    a("--lora-plus-ratio", type=float, default=d.lora_plus_ratio, help="LoRA+: learning-rate multiplier for B")
-    a("--weight-decay", type=float, default=d.weight_decay)
-    a("--warmup-ratio", type=float, default=d.warmup_ratio)
-    a("--label-smoothing", type=float, default=d.label_smoothing)
-    a("--epochs", type=int, default=d.epochs)
-    a("--batch-size", type=int, default=d.batch_size)
-    a("--eval-batch-size", type=int, default=d.eval_batch_size)
-    a("--grad-clip", type=float, default=d.grad_clip)
-    a("--ema-decay", type=float, default=d.ema_decay, help="EMA of trainable weights for eval; 0 = off")
-    a("--precision", choices=PRECISIONS, default=d.precision)
+    a("--lr", type=float, help="peak learning rate" + default(d.lr))
+    a("--lora-plus-ratio", type=float, help="LoRA+: learning-rate multiplier for B" + default(d.lora_plus_ratio))
+    a("--weight-decay", type=float, help=default(d.weight_decay).strip(" ()"))
+    a("--warmup-ratio", type=float, help=default(d.warmup_ratio).strip(" ()"))
+    a("--label-smoothing", type=float, help=default(d.label_smoothing).strip(" ()"))
+    a("--epochs", type=int, help=default(d.epochs).strip(" ()"))
+    a("--batch-size", type=int, help=default(d.batch_size).strip(" ()"))
+    a("--eval-batch-size", type=int, help=default(d.eval_batch_size).strip(" ()"))
+    a("--grad-clip", type=float, help=default(d.grad_clip).strip(" ()"))
+    a("--ema-decay", type=float, help="EMA of trainable weights for eval; 0 = off" + default(d.ema_decay))
+    a("--precision", choices=PRECISIONS, help=default(d.precision).strip(" ()"))
     a("--compile", action="store_true", help="torch.compile the model")
-    a("--seed", type=int, default=d.seed)
+    a("--seed", type=int, help=default(d.seed).strip(" ()"))
     a("--output-dir", help="default: runs/<date-time>")
-    a("--save-every", type=int, default=d.save_every, help="checkpoint every N steps as well as every epoch")
-    a("--max-trainable-params", type=int, default=d.max_trainable_params)
-    a("--cache-dir", default=os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "roberta-lora"),
-      help="tokenized-data cache ('' disables)")
+    a("--save-every", type=int, help="checkpoint every N steps as well as every epoch" + default(d.save_every))
+    a("--max-trainable-params", type=int, help=default(d.max_trainable_params).strip(" ()"))
+    a("--cache-dir", help=f"tokenized-data cache ('' disables) (default: {DEFAULT_CACHE})")
     a("--stop-after", type=int, help="stop after this many steps, checkpointed, to --resume later")
-    a("--device", default=d.device)
+    a("--device", help=default(d.device).strip(" ()"))
     a("--resume", metavar="DIR", help="continue the run in DIR with its saved config")
     a("--overwrite", action="store_true", help="reuse an --output-dir that already holds a run")
     return p
 
 
-def config_from_args(args: argparse.Namespace, given: set[str]) -> TrainConfig:
-    """Recipe values first, then every flag the user typed, then defaults."""
-    names = {f.name for f in fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    values.update({k: v for k, v in RECIPES[args.recipe].items() if k not in given})
-    values["output_dir"] = args.output_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-    values["cache_dir"] = os.path.expanduser(args.cache_dir) if args.cache_dir else None
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The recipe's values, then every flag the user gave (only those are in `args`), then defaults."""
+    given = dict(vars(args))
+    for key in ("recipe", "resume", "overwrite", "debug"):
+        given.pop(key, None)
+    values = {**recipe(getattr(args, "recipe", DEFAULT_RECIPE)), **given}
+    values["output_dir"] = given.get("output_dir") or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    cache = given.get("cache_dir", DEFAULT_CACHE)
+    values["cache_dir"] = os.path.expanduser(cache) if cache else None
     try:
-        return TrainConfig(**values)
+        return TrainConfig.from_flat(values)
     except ValueError as e:
         raise UserError(str(e)) from None
 
 
-def given_flags(argv: list[str]) -> set[str]:
-    return {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+def resume_config(args: argparse.Namespace) -> TrainConfig:
+    """The saved config of the run in --resume DIR; only --stop-after and --device may change."""
+    from .rundir import RunDir
+
+    extra = sorted(set(vars(args)) - RESUME_MAY_CHANGE)
+    if extra:
+        raise UserError(f"--resume continues a run with its saved config; drop --{extra[0].replace('_', '-')}")
+    cfg, _ = RunDir(Path(args.resume)).load_config()
+    # The directory given, not the one recorded: a run directory may have been moved or copied.
+    return replace(cfg, output_dir=str(args.resume), stop_after=getattr(args, "stop_after", None),
+                   device=getattr(args, "device", cfg.device))
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
-    out = args.resume or args.output_dir
+    return run_main(lambda: _train(args), argv)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .loop import Diverged, Stopped
+    from .rundir import CHECKPOINT, RunDir
+
+    cfg = resume_config(args) if getattr(args, "resume", None) else config_from_args(args)
+    out = cfg.output_dir
+    if getattr(args, "resume", None) and RunDir(Path(out)).finished():
+        print(f"{out} is a finished run (eval.json is written); nothing to resume")
+        return 0
     try:
-        if args.resume:
-            from .checkpoint import load_config
-
-            extra = sorted(given_flags(argv) - {"resume", "stop_after", "device"})
-            if extra:
-                raise UserError(f"--resume continues a run with its saved config; drop --{extra[0].replace('_', '-')}")
-
-            cfg = replace(load_config(Path(args.resume)), stop_after=args.stop_after,
-                          **({"device": args.device} if "device" in given_flags(argv) else {}))
-        else:
-            cfg = config_from_args(args, given_flags(argv))
-        out = cfg.output_dir
         from .run import run
 
-        run(cfg, resume=bool(args.resume), overwrite=args.overwrite)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        run(cfg, resume=bool(getattr(args, "resume", None)), overwrite=getattr(args, "overwrite", False))
     except Diverged as e:
-        kept = (Path(out) / "checkpoint.pt").is_file()
+        kept = (Path(out) / CHECKPOINT).is_file()
         where = (f"the last good checkpoint is in {out}; resume with --resume {out} or" if kept
                  else f"no checkpoint was saved yet; rerun with --output-dir {out} --overwrite and")
         print(f"error: {e}; {where} a lower --lr", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except Stopped as e:
+        print(f"stopped by {e} after step {e.step}, checkpointed; continue with --resume {out}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint stays
         print(f"error: interrupted; continue with --resume {out}", file=sys.stderr)
         return 130
     return 0

@@ -1,15 +1,32 @@
-"""TrainConfig: one frozen, validated record of a whole run; config.json is its dict."""
+"""TrainConfig: one frozen, validated record of a whole run, holding the LoRAConfig it trains with.
+
+Its defaults are the default recipe (train/recipes.py), so TrainConfig(), the CLI and sweeps agree.
+config.json stores to_dict(), with the rank already resolved.
+"""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+
+from lora import LoRAConfig
+
+from .recipes import DEFAULT_RECIPE, LORA_KEYS, RECIPES
 
 HEADS = ("full", "lora", "linear")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_R = RECIPES[DEFAULT_RECIPE]
+
+
+def _default_lora() -> LoRAConfig:
+    return LoRAConfig(**{k: _R[k] for k in LORA_KEYS if k in _R})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # LoRA rank, alpha, dropout, targets (module-name suffixes, PEFT's rule), layers, rsLoRA
+    lora: LoRAConfig = field(default_factory=_default_lora)
+    # pick the largest rank under max_trainable_params at start; the chosen rank is then written to lora.rank
+    auto_rank: bool = False
     # encoder: hub id or local directory; needs query/value nn.Linear layers
     model: str = "roberta-base"
     # hub dataset name, or a directory with train.csv and test/dev/validation.csv
@@ -21,34 +38,24 @@ class TrainConfig:
     # stratified subset sizes; None keeps everything
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    # train even if some class has no training row (otherwise refused: such a class can never be learned)
+    allow_empty_classes: bool = False
     # tokens per text after truncation; batches are padded only to their longest row
     max_length: int = 128
-    # LoRA rank, or "auto" for the largest rank that fits max_trainable_params
-    rank: int | str = 4
-    # LoRA alpha: the update is scaled by alpha/rank (alpha/sqrt(rank) with use_rslora)
-    alpha: float = 16.0
-    # dropout on the LoRA input
-    dropout: float = 0.0
-    # module-name suffixes that get LoRA, PEFT's matching rule
-    targets: tuple[str, ...] = ("query", "value")
-    # encoder layers that get LoRA; None = all
-    layers: tuple[int, ...] | None = None
     # classification head: full (trained whole), lora (LoRA on its dense layer), linear (one Linear)
-    head: str = "full"
-    # rsLoRA scaling alpha/sqrt(rank)
-    use_rslora: bool = False
+    head: str = _R["head"]
     # peak AdamW learning rate
-    lr: float = 4e-4
+    lr: float = _R["lr"]
     # LoRA+: learning-rate multiplier for B (1 = plain LoRA)
     lora_plus_ratio: float = 1.0
     # AdamW decoupled weight decay, on matrices only (not biases)
-    weight_decay: float = 0.0
+    weight_decay: float = _R["weight_decay"]
     # fraction of steps with linear warmup before the cosine decay
-    warmup_ratio: float = 0.0
+    warmup_ratio: float = _R["warmup_ratio"]
     # cross-entropy label smoothing
-    label_smoothing: float = 0.1
+    label_smoothing: float = _R["label_smoothing"]
     # passes over the training data
-    epochs: int = 5
+    epochs: int = _R["epochs"]
     # examples per optimizer step (global, across all processes)
     batch_size: int = 32
     # examples per evaluation forward pass
@@ -77,23 +84,13 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("targets", "layers"):
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
         problems = []
 
         def need(ok: bool, message: str) -> None:
             if not ok:
                 problems.append(message)
 
-        need(self.rank == "auto" or (isinstance(self.rank, int) and self.rank >= 1),
-             f"rank must be >= 1 or 'auto', got {self.rank!r}")
-        need(_finite(self.alpha) and self.alpha > 0, f"alpha must be > 0, got {self.alpha!r}")
-        need(_finite(self.dropout) and 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout!r}")
-        need(bool(self.targets) and all(t.strip(".") for t in self.targets), "targets must name at least one module")
-        need(self.layers is None or (bool(self.layers) and all(i >= 0 for i in self.layers)),
-             f"layers must be non-negative indices, got {self.layers!r}")
+        need(isinstance(self.lora, LoRAConfig), f"lora must be a LoRAConfig, got {type(self.lora).__name__}")
         need(self.head in HEADS, f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         need(_finite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         need(_finite(self.lora_plus_ratio) and self.lora_plus_ratio > 0,
@@ -103,15 +100,13 @@ class TrainConfig:
              f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         need(_finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
              f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
-        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs!r}")
-        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size!r}")
-        need(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "max_trainable_params"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)!r}")
         need(self.max_length >= 2, f"max_length must be >= 2, got {self.max_length!r}")
         need(_finite(self.grad_clip) and self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip!r}")
         need(_finite(self.ema_decay) and 0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(self.save_every >= 0, f"save_every must be >= 0, got {self.save_every!r}")
-        need(self.max_trainable_params >= 1, f"max_trainable_params must be >= 1, got {self.max_trainable_params!r}")
         for name in ("max_train_samples", "max_eval_samples", "stop_after"):
             value = getattr(self, name)
             need(value is None or value >= 1, f"{name} must be >= 1, got {value!r}")
@@ -123,13 +118,36 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_flat(cls, values: dict) -> "TrainConfig":
+        """Build from flat settings (flags, recipes, sweep files): LORA_KEYS go into `lora`.
+        Missing LoRA settings keep the default recipe's values. Invalid values raise one ValueError."""
+        values = dict(values)
+        lora = values.pop("lora", None)
+        lora = asdict(lora) if isinstance(lora, LoRAConfig) else dict(lora or asdict(_default_lora()))
+        for key in LORA_KEYS:
+            if key in values:
+                lora[key] = values.pop(key)
+        if lora.get("rank") == "auto":  # the command line's and older runs' spelling of auto_rank
+            lora["rank"], values["auto_rank"] = 1, True
+        rank = lora.get("rank")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"rank must be >= 1 or 'auto', got {rank!r}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(unknown)}")
-        return cls(**values)
+        lora.pop("trainable_modules", None)  # derived from the head choice, never set by a run
+        try:
+            lora_cfg = LoRAConfig(**lora)
+        except (TypeError, ValueError) as e:
+            raise ValueError(str(e).removeprefix("invalid LoRAConfig: ")) from None
+        return cls(lora=lora_cfg, **values)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """The inverse of to_dict; also reads the flat layout older runs wrote."""
+        return cls.from_flat(values)
 
 
 def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

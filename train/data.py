@@ -61,7 +61,7 @@ def _load_files(train_path: Path, eval_path: Path) -> Corpus:
     for p in (train_path, eval_path):
         if not p.is_file():
             raise UserError(f"file not found: {p}")
-    names = _class_names(train_path)
+    names = class_names(train_path)
     train_rows, train_kind = read_rows(train_path)
     eval_rows, eval_kind = read_rows(eval_path)
     for rows, path in ((train_rows, train_path), (eval_rows, eval_path)):
@@ -84,7 +84,7 @@ def _load_files(train_path: Path, eval_path: Path) -> Corpus:
     return Corpus(train, evals, names)
 
 
-def _class_names(train_path: Path) -> list[str] | None:
+def class_names(train_path: Path) -> list[str] | None:
     classes = train_path.parent / "classes.txt"
     if not classes.is_file():
         return None

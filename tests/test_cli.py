@@ -1,0 +1,91 @@
+"""The command-line layer: flags the user gave are known from the parse, --help shows what runs,
+abbreviations are refused, and class coverage is checked before training."""
+import csv
+import json
+
+import pytest
+
+from tiny import train_args
+from train.__main__ import config_from_args, main, parser
+from train.config import TrainConfig
+from train.recipes import DEFAULT_RECIPE, RECIPES
+
+
+def config(*argv: str) -> TrainConfig:
+    return config_from_args(parser().parse_args(list(argv)))
+
+
+@pytest.mark.parametrize("abbreviated", [["--warmup", "0.2"], ["--ran", "8"], ["--recipe", "reference", "--lr-plus", "2"]])
+def test_abbreviated_flags_are_refused_not_silently_overwritten(abbreviated, capsys):
+    with pytest.raises(SystemExit) as stop:
+        parser().parse_args(abbreviated)
+    assert stop.value.code == 2
+    assert f"unrecognized arguments: {abbreviated[-2]}" in capsys.readouterr().err
+
+
+def test_given_flags_win_over_the_recipe_and_others_come_from_it():
+    assert config("--warmup-ratio", "0.2").warmup_ratio == 0.2  # the default recipe says 0.06
+    assert config("--rank", "8").lora.rank == 8
+    assert config("--recipe", "reference", "--warmup-ratio", "0.2").warmup_ratio == 0.2
+    ref = config("--recipe", "reference")
+    assert ref.warmup_ratio == RECIPES["reference"]["warmup_ratio"] and ref.lora.rank == 4
+    assert config("--rank", "auto").auto_rank
+
+
+def test_help_shows_the_defaults_that_run(capsys):
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--help"])
+    shown = "".join(capsys.readouterr().out.split())  # argparse wraps long lines anywhere
+    default = RECIPES[DEFAULT_RECIPE]
+    assert f"(default:{default['rank']})" in shown and f"(default:{default['lr']})" in shown
+    assert f"(default:{','.join(default['targets'])})" in shown and f"(default:{DEFAULT_RECIPE})" in shown
+
+
+def test_trainconfig_the_cli_and_sweeps_default_to_the_same_recipe():
+    from train.sweep import run_sweep  # noqa: F401  (sweeps build configs with TrainConfig.from_flat too)
+
+    plain, cli = TrainConfig(), config("--output-dir", "x", "--cache-dir", "")
+    assert plain.lora == cli.lora and (plain.lr, plain.head, plain.warmup_ratio) == (cli.lr, cli.head, cli.warmup_ratio)
+    assert TrainConfig.from_flat({}).lora == plain.lora
+    assert plain.lora.rank == RECIPES[DEFAULT_RECIPE]["rank"] and plain.lr == RECIPES[DEFAULT_RECIPE]["lr"]
+
+
+def write_rows(path, rows) -> None:
+    with path.open("w", newline="") as f:
+        csv.writer(f, quoting=csv.QUOTE_ALL).writerows(rows)
+
+
+@pytest.fixture
+def classes_1_and_9(tmp_path):
+    """AG News-layout files with labels 1 and 9 only, and no classes.txt: 7 of 9 classes are empty."""
+    data = tmp_path / "gaps"
+    data.mkdir()
+    rows = [(1 if i % 2 else 9, f"goal match {i}", "league") for i in range(32)]
+    write_rows(data / "train.csv", rows)
+    write_rows(data / "test.csv", rows[:8])
+    return data
+
+
+def test_a_class_without_training_rows_is_refused(tiny_model_dir, classes_1_and_9, tmp_path, capsys):
+    rc = main(train_args(tiny_model_dir, classes_1_and_9, tmp_path / "o", "--epochs", "1"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "7 of 9 classes have no training row (2, 3, 4, 5, 6, …)" in err[0] and "--allow-empty-classes" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_allow_empty_classes_trains_on_purpose(tiny_model_dir, classes_1_and_9, tmp_path):
+    out = tmp_path / "o"
+    assert main(train_args(tiny_model_dir, classes_1_and_9, out, "--epochs", "1", "--allow-empty-classes")) == 0
+    assert len(json.loads((out / "eval.json").read_text())["labels"]) == 9
+
+
+def test_evaluation_classes_must_match_training(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "test.csv").write_text((tiny_data_dir / "test.csv").read_text())
+    (other / "classes.txt").write_text("A\nB\nC\nD\nE\n")
+    argv = [a for a in train_args(tiny_model_dir, tiny_data_dir, tmp_path / "o") if a not in ("--data", str(tiny_data_dir))]
+    rc = main(argv + ["--train-file", str(tiny_data_dir / "train.csv"), "--eval-file", str(other / "test.csv")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "the evaluation file's classes.txt lists ['A', 'B', 'C', 'D', 'E']" in err

@@ -1,0 +1,77 @@
+"""The command-line layer every entry point shares: the parser, flag types, and the one-line-error wrapper.
+
+User mistakes end as one line on stderr and exit code 2, never a traceback. Set ROBERTA_LORA_DEBUG=1
+(or pass --debug) to see the traceback for a bug report.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable
+
+from .errors import UserError
+
+DEBUG_ENV = "ROBERTA_LORA_DEBUG"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse without abbreviations (`--warmup` must not silently mean `--warmup-ratio`), errors in one line."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                          help=f"show tracebacks (also: {DEBUG_ENV}=1)")
+
+    def error(self, message: str):  # argparse prints usage plus a line; one line is enough
+        self.exit(2, f"error: {message}\n")
+
+
+def csv_list(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def layer_list(text: str) -> tuple[int, ...] | None:
+    if text == "all":
+        return None
+    try:
+        return tuple(int(t) for t in csv_list(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'all' or comma-separated layer numbers, got {text!r}") from None
+
+
+def rank_value(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
+
+
+def positive(name: str, value: int | None) -> None:
+    """Refuse a flag value below 1 (None = not given)."""
+    if value is not None and value < 1:
+        raise UserError(f"{name} must be >= 1, got {value}")
+
+
+def debugging(argv: list[str] | None) -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0") or "--debug" in (sys.argv[1:] if argv is None else argv)
+
+
+def run_main(body: Callable[[], int], argv: list[str] | None = None) -> int:
+    """Call body(); a UserError or a file-system error the user can fix becomes one line and exit 2."""
+    try:
+        return body()
+    except UserError as e:
+        if debugging(argv):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # permissions, a full disk, a file where a directory should be
+        if debugging(argv):
+            raise
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
