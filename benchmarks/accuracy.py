@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import REPO_ROOT, RESULTS_DIR, machine_info, write_json
+from benchmarks.common import REPO_ROOT, RESULTS_DIR, machine_info, write_json
 from benchmarks.report import accuracy_table
 
 LOCAL_DATA = REPO_ROOT / ".." / "shared" / "data" / "ag_news"

@@ -15,7 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from benchmarks import RESULTS_DIR
+from benchmarks.common import RESULTS_DIR
 
 README = Path(__file__).resolve().parent / "README.md"
 MARKER = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(.*?)(<!-- /results:(?P=name) -->)", re.S)
