@@ -122,3 +122,23 @@ def write_json(path: Path, data: dict) -> Path:
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def abba_order(names: list[str], rounds: int) -> list[list[str]]:
+    """Run order per round, reversed every other round (A B C, C B A, A B C ...), so that no contestant
+    always runs first or last, and a drift in load hits every contestant alike over two rounds."""
+    return [list(names) if r % 2 == 0 else list(reversed(names)) for r in range(rounds)]
+
+
+def paired_ratio(num: list[float], den: list[float]) -> dict:
+    """num[i] / den[i] per round (each pair ran within the same round), and their median, min and
+    max: the headline of a race on a machine whose load drifts between rounds."""
+    if len(num) != len(den) or not num:
+        raise ValueError(f"paired ratios need equally many rounds on both sides, got {len(num)} and {len(den)}")
+    per_round = [a / b for a, b in zip(num, den)]
+    return {"median": median(per_round), "min": min(per_round), "max": max(per_round), "per_round": per_round}
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None from a single value, which has no spread)."""
+    return float(statistics.fmean(values)), (float(statistics.stdev(values)) if len(values) > 1 else None)
