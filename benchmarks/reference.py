@@ -5,10 +5,17 @@ lr 4e-4 with a cosine schedule, label smoothing 0.1, batch 32, max_length 128, d
 (DataCollatorWithPadding), seed 0, fp32. No checkpoints, no logging integrations, one evaluation
 at the end. This is the contestant our `python -m train` is measured against in accuracy.py.
 
-    python -m benchmarks.reference --model PATH --train-file train.csv --eval-file dev.csv \\
-        --epochs 1 --max-train-samples 64
+The tuned reference (`--tuned`) is the same recipe as a strong PEFT + Trainer user would run it:
+length-grouped sampling (`train_sampling_strategy="group_by_length"` in transformers 5,
+`group_by_length=True` in 4.x), and `bf16=True` where the device has native bf16 (CUDA with bf16
+support, or a CPU with avx512_bf16/amx, where Trainer also needs `use_cpu=True`). Nothing else
+changes: same LoRA, optimizer, schedule, batch size and seed.
 
-The last printed line is the result as one JSON object.
+    python -m benchmarks.reference --model PATH --train-file train.csv --eval-file dev.csv \\
+        --epochs 1 --max-train-samples 64 [--tuned] [--seed 1] [--out metrics.json]
+
+The last printed line is the result as one JSON object; --out also writes it to a file (atomically),
+which is how benchmarks/accuracy.py reads a child process's final metrics.
 """
 from __future__ import annotations
 
@@ -17,13 +24,17 @@ import json
 import os
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings; we tokenize once, up front
 
 import torch
 
+from benchmarks.common import write_json
 from train.data import Corpus, Split, load_corpus, stratified_subset
+from train.errors import UserError
 from train.metrics import classification_report  # the same metric code scores both contestants
+from train.model import cpu_has_bf16
 
 RECIPE = {"r": 4, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["query", "value"],
           "modules_to_save": ["classifier"], "learning_rate": 4e-4, "label_smoothing_factor": 0.1,
@@ -38,14 +49,87 @@ def _dataset(split: Split, tokenizer, max_length: int):
     return Dataset.from_dict({**encoded, "labels": split.labels})
 
 
+# What `loop_seconds` covers, on both sides of the race: python -m train's eval.json train_seconds
+# sums, per optimizer step, collating the batch, moving it to the device, forward, loss, backward,
+# clipping, the optimizer step, the lr update and zero_grad. Here: the same, as the sum of each
+# step's on_step_begin..on_step_end (which starts after Trainer fetched the batch) plus the time the
+# collator took to build that batch. Neither includes evaluation, checkpoints or per-epoch setup.
+LOOP_INCLUDES = ("per optimizer step: collate the batch, move it to the device, forward, loss, backward, "
+                 "clip, optimizer step, lr update, zero_grad; summed over steps (no evaluation, no checkpoints, "
+                 "no per-epoch setup)")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 is a real speedup here: CUDA with bf16 support, or a CPU with AVX512-BF16/AMX
+    (decided by train.model.cpu_has_bf16, the same check our app's --precision auto makes)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16()
+
+
+def tuned_arguments(device: torch.device) -> dict:
+    """The TrainingArguments a strong PEFT + Trainer user adds: length-grouped sampling (the argument's
+    name depends on the transformers version) and bf16 where the device has it natively."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    extra = ({"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in names
+             else {"group_by_length": True})
+    if native_bf16(device):
+        extra["bf16"] = True
+        if device.type == "cpu":
+            extra["use_cpu"] = True  # Trainer refuses bf16 on CPU unless told the CPU is the device
+    return extra
+
+
+class _LoopTimer:
+    """Trainer callback + collator wrapper that measure the training loop with the same start and end
+    points as our app's train_seconds (see LOOP_INCLUDES). Collation during predict() is not counted."""
+
+    def __init__(self, collator) -> None:
+        from transformers import TrainerCallback
+
+        self.collator, self.training = collator, False
+        self.step_seconds = self.collate_seconds = 0.0
+        self.steps, self._started = 0, 0.0
+        timer = self
+
+        class Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                timer.training = True
+
+            def on_train_end(self, args, state, control, **kwargs):
+                timer.training = False
+
+            def on_step_begin(self, args, state, control, **kwargs):
+                timer._started = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                timer.step_seconds += time.perf_counter() - timer._started
+                timer.steps += 1
+
+        self.callback = Callback()
+
+    def __call__(self, features):
+        start = time.perf_counter()
+        batch = self.collator(features)
+        if self.training:
+            self.collate_seconds += time.perf_counter() - start
+        return batch
+
+
 def run_reference(model_path: str, corpus: Corpus, epochs: int, max_train_samples: int | None = None,
                   max_eval_samples: int | None = None, seed: int = RECIPE["seed"],
-                  eval_batch_size: int = RECIPE["batch_size"]) -> dict:
-    """Train and evaluate the reference recipe on `corpus`; returns its metrics and timings.
+                  eval_batch_size: int = RECIPE["batch_size"], tuned: bool = False) -> dict:
+    """Train and evaluate the reference recipe on `corpus` (the tuned reference with `tuned`);
+    returns its metrics and timings.
 
     Subsets are stratified with train.data.stratified_subset(seed), the same helper our app uses,
-    so both contestants see the same rows. Times are wall-clock around trainer.train() and
-    trainer.predict(); tokenization is excluded, as it is in our app's train_seconds."""
+    so both contestants see the same rows. train_seconds and eval_seconds are wall-clock around
+    trainer.train() and trainer.predict(); loop_seconds has the same start and end points as our
+    app's train_seconds (LOOP_INCLUDES). Tokenization is excluded from all three."""
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                               Trainer, TrainingArguments, set_seed)
@@ -65,15 +149,19 @@ def run_reference(model_path: str, corpus: Corpus, epochs: int, max_train_sample
     train_ds = _dataset(train_split, tokenizer, RECIPE["max_length"])
     eval_ds = _dataset(eval_split, tokenizer, RECIPE["max_length"])
 
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where Trainer will put the model
+    extra = tuned_arguments(device) if tuned else {}
+    timer = _LoopTimer(DataCollatorWithPadding(tokenizer))
     with tempfile.TemporaryDirectory(prefix="reference-") as out:
         args = TrainingArguments(
             output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=RECIPE["batch_size"],
             per_device_eval_batch_size=eval_batch_size, learning_rate=RECIPE["learning_rate"],
             lr_scheduler_type=RECIPE["lr_scheduler_type"], label_smoothing_factor=RECIPE["label_smoothing_factor"],
             seed=seed, save_strategy="no", eval_strategy="no", logging_strategy="no", report_to="none",
-            label_names=["labels"])  # PeftModel hides the wrapped forward's signature from Trainer
-        trainer = Trainer(model=model, args=args, train_dataset=train_ds,
-                          data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
+            label_names=["labels"],  # PeftModel hides the wrapped forward's signature from Trainer
+            **extra)
+        trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=timer,
+                          processing_class=tokenizer, callbacks=[timer.callback])
         start = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - start
@@ -89,6 +177,10 @@ def run_reference(model_path: str, corpus: Corpus, epochs: int, max_train_sample
         "macro_f1": report["macro_f1"],
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
+        "loop_seconds": timer.step_seconds + timer.collate_seconds,
+        "loop_collate_seconds": timer.collate_seconds,
+        "loop_includes": LOOP_INCLUDES,
+        "steps": timer.steps,
         "train_examples_per_s": len(train_split.labels) * epochs / train_seconds,
         "eval_examples_per_s": len(labels) / eval_seconds,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -99,11 +191,15 @@ def run_reference(model_path: str, corpus: Corpus, epochs: int, max_train_sample
         "optim": str(getattr(args.optim, "value", args.optim)),  # transformers' default AdamW flavour, recorded since it changes between versions
         "torch_threads": torch.get_num_threads(),
         "recipe": RECIPE,
+        "tuned": tuned,
+        "tuned_arguments": extra,
+        "precision": "bf16" if extra.get("bf16") else "fp32",
+        "seed": seed,
     }
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """CLI: load the data, run the recipe, print the result JSON as the last line."""
+    """CLI: load the data, run the recipe, write --out, print the result JSON as the last line."""
     p = argparse.ArgumentParser(description="Run the reference PEFT + Trainer recipe once.")
     p.add_argument("--model", required=True, help="local model directory or hub name")
     p.add_argument("--data", default="ag_news", help="directory or hub dataset, when no files are given")
@@ -112,9 +208,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--max-train-samples", type=int)
     p.add_argument("--max-eval-samples", type=int)
+    p.add_argument("--seed", type=int, default=RECIPE["seed"], help="data subset, head init and order (default 0)")
+    p.add_argument("--tuned", action="store_true",
+                   help="the tuned reference: length-grouped sampling, plus bf16 where the device has it natively")
+    p.add_argument("--out", help="also write the result JSON to this file (atomically)")
     args = p.parse_args(argv)
-    corpus = load_corpus(args.data, args.train_file, args.eval_file)
-    result = run_reference(args.model, corpus, args.epochs, args.max_train_samples, args.max_eval_samples)
+    try:
+        corpus = load_corpus(args.data, args.train_file, args.eval_file)
+    except UserError as e:  # a bad file or unreachable hub: one line, as our own CLI does
+        raise SystemExit(f"error: {e}") from None
+    result = run_reference(args.model, corpus, args.epochs, args.max_train_samples, args.max_eval_samples,
+                           seed=args.seed, tuned=args.tuned)
+    if args.out:
+        write_json(Path(args.out), result)
     print(json.dumps(result))
     return result
 

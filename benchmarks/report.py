@@ -15,7 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from benchmarks import RESULTS_DIR
+from benchmarks.common import RESULTS_DIR
 
 README = Path(__file__).resolve().parent / "README.md"
 MARKER = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(.*?)(<!-- /results:(?P=name) -->)", re.S)
@@ -44,8 +44,10 @@ def machine_line(m: dict) -> str:
     load = m.get("load_average_1m")
     end = m.get("load_average_1m_end")
     load_text = "" if load is None else f", load average {load}" + ("" if end is None else f" → {end}")
-    return (f"{m.get('cpu')} ({m.get('cpu_count')} cores, {m.get('torch_threads')} torch threads, "
-            f"{m.get('cpu_capability')}{', native bf16' if m.get('cpu_native_bf16') else ''}){gpu}; "
+    flags = f" ({', '.join(m['cpu_bf16_flags'])})" if m.get("cpu_bf16_flags") else ""
+    children = f", {m['child_threads']} threads per child" if m.get("child_threads") else ""
+    return (f"{m.get('cpu')} ({m.get('cpu_count')} cores, {m.get('torch_threads')} torch threads{children}, "
+            f"{m.get('cpu_capability')}{', native bf16' + flags if m.get('cpu_native_bf16') else ''}){gpu}; "
             f"torch {m.get('torch')}, transformers {m.get('transformers')}, peft {m.get('peft')}{load_text}")
 
 
@@ -97,7 +99,8 @@ def speed_tables(data: dict) -> str:
 
 
 def accuracy_table(data: dict) -> str:
-    """Ours against the reference recipe: quality, times, and ours / reference for each time."""
+    """The pre-race accuracy.json (one sequential pair, ours against the reference): quality, times,
+    and ours / reference for each time. Kept so that an older results file still renders."""
     o, r, ratios = data["ours"], data["reference"], data["ratios"]
     rows = [
         ["accuracy", f"{o['accuracy'] * 100:.2f}%", f"{r['accuracy'] * 100:.2f}%",
@@ -121,9 +124,64 @@ def accuracy_table(data: dict) -> str:
     return "\n\n".join([head, _table(["", "ours", "reference", "ours / reference"], rows), target])
 
 
+def _ratio(pair: dict | None) -> str:
+    """median [min–max] of paired per-round ratios; a dash where the pair did not race."""
+    if pair is None:
+        return "–"
+    if pair["min"] == pair["max"]:
+        return f"{pair['median']:.3f}×"
+    return f"{pair['median']:.3f}× [{pair['min']:.2f}–{pair['max']:.2f}]"
+
+
+def _accuracy(s: dict) -> str:
+    std = s.get("accuracy_std")
+    return f"{s['accuracy_mean'] * 100:.2f}%" + ("" if std is None else f" ± {std * 100:.2f}")
+
+
+def race_table(data: dict) -> str:
+    """The race: per contestant its precision, whole-process time, paired ratios against both
+    references (measured, then counted work beside them), loop time and accuracy."""
+    summary, ratios, setup = data["summary"], data["ratios"], data["setup"]
+    bases = [b for b in ("reference", "tuned") if b in summary]
+    scale, unit = (1e9, "G") if max(s["work_total"] for s in summary.values()) >= 1e9 else (1e6, "M")
+    header = ["contestant", "precision", "epochs", "whole process", "CPU time", "training loop"]
+    header += [f"time ÷ {b}" for b in bases] + ["accuracy", f"work ({unit} token-layers)"]
+    header += [f"work ÷ {b}" for b in bases]
+    rows = []
+    for name, s in summary.items():
+        row = [s["label"] + (f", LoRA from layer {s['start_layer']}" if s.get("start_layer") else ""),
+               s["precision"], s["epochs"], f"{s['wall_seconds']:,.1f} s", f"{s['cpu_seconds']:,.1f} s",
+               f"{s['loop_seconds']:,.1f} s"]
+        row += ["1" if b == name else _ratio(ratios.get(f"{name}/{b}", {}).get("wall")) for b in bases]
+        row += [_accuracy(s), f"{s['work_total'] / scale:,.3f}"]
+        row += ["1" if b == name else _ratio(ratios.get(f"{name}/{b}", {}).get("work")) for b in bases]
+        rows.append(row)
+    seeds = setup["seeds"]
+    model = setup.get("model_name") or Path(setup["model"]).name
+    head = (f"`{data['command']}`\n\nMachine: {machine_line(data['machine'])}. Model {model} "
+            f"({setup['layers']} layers), {setup['train_examples']:,} training × {setup['eval_examples']:,} "
+            f"evaluation examples, {len(seeds)} round(s) (seeds {', '.join(map(str, seeds))}), contestants "
+            "alternating A B C D, D C B A. Times are medians over rounds; each ratio is the median of per-round "
+            "ratios [min–max]. Whole process: launch to exit, cold token cache. Accuracy: final epoch, mean ± std "
+            f"over seeds. Work: {setup['work']} (counted, noise-free).")
+    h = data["headline"]
+    lines = [f"{t['target']}: {'met' if t['met'] else 'missed'} ("
+             + (f"{t['value'] * 100:+.2f} pp" if "accuracy" in t["target"] else f"{t['value']:.3f}×") + ")"
+             for t in data.get("targets", []) if t["met"] is not None]
+    parts = [head, _table(header, rows)]
+    if lines:
+        parts.append("Targets: " + "; ".join(lines) + ".")
+    if h.get("work_ratio_vs_reference") is not None and h.get("time_ratio_vs_reference") is not None:
+        parts.append(f"Fast recipe against the reference as specified: measured {h['time_ratio_vs_reference']:.3f}×, "
+                     f"counted work {h['work_ratio_vs_reference']:.3f}×.")
+    return "\n\n".join(parts)
+
+
 def render(data: dict) -> str:
     """The markdown for one results file, by its kind."""
-    return speed_tables(data) if data.get("benchmark") == "speed" else accuracy_table(data)
+    if data.get("benchmark") == "speed":
+        return speed_tables(data)
+    return race_table(data) if data.get("benchmark") == "race" else accuracy_table(data)
 
 
 def update_readme(text: str, results_dir: Path = RESULTS_DIR) -> str:

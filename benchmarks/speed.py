@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers/peft import 
 import torch
 from torch import nn
 
-from benchmarks import RESULTS_DIR, interleave, machine_info, summarize, sync, write_json
+from benchmarks.common import RESULTS_DIR, interleave, machine_info, summarize, sync, write_json
 from benchmarks.report import speed_tables
 from lora import LoRAConfig, count_trainable, inject_lora, lora_layers, merge_lora
 
