@@ -130,8 +130,8 @@ def read_result(name: str, run_dir: Path) -> dict:
                 "eval_batch_size": recipe["batch_size"],
                 "max_length": recipe["max_length"], "layers": None, "trainable_params": metrics["trainable_params"],
                 "trainer_train_seconds": metrics["train_seconds"]}
-    config = json.loads((run_dir / "out" / "config.json").read_text())
-    lora = config.get("lora") if isinstance(config.get("lora"), dict) else {}
+    config = json.loads((run_dir / "out" / "config.json").read_text())["train"]  # {"train": TrainConfig, ...}
+    lora = config["lora"]
     last = metrics["history"][-1]
     return {"accuracy": metrics.get("final_accuracy", last["accuracy"]),
             "macro_f1": metrics.get("final_macro_f1", last["macro_f1"]),
@@ -139,7 +139,7 @@ def read_result(name: str, run_dir: Path) -> dict:
             "loop_includes": OURS_LOOP_INCLUDES, "precision": ours_precision(config),
             "epochs": config["epochs"], "batch_size": config["batch_size"],
             "eval_batch_size": config["eval_batch_size"], "max_length": config["max_length"],
-            "layers": config.get("layers", lora.get("layers")), "trainable_params": metrics["trainable_params"]}
+            "layers": lora["layers"], "trainable_params": metrics["trainable_params"]}
 
 
 def ours_precision(config: dict) -> str:

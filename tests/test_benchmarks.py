@@ -245,8 +245,12 @@ def test_read_result_takes_ours_settings_from_the_runs_config(tmp_path):
     (out / "eval.json").write_text(json.dumps({
         "accuracy": 0.9, "macro_f1": 0.9, "final_accuracy": 0.85, "final_macro_f1": 0.84, "train_seconds": 12.0,
         "trainable_params": 5, "history": [{"accuracy": 0.9, "macro_f1": 0.9}, {"accuracy": 0.85, "macro_f1": 0.84}]}))
-    (out / "config.json").write_text(json.dumps({"epochs": 2, "batch_size": 16, "eval_batch_size": 64,
-                                                 "max_length": 96, "layers": [4, 3, 5], "precision": "fp32"}))
+    from train.config import TrainConfig
+    from train.rundir import run_record
+
+    cfg = TrainConfig.from_flat({"epochs": 2, "batch_size": 16, "eval_batch_size": 64, "max_length": 96,
+                                 "layers": (4, 3, 5), "precision": "fp32"})
+    (out / "config.json").write_text(json.dumps(run_record(cfg, ["a", "b"])))  # the shape python -m train writes
     r = read_result("fast", tmp_path)
     assert r["accuracy"] == 0.85 and r["best_epoch_accuracy"] == 0.9  # the final epoch, not the best
     assert (r["loop_seconds"], r["precision"], r["epochs"], start_layer(r["layers"])) == (12.0, "fp32", 2, 3)
