@@ -75,14 +75,18 @@ def summarize(rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> Parser:
     p = Parser(prog="python -m train.sweep", description=__doc__.splitlines()[0])
     p.add_argument("config", help="sweep JSON file")
     p.add_argument("--output-dir", help="default: sweeps/<config name>")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base field, e.g. --set epochs=1 (JSON value or plain string)")
     p.add_argument("--only", help="comma-separated run names to run (the table still lists all)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     return run_main(lambda: _sweep(args), argv)
 
 
