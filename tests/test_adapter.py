@@ -96,41 +96,29 @@ def rewrite(directory, edit):
     save_file(tensors, str(directory / WEIGHTS_NAME))
 
 
-def test_load_refuses_rank_mismatch_in_config_naming_first_key(saved):
-    base, _, _, directory = saved
+def _rank_2_in_config(directory) -> None:
     raw = json.loads((directory / CONFIG_NAME).read_text())
     (directory / CONFIG_NAME).write_text(json.dumps({**raw, "r": 2}))
-    fresh = copy.deepcopy(base)
-    with pytest.raises(ValueError, match=rf"adapter key {FIRST_KEY} has shape \(4, 32\), the model expects \(2, 32\)"):
-        load_adapter(fresh, directory)
-    assert_untouched(fresh)
 
 
-def test_load_refuses_one_tensor_of_wrong_rank(saved):
+ONE_WRONG = QV_KEY.format(i=1, t="value", ab="B")
+EXTRA = QV_KEY.format(i=0, t="key", ab="A")
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (_rank_2_in_config, rf"adapter key {FIRST_KEY} has shape \(4, 32\), the model expects \(2, 32\)"),
+    (lambda d: rewrite(d, lambda t: t.__setitem__(ONE_WRONG, torch.zeros(32, 3, dtype=torch.float64))),
+     rf"adapter key {ONE_WRONG} has shape \(32, 3\), the model expects \(32, 4\)"),
+    (lambda d: rewrite(d, lambda t: t.__setitem__(EXTRA, torch.zeros(4, 32, dtype=torch.float64))),
+     rf"adapter key {EXTRA} does not exist in the model"),
+    (lambda d: rewrite(d, lambda t: t.pop("base_model.model.classifier.out_proj.bias")),
+     r"adapter is missing key base_model.model.classifier.out_proj.bias"),
+], ids=["rank-mismatch-in-config", "one-tensor-of-wrong-rank", "extra-key", "missing-key"])
+def test_load_refuses_a_file_that_does_not_fit_naming_the_first_bad_key(saved, spoil, message):
     base, _, _, directory = saved
-    key = QV_KEY.format(i=1, t="value", ab="B")
-    rewrite(directory, lambda t: t.__setitem__(key, torch.zeros(32, 3, dtype=torch.float64)))
+    spoil(directory)
     fresh = copy.deepcopy(base)
-    with pytest.raises(ValueError, match=rf"adapter key {key} has shape \(32, 3\), the model expects \(32, 4\)"):
-        load_adapter(fresh, directory)
-    assert_untouched(fresh)
-
-
-def test_load_refuses_extra_key(saved):
-    base, _, _, directory = saved
-    extra = QV_KEY.format(i=0, t="key", ab="A")
-    rewrite(directory, lambda t: t.__setitem__(extra, torch.zeros(4, 32, dtype=torch.float64)))
-    fresh = copy.deepcopy(base)
-    with pytest.raises(ValueError, match=rf"adapter key {extra} does not exist in the model"):
-        load_adapter(fresh, directory)
-    assert_untouched(fresh)
-
-
-def test_load_refuses_missing_key(saved):
-    base, _, _, directory = saved
-    rewrite(directory, lambda t: t.pop("base_model.model.classifier.out_proj.bias"))
-    fresh = copy.deepcopy(base)
-    with pytest.raises(ValueError, match=r"adapter is missing key base_model.model.classifier.out_proj.bias"):
+    with pytest.raises(ValueError, match=message):
         load_adapter(fresh, directory)
     assert_untouched(fresh)
 

@@ -38,7 +38,17 @@ def test_warmup_rises_then_decays(tiny_model_dir, tiny_data_dir, tmp_path):
     assert lrs[4:] == sorted(lrs[4:], reverse=True) and lrs[-1] < 1e-3
 
 
-def test_ema_weights_are_the_ones_evaluated_and_saved(tiny_model_dir, tiny_data_dir, tmp_path):
+def test_ema_weights_are_the_ones_evaluated_and_saved(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
+    import train.loop
+
+    seen = []  # the trained weights as evaluation saw them, one dict per epoch
+    real_predict = train.loop.predict
+
+    def spy(model, *args, **kwargs):
+        seen.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+        return real_predict(model, *args, **kwargs)
+
+    monkeypatch.setattr(train.loop, "predict", spy)
     plain, _ = run(tiny_model_dir, tiny_data_dir, tmp_path / "plain")
     ema, _ = run(tiny_model_dir, tiny_data_dir, tmp_path / "ema", "--ema-decay", "0.9")
     a = load_file(str(tmp_path / "plain/adapter/adapter_model.safetensors"))
@@ -48,6 +58,10 @@ def test_ema_weights_are_the_ones_evaluated_and_saved(tiny_model_dir, tiny_data_
     key = next(k for k in state["ema"] if k.endswith("lora_B.weight"))
     saved = next(v for k, v in b.items() if k.endswith(key.replace("lora_B.weight", "lora_B.weight")))
     assert torch.equal(saved, state["ema"][key].to(saved.dtype))
+    # The last evaluation saw the EMA weights, not the trained ones the checkpoint holds beside them.
+    last = seen[-1]
+    assert all(torch.equal(last[n], state["ema"][n].to(last[n].dtype)) for n in state["ema"])
+    assert any(not torch.equal(last[n], state["model"][n]) for n in state["model"])
 
 
 @pytest.mark.parametrize("head, trained, lora_on_head", [
