@@ -34,6 +34,7 @@ from benchmarks.common import (REPO_ROOT, RESULTS_DIR, abba_order, machine_info,
 from benchmarks.contestants import (LABELS, NAMES, OURS, RaceError, Setup, child_env, command, metrics_path,
                                     preflight, read_result, run_child, start_layer)
 from benchmarks.report import race_table
+from train.rundir import CHECKPOINT, RunDir
 
 LOCAL_DATA = REPO_ROOT / ".." / "shared" / "data" / "ag_news"
 BASES = ("reference", "tuned")
@@ -100,7 +101,7 @@ def run_race(setup: Setup, names: list[str], seeds: list[int], work_dir: Path, l
             print(f"[race] round {round_ + 1}/{len(seeds)}, seed {seed}: {name} ...", file=sys.stderr, flush=True)
             timing = run_child(cmd, run_dir / "log.txt", metrics_path(name, run_dir), env)
             shutil.rmtree(run_dir / "cache", ignore_errors=True)  # cold next time; prefix caches can be large
-            (run_dir / "out" / "checkpoint.pt").unlink(missing_ok=True)
+            (RunDir(run_dir / "out") / CHECKPOINT).unlink(missing_ok=True)
             result = read_result(name, run_dir)
             work = work_of(name, result, lengths, seed, layers, prefix_cache)
             runs.append({"contestant": name, "seed": seed, "round": round_, "position": position,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.common import REPO_ROOT
+from train.rundir import CONFIG, EVAL, RunDir
 
 NAMES = ("reference", "tuned", "default", "fast")
 LABELS = {
@@ -115,7 +116,7 @@ def run_child(cmd: list[str], log: Path, metrics: Path, env: dict[str, str]) -> 
 
 
 def metrics_path(name: str, run_dir: Path) -> Path:
-    return run_dir / ("out/eval.json" if name in OURS else "metrics.json")
+    return (RunDir(run_dir / "out") / EVAL) if name in OURS else run_dir / "metrics.json"
 
 
 def read_result(name: str, run_dir: Path) -> dict:
@@ -130,7 +131,7 @@ def read_result(name: str, run_dir: Path) -> dict:
                 "eval_batch_size": recipe["batch_size"],
                 "max_length": recipe["max_length"], "layers": None, "trainable_params": metrics["trainable_params"],
                 "trainer_train_seconds": metrics["train_seconds"]}
-    config = json.loads((run_dir / "out" / "config.json").read_text())["train"]  # {"train": TrainConfig, ...}
+    config = json.loads((RunDir(run_dir / "out") / CONFIG).read_text())["train"]  # {"train": TrainConfig, ...}
     lora = config["lora"]
     last = metrics["history"][-1]
     return {"accuracy": metrics.get("final_accuracy", last["accuracy"]),

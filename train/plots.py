@@ -4,6 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lora.adapter import atomic_write
+
+from .rundir import METRICS, PLOTS
+
 
 def plot_run(out: Path, result: dict) -> None:
     import matplotlib
@@ -11,7 +15,7 @@ def plot_run(out: Path, result: dict) -> None:
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    entries = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    entries = [json.loads(x) for x in (out / METRICS).read_text().splitlines() if x.strip()]
     train = [e for e in entries if "loss" in e]
     evals = [e for e in entries if "eval_accuracy" in e]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -24,7 +28,7 @@ def plot_run(out: Path, result: dict) -> None:
     axes[2].set(title="evaluation", xlabel="step")
     axes[2].legend()
     fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=100)
+    atomic_write(out / PLOTS[0], lambda p: fig.savefig(p, dpi=100, format="png"))
     plt.close(fig)
 
     labels, confusion = result["labels"], result["confusion"]
@@ -38,5 +42,5 @@ def plot_run(out: Path, result: dict) -> None:
         for j, v in enumerate(row):
             ax.text(j, i, str(v), ha="center", va="center", color="white" if v > top / 2 else "black")
     fig.tight_layout()
-    fig.savefig(out / "confusion.png", dpi=100)
+    atomic_write(out / PLOTS[1], lambda p: fig.savefig(p, dpi=100, format="png"))
     plt.close(fig)
