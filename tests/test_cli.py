@@ -89,3 +89,23 @@ def test_evaluation_classes_must_match_training(tiny_model_dir, tiny_data_dir, t
     rc = main(argv + ["--train-file", str(tiny_data_dir / "train.csv"), "--eval-file", str(other / "test.csv")])
     err = capsys.readouterr().err
     assert rc == 2 and "the evaluation file's classes.txt lists ['A', 'B', 'C', 'D', 'E']" in err
+
+
+def test_top_layers_resolve_to_the_last_k_layers_of_the_model_and_are_written_resolved():
+    import torch
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from train.model import apply_head, plan
+
+    with torch.device("meta"):
+        base = RobertaForSequenceClassification(RobertaConfig(num_labels=4))
+    cfg = config("--top-layers", "3", "--rank", "24")
+    assert cfg.top_layers == 3 and cfg.lora.layers is None
+    apply_head(cfg, base)
+    rank, lora, rows = plan(cfg, base)
+    assert lora.layers == (9, 10, 11) and sum(v for _, v in rows) == 998_404  # 24 × 13,824 × 3 + 3,076
+    assert config("--top-layers", "3", "--layers", "1").lora.layers == (1,)  # then refused: not both
+    with pytest.raises(ValueError, match="give top_layers or layers, not both"):
+        TrainConfig.from_flat({"top_layers": 3, "layers": (1,)})
+    with pytest.raises(Exception, match="has only 12 encoder layers"):
+        plan(config("--top-layers", "13"), base)

@@ -48,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
     a("--dropout", type=float, help="LoRA dropout" + default(d.lora.dropout))
     a("--targets", type=csv_list, help="comma-separated module names" + default(d.lora.targets))
     a("--layers", type=layer_list, help="comma-separated layer indices, or 'all'" + default(d.lora.layers))
+    a("--top-layers", type=int, metavar="K", help="LoRA only in the top K encoder layers (the layers below run "
+      "once per example, cached)")
     a("--head", choices=HEADS, help=default(d.head).strip(" ()"))
     a("--rslora", dest="use_rslora", action="store_true", help="scale by alpha/sqrt(rank)")
     a("--lr", type=float, help="peak learning rate" + default(d.lr))
@@ -80,6 +82,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for key in ("recipe", "resume", "overwrite", "debug"):
         given.pop(key, None)
     values = {**recipe(getattr(args, "recipe", DEFAULT_RECIPE)), **given}
+    for one, other in (("layers", "top_layers"), ("top_layers", "layers")):
+        if one in given and other not in given:  # the user's choice of layers replaces the recipe's
+            values[other] = None
     values["output_dir"] = given.get("output_dir") or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     cache = given.get("cache_dir", DEFAULT_CACHE)
     values["cache_dir"] = os.path.expanduser(cache) if cache else None

@@ -27,6 +27,9 @@ class TrainConfig:
     lora: LoRAConfig = field(default_factory=_default_lora)
     # pick the largest rank under max_trainable_params at start; the chosen rank is then written to lora.rank
     auto_rank: bool = False
+    # adapt only the top K encoder layers; resolved into lora.layers at start (layers below run once per
+    # example, through the frozen-prefix cache); None = as lora.layers says
+    top_layers: int | None = None
     # encoder: hub id or local directory; needs query/value nn.Linear layers
     model: str = "roberta-base"
     # hub dataset name, or a directory with train.csv and test/dev/validation.csv
@@ -107,7 +110,8 @@ class TrainConfig:
         need(_finite(self.ema_decay) and 0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(self.save_every >= 0, f"save_every must be >= 0, got {self.save_every!r}")
-        for name in ("max_train_samples", "max_eval_samples", "stop_after"):
+        need(self.top_layers is None or self.lora.layers is None, "give top_layers or layers, not both")
+        for name in ("max_train_samples", "max_eval_samples", "stop_after", "top_layers"):
             value = getattr(self, name)
             need(value is None or value >= 1, f"{name} must be >= 1, got {value!r}")
         need(bool(self.train_file) == bool(self.eval_file), "train_file and eval_file go together")

@@ -84,9 +84,20 @@ def apply_head(cfg: TrainConfig, model: nn.Module) -> None:
         model.classifier = LinearHead(hidden, model.config.num_labels, drop).to(old.weight.device, old.weight.dtype)
 
 
+def resolve_top_layers(cfg: TrainConfig, model: nn.Module) -> TrainConfig:
+    """top_layers=K becomes lora.layers = the last K encoder layers of this model."""
+    if cfg.top_layers is None:
+        return cfg
+    total = model.config.num_hidden_layers
+    if cfg.top_layers > total:
+        raise UserError(f"--top-layers {cfg.top_layers}: {cfg.model} has only {total} encoder layers")
+    return replace(cfg, top_layers=None, lora=replace(cfg.lora, layers=tuple(range(total - cfg.top_layers, total))))
+
+
 def plan(cfg: TrainConfig, model: nn.Module) -> tuple[int, LoRAConfig, list[tuple[str, int]]]:
     """Choose the rank (largest under the budget for 'auto') and count what will train, per module group.
     Counts come from the model as loaded, before injection, so nothing is modified."""
+    cfg = resolve_top_layers(cfg, model)
     probe = lora_config(cfg, model, 1)
     try:
         names = lora_targets(model, probe)

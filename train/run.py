@@ -130,7 +130,7 @@ def build(cfg: TrainConfig, resume: bool, overwrite: bool, say: Callable[[str], 
             f"{usable_length(cfg.max_length, model)}")
     lora, plan_rows, total = prepare(cfg, model)
     # Resolved once and written so: the rank --rank auto chose, the length the model can take.
-    cfg = replace(cfg, auto_rank=False, lora=replace(cfg.lora, rank=lora.rank),
+    cfg = replace(cfg, auto_rank=False, top_layers=None, lora=replace(cfg.lora, rank=lora.rank, layers=lora.layers),
                   max_length=usable_length(cfg.max_length, model))
     model.to(device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
