@@ -8,6 +8,7 @@ import pytest
 from tiny import train_args
 from train.__main__ import config_from_args, main, parser
 from train.config import TrainConfig
+from train.errors import UserError
 from train.recipes import DEFAULT_RECIPE, RECIPES
 
 
@@ -104,7 +105,9 @@ def test_top_layers_resolve_to_the_last_k_layers_of_the_model_and_are_written_re
     apply_head(cfg, base)
     rank, lora, rows = plan(cfg, base)
     assert lora.layers == (9, 10, 11) and sum(v for _, v in rows) == 998_404  # 24 × 13,824 × 3 + 3,076
-    assert config("--top-layers", "3", "--layers", "1").lora.layers == (1,)  # then refused: not both
+    assert config("--recipe", "reference", "--layers", "1").lora.layers == (1,)
+    with pytest.raises(UserError, match="give top_layers or layers, not both"):
+        config("--top-layers", "3", "--layers", "1")
     with pytest.raises(ValueError, match="give top_layers or layers, not both"):
         TrainConfig.from_flat({"top_layers": 3, "layers": (1,)})
     with pytest.raises(Exception, match="has only 12 encoder layers"):
