@@ -64,8 +64,7 @@ def inject_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
     for name in names:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        layer = LoRALinear.from_linear(getattr(parent, attr), config.rank, config.alpha,
-                                       config.dropout, use_rslora=config.use_rslora)
+        layer = LoRALinear.from_linear(getattr(parent, attr), config)
         setattr(parent, attr, layer)
     return model
 

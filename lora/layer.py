@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import LoRAConfig
 
 class LoRALinear(nn.Module):
     """y = x Wᵀ + b + scaling · B(A(dropout(x))).
@@ -21,17 +22,17 @@ class LoRALinear(nn.Module):
         in_features: int,
         out_features: int,
         rank: int,
-        alpha: float,
+        scaling: float,
         dropout: float = 0.0,
         bias: bool = True,
-        use_rslora: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        self.scaling = alpha / (math.sqrt(rank) if use_rslora else rank)
+        # The factor in front of B·A comes in ready-made: LoRAConfig.scaling is its one formula.
+        self.scaling = float(scaling)
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **kw), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features, **kw), requires_grad=False) if bias else None
         # nn.Linear submodules so parameter names end in lora_A.weight / lora_B.weight, as in PEFT files.
@@ -43,13 +44,12 @@ class LoRALinear(nn.Module):
         self.reset_lora_parameters()
 
     @classmethod
-    def from_linear(
-        cls, linear: nn.Linear, rank: int, alpha: float, dropout: float = 0.0, use_rslora: bool = False
-    ) -> "LoRALinear":
-        """Wrap `linear`, sharing its weight and bias tensors (no copy), on its device and dtype."""
+    def from_linear(cls, linear: nn.Linear, config: LoRAConfig) -> "LoRALinear":
+        """Wrap `linear` with `config`'s rank, scaling and dropout, sharing its weight and bias tensors
+        (no copy), on its device and dtype."""
         w = linear.weight
-        layer = cls(linear.in_features, linear.out_features, rank, alpha, dropout,
-                    bias=linear.bias is not None, use_rslora=use_rslora, device=w.device, dtype=w.dtype)
+        layer = cls(linear.in_features, linear.out_features, config.rank, config.scaling, config.dropout,
+                    bias=linear.bias is not None, device=w.device, dtype=w.dtype)
         layer.weight = nn.Parameter(w.data, requires_grad=False)
         if linear.bias is not None:
             layer.bias = nn.Parameter(linear.bias.data, requires_grad=False)
