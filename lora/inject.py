@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+import torch
 from torch import nn
 
 from .config import LoRAConfig
@@ -97,4 +98,35 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
     """Unmerge every LoRALinear, restoring base weights exactly (idempotent). Returns the model."""
     for _, layer in lora_layers(model):
         layer.unmerge()
+    return model
+
+
+@torch.no_grad()
+def cast_frozen(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Hold every frozen Linear weight and bias (LoRALinear bases included) in `dtype`, in place.
+    Returns the model.
+
+    Under autocast, a Linear whose weight is not a trainable leaf gets cast anew at every call, in the
+    forward and for backward; a weight already in the autocast dtype is used as is. So call this once,
+    after .to(device), with the autocast dtype, and run the model under that autocast from then on.
+    Left as they are: LoRA A/B (the adapter is saved and updated in float32), everything trainable,
+    LayerNorm (autocast runs layer_norm in float32 and would cast a low-precision weight back up at
+    every call) and embeddings (a lookup is not cast by autocast, so a low-precision table would only
+    round the embeddings before the float32 LayerNorm and make nothing faster)."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"cast_frozen needs a floating-point dtype, got {dtype!r}")
+    adapters = {id(m) for _, layer in lora_layers(model) for m in (layer.lora_A, layer.lora_B)}
+    for module in model.modules():
+        if not isinstance(module, (nn.Linear, LoRALinear)) or id(module) in adapters:
+            continue
+        # A merged layer is cast as its base and merged again, so its weight is rounded once, from W + ΔW.
+        merged = isinstance(module, LoRALinear) and module.merged
+        if merged:
+            module.unmerge()
+        for name in ("weight", "bias"):
+            param = getattr(module, name)
+            if param is not None and not param.requires_grad:
+                param.data = param.data.to(dtype)  # the same Parameter object, so references stay valid
+        if merged:
+            module.merge()
     return model
