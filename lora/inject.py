@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .config import LoRAConfig
-from .layer import LoRALinear
+from .layer import LoRALinear, SharedInput
 
 # PEFT's default layers_pattern: the index after "layer"/"layers"/"h"/"blocks" in a module path.
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|h|blocks)\.(\d+)(?:\.|$)")
@@ -44,9 +44,10 @@ def lora_targets(model: nn.Module, config: LoRAConfig) -> list[str]:
     return names
 
 
-def inject_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
+def inject_lora(model: nn.Module, config: LoRAConfig, *, fuse: bool = True) -> nn.Module:
     """Replace each targeted nn.Linear with a LoRALinear, in place, and freeze all but LoRA and
-    `config.trainable_modules`. Returns the same model."""
+    `config.trainable_modules`. With `fuse`, sibling layers that read one input run as one
+    (fuse_shared_inputs); the parameters and the adapter file are the same either way. Returns the model."""
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("model already has LoRA layers; inject into a fresh model")
     names = lora_targets(model, config)
@@ -67,7 +68,25 @@ def inject_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
         parent = model.get_submodule(parent_name)
         layer = LoRALinear.from_linear(getattr(parent, attr), config)
         setattr(parent, attr, layer)
+    if fuse:
+        fuse_shared_inputs(model)
     return model
+
+
+def fuse_shared_inputs(model: nn.Module) -> list[tuple[str, ...]]:
+    """Group the LoRALinears that are children of one module and have the same in_features (query, key
+    and value of an attention block) into a SharedInput, so that a model that calls them on one tensor
+    computes them at once. Regroups from scratch; returns the groups' layer names, in model order."""
+    siblings: dict[tuple[str, int], list[tuple[str, LoRALinear]]] = {}
+    for name, layer in lora_layers(model):
+        layer._group = None
+        siblings.setdefault((name.rpartition(".")[0], layer.in_features), []).append((name, layer))
+    groups = [members for members in siblings.values() if len(members) > 1]
+    for members in groups:
+        group = SharedInput([layer for _, layer in members])
+        for _, layer in members:
+            layer._group = group
+    return [tuple(name for name, _ in members) for members in groups]
 
 
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
