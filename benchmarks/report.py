@@ -73,16 +73,19 @@ def speed_tables(data: dict) -> str:
         t, e = r["train"], r["eval"]
         label = "fp32" if precision == "fp32" else "bf16 autocast"
         vs = {"ours": "1", "peft": pair(t, "ours/peft"), "floor": pair(t, "ours/floor")}
+        if "ours_all_linear" in t["median_seconds"]:  # results from before it was measured lack it
+            vs["ours_all_linear"] = pair(t, "ours/ours_all_linear")
         peak = "cuda_peak_bytes" in t["memory"]["ours"]
         rows = []
-        for name in ("ours", "peft", "floor"):
+        for name in [n for n in ("ours", "ours_all_linear", "peft", "floor") if n in vs]:
             m = t["memory"][name]
             mem = m["saved_activation_bytes"] + m["grad_bytes"] + m["optimizer_bytes"]
             rows.append([name, _ms(t["median_seconds"][name]), vs[name], f"{t['trainable_params'][name]:,}",
                          _mib(mem)] + ([_mib(m["cuda_peak_bytes"])] if peak else []))
         header = ["training step", "median", "ours / this", "trainable params",
                   "saved activations + grads + AdamW"] + (["CUDA peak over weights"] if peak else [])
-        parts.append(f"**{label}, training step (forward, backward, AdamW, zero_grad), batch {r['batch_size']} "
+        held = ", frozen weights held in bf16 (cast_frozen) by ours and floor" if t.get("cast_frozen") else ""
+        parts.append(f"**{label}, training step (forward, backward, AdamW, zero_grad){held}, batch {r['batch_size']} "
                      f"× seq {r['seq_len']}**\n\n" + _table(header, rows))
         vs = {"ours_merged": "1", "peft_unmerged": pair(e, "peft_unmerged/ours_merged"),
               "peft_merged": pair(e, "peft_merged/ours_merged")}
@@ -95,6 +98,9 @@ def speed_tables(data: dict) -> str:
                  + "; ".join(f"{p}: ours/PEFT {h['step_ratio_vs_peft'][p]:.3f}, ours/floor "
                              f"{h['step_ratio_vs_floor'][p]:.3f}, eval speedup vs PEFT unmerged "
                              f"{h['eval_speedup_vs_peft_unmerged'][p]:.2f}×" for p in h["step_ratio_vs_peft"]) + ".")
+    if "all_linear_step_ratio_vs_query_value" in h:
+        parts.append("All-linear r=6 step / query-value r=4 step (target ≤ 1.15): " + "; ".join(
+            f"{p}: {r:.3f}" for p, r in h["all_linear_step_ratio_vs_query_value"].items()) + ".")
     return "\n\n".join(parts)
 
 

@@ -28,9 +28,12 @@ from torch import nn
 
 from benchmarks.common import RESULTS_DIR, interleave, machine_info, summarize, sync, write_json
 from benchmarks.report import speed_tables
-from lora import LoRAConfig, count_trainable, inject_lora, lora_layers, merge_lora
+from lora import LoRAConfig, cast_frozen, count_trainable, inject_lora, lora_layers, merge_lora
 
 EVAL = ("ours_merged", "peft_unmerged", "peft_merged")
+# The default recipe's LoRA path (train's all-linear recipe): every Linear of each layer, rank 6.
+ALL_LINEAR = LoRAConfig(rank=6, targets=("query", "key", "value", "attention.output.dense", "intermediate.dense",
+                                         "output.dense"))
 
 
 def build_base(seed: int = 0) -> nn.Module:
@@ -41,9 +44,9 @@ def build_base(seed: int = 0) -> nn.Module:
     return RobertaForSequenceClassification._from_config(RobertaConfig(num_labels=4), attn_implementation="sdpa")
 
 
-def make_ours(base: nn.Module) -> nn.Module:
-    """Our LoRA with LoRAConfig's defaults: rank 4, alpha 16, query/value, head trainable."""
-    return inject_lora(copy.deepcopy(base), LoRAConfig())
+def make_ours(base: nn.Module, config: LoRAConfig = LoRAConfig()) -> nn.Module:
+    """Our LoRA, by default with LoRAConfig's defaults: rank 4, alpha 16, query/value, head trainable."""
+    return inject_lora(copy.deepcopy(base), config)
 
 
 def make_peft(base: nn.Module) -> nn.Module:
@@ -129,11 +132,23 @@ def step_memory(model: nn.Module, step: Callable, device: torch.device) -> dict[
     return out
 
 
+def train_contestants(base: nn.Module, precision: str) -> dict[str, nn.Module]:
+    """Ours (query/value r=4, and the all-linear r=6 path), PEFT and the floor, built fresh from `base`.
+    Under bf16 ours and the floor hold their frozen weights in bf16 (lora.cast_frozen, our engine's bf16
+    path; the floor too, so that it stays a floor); PEFT runs as its users run it."""
+    models = {"ours": make_ours(base), "ours_all_linear": make_ours(base, ALL_LINEAR), "peft": make_peft(base),
+              "floor": make_floor(base)}
+    if precision == "bf16":
+        for name in ("ours", "ours_all_linear", "floor"):
+            cast_frozen(models[name], torch.bfloat16)
+    return models
+
+
 def bench_train(base: nn.Module, batch: dict, device: torch.device, precision: str,
                 warmup: int, repeats: int) -> dict:
-    """Interleaved training steps of ours, PEFT and the floor, all built fresh from `base`."""
+    """Interleaved training steps of every train_contestants model."""
     amp = autocast(device, precision)
-    models = {"ours": make_ours(base), "peft": make_peft(base), "floor": make_floor(base)}
+    models = train_contestants(base, precision)
     steps = {name: train_step(m, batch, amp) for name, m in models.items()}
     # Sanity: B starts at zero and dropout draws the same masks, so the first losses must agree;
     # if they do not, the contestants are not computing the same thing and no timing means anything.
@@ -142,7 +157,9 @@ def bench_train(base: nn.Module, batch: dict, device: torch.device, precision: s
         torch.manual_seed(1)
         first[name] = float(step())
     wall, cpu = interleave(steps, max(warmup - 1, 0), repeats, device)
-    return {**summarize(wall, cpu, ("ours/peft", "ours/floor", "peft/floor"), device),
+    pairs = ("ours/peft", "ours/floor", "peft/floor", "ours_all_linear/ours", "ours/ours_all_linear",
+             "ours_all_linear/floor")
+    return {**summarize(wall, cpu, pairs, device), "cast_frozen": precision == "bf16",
             "first_loss": first,
             "trainable_params": {n: count_trainable(m) for n, m in models.items()},
             "memory": {n: step_memory(models[n], steps[n], device) for n in models}}
@@ -193,8 +210,8 @@ def profile_step(base: nn.Module, batch: dict, device: torch.device, precision: 
 
     amp = autocast(device, precision)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    for name, make in (("ours", make_ours), ("peft", make_peft), ("floor", make_floor)):
-        step = train_step(make(base), batch, amp)
+    for name, model in train_contestants(base, precision).items():
+        step = train_step(model, batch, amp)
         step()
         with profile(activities=activities) as prof:
             step()
@@ -239,7 +256,8 @@ def main(argv: list[str] | None = None) -> dict:
     base = build_base().to(device)
     result: dict = {"benchmark": "speed", "command": " ".join(["python -m benchmarks.speed", *sys.argv[1:]])
                     if argv is None else f"main({argv!r})", "device": device.type, "machine": machine,
-                    "repeats": repeats, "warmup": warmup, "lora": LoRAConfig().__dict__, "precisions": {}}
+                    "repeats": repeats, "warmup": warmup, "lora": LoRAConfig().__dict__,
+                    "lora_all_linear": ALL_LINEAR.__dict__, "precisions": {}}
     if slow_bf16 and "bf16" in precisions:
         result["note"] = ("this CPU has no native bf16 (no avx512_bf16/amx): bf16 autocast is emulated, far slower "
                           "than fp32, so bf16 runs at a smaller shape to finish in minutes")
@@ -254,7 +272,8 @@ def main(argv: list[str] | None = None) -> dict:
             profile_step(base, batch, device, precision)
     result["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     picks = {"step_ratio_vs_peft": ("train", "ours/peft"), "step_ratio_vs_floor": ("train", "ours/floor"),
-             "eval_speedup_vs_peft_unmerged": ("eval", "peft_unmerged/ours_merged")}
+             "eval_speedup_vs_peft_unmerged": ("eval", "peft_unmerged/ours_merged"),
+             "all_linear_step_ratio_vs_query_value": ("train", "ours_all_linear/ours")}
     result["headline"] = {key: {p: round(r[part]["ratio"][pair], 4) for p, r in result["precisions"].items()}
                           for key, (part, pair) in picks.items()}
     out = args.out or RESULTS_DIR / f"speed-{device.type}.json"

@@ -4,10 +4,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+import torch
 from torch import nn
 
 from .config import LoRAConfig
-from .layer import LoRALinear
+from .layer import LoRALinear, SharedInput
 
 # PEFT's default layers_pattern: the index after "layer"/"layers"/"h"/"blocks" in a module path.
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|h|blocks)\.(\d+)(?:\.|$)")
@@ -43,9 +44,10 @@ def lora_targets(model: nn.Module, config: LoRAConfig) -> list[str]:
     return names
 
 
-def inject_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
+def inject_lora(model: nn.Module, config: LoRAConfig, *, fuse: bool = True) -> nn.Module:
     """Replace each targeted nn.Linear with a LoRALinear, in place, and freeze all but LoRA and
-    `config.trainable_modules`. Returns the same model."""
+    `config.trainable_modules`. With `fuse`, sibling layers that read one input run as one
+    (fuse_shared_inputs); the parameters and the adapter file are the same either way. Returns the model."""
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("model already has LoRA layers; inject into a fresh model")
     names = lora_targets(model, config)
@@ -64,10 +66,27 @@ def inject_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
     for name in names:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        layer = LoRALinear.from_linear(getattr(parent, attr), config.rank, config.alpha,
-                                       config.dropout, use_rslora=config.use_rslora)
+        layer = LoRALinear.from_linear(getattr(parent, attr), config)
         setattr(parent, attr, layer)
+    if fuse:
+        fuse_shared_inputs(model)
     return model
+
+
+def fuse_shared_inputs(model: nn.Module) -> list[tuple[str, ...]]:
+    """Group the LoRALinears that are children of one module and have the same in_features (query, key
+    and value of an attention block) into a SharedInput, so that a model that calls them on one tensor
+    computes them at once. Regroups from scratch; returns the groups' layer names, in model order."""
+    siblings: dict[tuple[str, int], list[tuple[str, LoRALinear]]] = {}
+    for name, layer in lora_layers(model):
+        layer._group = None
+        siblings.setdefault((name.rpartition(".")[0], layer.in_features), []).append((name, layer))
+    groups = [members for members in siblings.values() if len(members) > 1]
+    for members in groups:
+        group = SharedInput([layer for _, layer in members])
+        for _, layer in members:
+            layer._group = group
+    return [tuple(name for name, _ in members) for members in groups]
 
 
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
@@ -98,4 +117,35 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
     """Unmerge every LoRALinear, restoring base weights exactly (idempotent). Returns the model."""
     for _, layer in lora_layers(model):
         layer.unmerge()
+    return model
+
+
+@torch.no_grad()
+def cast_frozen(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Hold every frozen Linear weight and bias (LoRALinear bases included) in `dtype`, in place.
+    Returns the model.
+
+    Under autocast, a Linear whose weight is not a trainable leaf gets cast anew at every call, in the
+    forward and for backward; a weight already in the autocast dtype is used as is. So call this once,
+    after .to(device), with the autocast dtype, and run the model under that autocast from then on.
+    Left as they are: LoRA A/B (the adapter is saved and updated in float32), everything trainable,
+    LayerNorm (autocast runs layer_norm in float32 and would cast a low-precision weight back up at
+    every call) and embeddings (a lookup is not cast by autocast, so a low-precision table would only
+    round the embeddings before the float32 LayerNorm and make nothing faster)."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"cast_frozen needs a floating-point dtype, got {dtype!r}")
+    adapters = {id(m) for _, layer in lora_layers(model) for m in (layer.lora_A, layer.lora_B)}
+    for module in model.modules():
+        if not isinstance(module, (nn.Linear, LoRALinear)) or id(module) in adapters:
+            continue
+        # A merged layer is cast as its base and merged again, so its weight is rounded once, from W + ΔW.
+        merged = isinstance(module, LoRALinear) and module.merged
+        if merged:
+            module.unmerge()
+        for name in ("weight", "bias"):
+            param = getattr(module, name)
+            if param is not None and not param.requires_grad:
+                param.data = param.data.to(dtype)  # the same Parameter object, so references stay valid
+        if merged:
+            module.merge()
     return model

@@ -5,14 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from lora import LoRALinear
+from lora import LoRAConfig, LoRALinear
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
 def make_layer(dtype=torch.float32, rank=4, alpha=8.0, dropout=0.0, use_rslora=False, bias=True, b_std=None):
     linear = nn.Linear(64, 48, bias=bias, dtype=dtype)
-    layer = LoRALinear.from_linear(linear, rank, alpha, dropout, use_rslora=use_rslora)
+    layer = LoRALinear.from_linear(linear, LoRAConfig(rank=rank, alpha=alpha, dropout=dropout, use_rslora=use_rslora))
     if b_std is not None:
         with torch.no_grad():
             layer.lora_B.weight.normal_(0.0, b_std)
@@ -51,7 +51,7 @@ def test_from_linear_shares_base_tensors_and_keeps_dtype(seed):
 @pytest.mark.parametrize("train", [False, True])
 def test_from_linear_keeps_the_train_eval_mode(seed, train):
     linear = nn.Linear(8, 8).train(train)
-    layer = LoRALinear.from_linear(linear, 2, 4.0, dropout=0.5)
+    layer = LoRALinear.from_linear(linear, LoRAConfig(rank=2, alpha=4.0, dropout=0.5))
     assert layer.training == train and layer.dropout.training == train
 
 
@@ -150,7 +150,7 @@ def test_merged_layer_ignores_dropout_and_lora_branch(seed):
 
 
 def test_merge_inside_inference_mode_leaves_a_trainable_layer(seed):
-    layer = LoRALinear.from_linear(nn.Linear(6, 5), rank=2, alpha=4)
+    layer = LoRALinear.from_linear(nn.Linear(6, 5), LoRAConfig(rank=2, alpha=4))
     nn.init.normal_(layer.lora_B.weight)
     with torch.inference_mode():
         layer.merge()
@@ -162,10 +162,20 @@ def test_merge_inside_inference_mode_leaves_a_trainable_layer(seed):
 
 
 def test_forward_matches_the_written_formula_for_any_leading_shape(seed):
-    layer = LoRALinear.from_linear(nn.Linear(6, 5).double(), rank=2, alpha=3)
+    layer = LoRALinear.from_linear(nn.Linear(6, 5).double(), LoRAConfig(rank=2, alpha=3))
     nn.init.normal_(layer.lora_B.weight)
     for shape in ((6,), (4, 6), (2, 3, 6)):
         x = torch.randn(*shape, dtype=torch.float64)
         expected = x @ layer.weight.T + layer.bias + 1.5 * (x @ layer.lora_A.weight.T) @ layer.lora_B.weight.T
         assert layer(x).shape == expected.shape
         assert torch.allclose(layer(x), expected, rtol=0, atol=1e-12)
+
+
+def test_scaling_comes_from_the_config_not_from_a_second_formula(seed):
+    class Doubled(LoRAConfig):  # a config whose scaling differs from alpha / rank
+        @property
+        def scaling(self) -> float:
+            return 2 * super().scaling
+
+    assert LoRALinear.from_linear(nn.Linear(6, 5), Doubled(rank=4, alpha=8.0)).scaling == 4.0
+    assert LoRALinear(6, 5, rank=4, scaling=0.25).scaling == 0.25
