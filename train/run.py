@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from lora import LoRAConfig, lora_layers
+from lora import LoRAConfig, cast_frozen, lora_layers
 
 from .batches import Encoded, encode
 from .config import TrainConfig
@@ -133,6 +133,9 @@ def build(cfg: TrainConfig, resume: bool, overwrite: bool, say: Callable[[str], 
     cfg = replace(cfg, auto_rank=False, top_layers=None, lora=replace(cfg.lora, rank=lora.rank, layers=lora.layers),
                   max_length=usable_length(cfg.max_length, model))
     model.to(device)
+    amp = pick_precision(cfg.precision, device)
+    if amp is not None:  # autocast would otherwise re-cast every frozen weight at every call
+        cast_frozen(model, amp)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     train_data = encode(corpus.train, tokenizer, cfg.max_length, cfg.cache_dir)
     eval_data = encode(corpus.eval, tokenizer, cfg.max_length, cfg.cache_dir)
@@ -140,7 +143,6 @@ def build(cfg: TrainConfig, resume: bool, overwrite: bool, say: Callable[[str], 
     groups = param_groups(model, cfg)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     base_lrs = [g["lr"] for g in groups]
-    amp = pick_precision(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     total_steps = -(-len(train_data) // cfg.batch_size) * cfg.epochs
     warmup = int(cfg.warmup_ratio * total_steps)
