@@ -54,9 +54,9 @@ def _encoder(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
 
 def _extended_mask(base: nn.Module, attention_mask: torch.Tensor, hidden: torch.Tensor):
     """The (b, 1, t, t) mask (or None when nothing is padded, under SDPA) the model's own forward would
-    build from the (b, t) mask: same helper, same arguments, so eager/SDPA/decoder rules all carry over."""
-    return base._create_attention_masks(attention_mask=attention_mask, encoder_attention_mask=None,
-                                        embedding_output=hidden, encoder_hidden_states=None, cache=None)[0]
+    build from the (b, t) mask: same helper, same arguments, so eager/SDPA/decoder rules all carry over.
+    Positional: the last argument is `cache` in transformers 5.24 and `past_key_values` in earlier 5.x."""
+    return base._create_attention_masks(attention_mask, None, hidden, None, None)[0]
 
 
 class PrefixModel(nn.Module):
