@@ -162,12 +162,12 @@ def _run_prefix(model: nn.Module, data: Encoded, start: int, pad_id: int, amp: t
     base, layers = _encoder(model)
     modules = [base.embeddings, *layers[:start]]
     modes = [m.training for m in modules]
-    device = next(model.parameters()).device
+    device, lengths = next(model.parameters()).device, data.lengths
     try:
         for m in modules:
             m.eval()
         with torch.inference_mode():
-            for rows in eval_batches(data.lengths, batch_size):
+            for rows in eval_batches(lengths, batch_size):
                 batch = collate(data, rows, pad_id)
                 mask = batch["attention_mask"].to(device)
                 with torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext():
@@ -176,7 +176,7 @@ def _run_prefix(model: nn.Module, data: Encoded, start: int, pad_id: int, amp: t
                     for layer in layers[:start]:
                         x = layer(x, extended)
                 x = x.to(out.dtype).cpu()
-                for row, (i, n) in enumerate(zip(rows, data.lengths[rows].tolist())):
+                for row, (i, n) in enumerate(zip(rows, lengths[rows].tolist())):
                     begin = int(data.offsets[i])
                     out[begin:begin + n] = x[row, :n]
     finally:
@@ -229,6 +229,7 @@ def build_prefix_cache(model: nn.Module, data: Encoded, start: int, pad_id: int,
     _encoder(model)  # refuse an unsupported architecture before any work
     dtype = storage_dtype(model, amp)
     shape = (int(data.offsets[-1]), model.config.hidden_size)
+
     def run(out: torch.Tensor) -> None:
         _run_prefix(model, data, start, pad_id, amp, batch_size, out)
 
