@@ -206,7 +206,8 @@ calls = []
 real = prefix._run_prefix
 prefix._run_prefix = lambda *a: (calls.append(1), real(*a))[1]
 cache = prefix.build_prefix_cache(make("bert"), encoded(), 1, 0, None, sys.argv[1], d=d, poll_seconds=0.05)
-print(json.dumps({"rank": d.rank, "calls": len(calls), "sum": float(cache.hidden.sum()), "path": str(cache.path)}))
+with open(os.path.join(sys.argv[2], f"rank{d.rank}.json"), "w") as f:  # not stdout: torchrun interleaves ranks' lines
+    json.dump({"calls": len(calls), "sum": float(cache.hidden.sum()), "path": str(cache.path)}, f)
 """
 
 
@@ -215,10 +216,10 @@ def test_under_torchrun_local_rank_0_builds_and_every_rank_maps_it(tmp_path):
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     (tmp_path / "script.py").write_text(SCRIPT)
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(tmp_path / "script.py"), str(tmp_path / "cache")], capture_output=True, text=True,
-                          env=env, timeout=300, cwd=Path(__file__).parents[1])
+                           str(tmp_path / "script.py"), str(tmp_path / "cache"), str(tmp_path)], capture_output=True,
+                          text=True, env=env, timeout=300, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr[-2000:]
-    ranks = sorted((json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")), key=lambda r: r["rank"])
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["calls"] for r in ranks] == [1, 0]
     assert ranks[0]["sum"] == ranks[1]["sum"] and ranks[0]["path"] == ranks[1]["path"]
 
