@@ -89,3 +89,18 @@ def tiny_data_dir(tmp_path_factory):
     from tiny import write_agnews
 
     return write_agnews(tmp_path_factory.mktemp("tiny-data"), n_train=256, n_eval=64)
+
+
+@pytest.fixture(scope="session")
+def model_without_dropout(tmp_path_factory):
+    """The tiny RoBERTa with dropout off: runs that draw dropout masks differently (several processes, the
+    frozen-prefix cache) can then match step for step."""
+    from transformers import AutoConfig
+
+    from tiny import make_tiny_model
+
+    directory = make_tiny_model(tmp_path_factory.mktemp("tiny-nodrop"))
+    config = AutoConfig.from_pretrained(directory)
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    config.save_pretrained(directory)
+    return directory

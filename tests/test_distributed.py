@@ -6,21 +6,8 @@ import sys
 
 import pytest
 
-from tiny import make_tiny_model, train_args
+from tiny import train_args
 from train.__main__ import main
-
-
-@pytest.fixture(scope="module")
-def model_without_dropout(tmp_path_factory):
-    # Dropout masks come from each process's own RNG stream, so only a dropout-free model can
-    # match a single process step for step.
-    from transformers import AutoConfig
-
-    directory = make_tiny_model(tmp_path_factory.mktemp("tiny-nodrop"))
-    config = AutoConfig.from_pretrained(directory)
-    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
-    config.save_pretrained(directory)
-    return directory
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:

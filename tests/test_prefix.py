@@ -230,3 +230,30 @@ def test_the_prefix_runs_without_dropout_while_the_model_trains():
     model.train()
     torch.testing.assert_close(build_prefix_cache(model, data, 2, 1, None, None).hidden, reference, rtol=0, atol=1e-12)
     assert all(m.training for m in model.modules())  # modes are put back
+
+
+def _losses(out: Path) -> list[float]:
+    return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+
+
+def test_python_m_train_with_the_cache_equals_without_and_resumes_exactly(model_without_dropout, tiny_data_dir,
+                                                                             tmp_path):
+    from tiny import train_args
+    from train.__main__ import main
+
+    def run(out, *extra):
+        argv = [a for a in train_args(model_without_dropout, tiny_data_dir, out, "--epochs", "2", "--top-layers", "1",
+                                      *extra)]
+        return main(argv)
+
+    assert run(tmp_path / "plain", "--no-prefix-cache") == 0
+    cache = str(tmp_path / "cache")
+    assert run(tmp_path / "cached", "--cache-dir", cache) == 0
+    assert list(Path(cache).glob("prefix-*.bin"))  # the lower layer really was cached
+    plain, cached = _losses(tmp_path / "plain"), _losses(tmp_path / "cached")
+    assert len(plain) == len(cached) == 32 and cached == pytest.approx(plain, rel=1e-4)
+    a, b = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("plain", "cached"))
+    assert a["confusion"] == b["confusion"]
+    assert run(tmp_path / "resumed", "--cache-dir", cache, "--stop-after", "20") == 0
+    assert main(["--resume", str(tmp_path / "resumed")]) == 0
+    assert _losses(tmp_path / "resumed") == cached  # bit for bit, from the same cache

@@ -50,6 +50,8 @@ def parser() -> argparse.ArgumentParser:
     a("--layers", type=layer_list, help="comma-separated layer indices, or 'all'" + default(d.lora.layers))
     a("--top-layers", type=int, metavar="K", help="LoRA only in the top K encoder layers (the layers below run "
       "once per example, cached)")
+    a("--no-prefix-cache", dest="prefix_cache", action="store_false",
+      help="run the frozen layers below the first LoRA layer every epoch (with dropout) instead of once")
     a("--head", choices=HEADS, help=default(d.head).strip(" ()"))
     a("--rslora", dest="use_rslora", action="store_true", help="scale by alpha/sqrt(rank)")
     a("--lr", type=float, help="peak learning rate" + default(d.lr))

@@ -30,6 +30,8 @@ class TrainConfig:
     # adapt only the top K encoder layers; resolved into lora.layers at start (layers below run once per
     # example, through the frozen-prefix cache); None = as lora.layers says
     top_layers: int | None = None
+    # run the frozen layers below the first LoRA layer once per example (eval mode) and reuse their output
+    prefix_cache: bool = True
     # encoder: hub id or local directory; needs query/value nn.Linear layers
     model: str = "roberta-base"
     # hub dataset name, or a directory with train.csv and test/dev/validation.csv

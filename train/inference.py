@@ -10,6 +10,7 @@ from lora import merge_lora, unmerge_lora
 
 from .batches import Encoded, collate, eval_batches
 from .distributed import Dist, gather_rows
+from .prefix import PrefixCache
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -17,9 +18,25 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def predict(model: nn.Module, data: Encoded, pad_id: int, batch_size: int, device: torch.device,
-            amp: torch.dtype | None, d: Dist = Dist()) -> torch.Tensor:
-    """Class probabilities (n, K) in data order. Batches are shared out across processes, each row scored once."""
+def batch_of(data: Encoded | PrefixCache, rows: list[int], pad_id: int, device: torch.device) -> dict:
+    """Rows as a padded batch on `device`: input_ids from the token cache, or hidden_states from the
+    frozen-prefix cache; attention_mask and labels either way."""
+    batch = data.collate(rows) if isinstance(data, PrefixCache) else collate(data, rows, pad_id)
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def logits_of(net: nn.Module, batch: dict) -> torch.Tensor:
+    """(b, K) logits of the whole model, or of a PrefixModel fed cached hidden states."""
+    if "hidden_states" in batch:
+        return net(batch["hidden_states"], batch["attention_mask"])
+    return net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def predict(model: nn.Module, data: Encoded | PrefixCache, pad_id: int, batch_size: int, device: torch.device,
+            amp: torch.dtype | None, d: Dist = Dist(), net: nn.Module | None = None) -> torch.Tensor:
+    """Class probabilities (n, K) in data order. Batches are shared out across processes, each row scored once.
+    `net` is what to call when it is not `model` itself (a PrefixModel over it); LoRA is merged in `model`."""
+    net = model if net is None else net
     was_training = model.training
     model.eval()
     merge_lora(model)  # outside inference_mode: the saved base weight must stay a normal tensor
@@ -27,10 +44,8 @@ def predict(model: nn.Module, data: Encoded, pad_id: int, batch_size: int, devic
         index, probs = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, model.config.num_labels)]
         with torch.inference_mode():
             for rows in eval_batches(data.lengths, batch_size)[d.rank::d.world]:
-                batch = collate(data, rows, pad_id)
                 with autocast(device, amp):
-                    logits = model(input_ids=batch["input_ids"].to(device),
-                                   attention_mask=batch["attention_mask"].to(device)).logits
+                    logits = logits_of(net, batch_of(data, rows, pad_id, device))
                 index.append(torch.tensor(rows))
                 probs.append(logits.float().softmax(-1).cpu())
         return gather_rows(torch.cat(index), torch.cat(probs), len(data), d)

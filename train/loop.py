@@ -20,9 +20,9 @@ from tqdm import tqdm
 
 from lora import save_adapter
 
-from .batches import collate, epoch_batches
+from .batches import epoch_batches
 from .distributed import all_sum, barrier, shard
-from .inference import autocast, predict
+from .inference import autocast, batch_of, logits_of, predict
 from .metrics import classification_report, format_report
 from .rundir import ADAPTER_CONFIG, EVAL, rng_state, run_record, write_json
 
@@ -137,9 +137,9 @@ def train_step(s: "State", rows: list[int], signum: int) -> tuple[float, int]:
     mine = shard(rows, d)
     # A process whose shard is empty still runs one row with weight 0, so DDP's all-reduce happens.
     weight = 1.0 if mine else 0.0
-    batch = {k: v.to(s.device, non_blocking=True) for k, v in collate(s.train_data, mine or rows[:1], s.pad_id).items()}
+    batch = batch_of(s.train_data, mine or rows[:1], s.pad_id, s.device)
     with autocast(s.device, s.amp):
-        logits = s.step_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = logits_of(s.step_model, batch)
     # Sum over this shard, divided by the global batch: DDP's gradient mean then equals one process's.
     loss_sum = weight * F.cross_entropy(logits.float(), batch["labels"], label_smoothing=cfg.label_smoothing,
                                         reduction="sum")
@@ -187,7 +187,7 @@ def evaluate(s: "State") -> None:
     """Score the epoch (with EMA weights when on); the best epoch so far saves its adapter."""
     p, started = s.progress, time.perf_counter()
     with s.ema.applied() if s.ema else nullcontext():
-        probs = predict(s.model, s.eval_data, s.pad_id, s.cfg.eval_batch_size, s.device, s.amp, s.dist)
+        probs = predict(s.model, s.eval_data, s.pad_id, s.cfg.eval_batch_size, s.device, s.amp, s.dist, s.net)
         report = classification_report(probs.argmax(-1), s.eval_data.labels, s.labels)
         improved = report["accuracy"] > p.best_accuracy
         if improved and s.dist.main:

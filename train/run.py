@@ -2,6 +2,7 @@
 for train.loop, which does the rest top to bottom."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -18,22 +19,25 @@ from .distributed import Dist, init_distributed, shutdown
 from .ema import EMA
 from .errors import UserError
 from .loop import Progress, lr_at, train
-from .model import load_pretrained, usable_length, pick_device, pick_precision, prepare
+from .model import load_pretrained, pick_device, pick_precision, prepare, usable_length
+from .prefix import PrefixCache, PrefixModel, build_prefix_cache, start_layer
 from .rundir import CHECKPOINT, RunDir, run_record, set_rng_state
 
 
 @dataclass
 class State:
-    """Everything the loop touches. `model` is the model itself; `step_model` is what a step calls
-    (a DDP wrapper under torchrun and/or torch.compile's), which shares its parameters."""
+    """Everything the loop touches. `model` is the model itself (merge, save, checkpoint); `net` is what
+    computes logits: the model, or a PrefixModel over its upper layers fed from the frozen-prefix cache;
+    `step_model` is `net` as a step calls it (wrapped by DDP under torchrun and/or torch.compile)."""
     cfg: TrainConfig  # as resolved: the rank chosen, as written to config.json
     run: RunDir
     model: nn.Module
+    net: nn.Module
     step_model: nn.Module
     lora: LoRAConfig  # what the adapter holds: cfg.lora plus the head's targets and trained modules
     labels: list[str]
-    train_data: Encoded
-    eval_data: Encoded
+    train_data: Encoded | PrefixCache
+    eval_data: Encoded | PrefixCache
     pad_id: int
     device: torch.device
     amp: torch.dtype | None
@@ -149,15 +153,31 @@ def build(cfg: TrainConfig, resume: bool, overwrite: bool, say: Callable[[str], 
     for g, base in zip(optimizer.param_groups, base_lrs):
         g["lr"] = base * lr_at(0, total_steps, warmup)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    s = State(cfg, run, model, model, lora, corpus.label_names, train_data, eval_data, pad_id, device, amp, d,
+    net, train_data, eval_data = frozen_prefix(cfg, model, train_data, eval_data, pad_id, amp, d, say)
+    s = State(cfg, run, model, net, net, lora, corpus.label_names, train_data, eval_data, pad_id, device, amp, d,
               optimizer, scaler, ema, base_lrs, total_steps, warmup, total, Progress(), say)
     if resume:
         restore(s)
     elif d.main:
         run.start(run_record(cfg, corpus.label_names))
     summarize(s, plan_rows, resume)
-    s.step_model = wrap(model, device, d, cfg.compile)
+    s.step_model = wrap(net, device, d, cfg.compile)
     return s
+
+
+def frozen_prefix(cfg: TrainConfig, model: nn.Module, train_data: Encoded, eval_data: Encoded, pad_id: int,
+                  amp: torch.dtype | None, d: Dist, say: Callable[[str], None]):
+    """(net, train data, eval data): when LoRA starts above layer 0, the layers below run once per example
+    (in eval mode, so without dropout) into the frozen-prefix cache, and net runs the layers above."""
+    start = start_layer(cfg.lora.layers, model.config.num_hidden_layers) if cfg.prefix_cache else 0
+    if start == 0:
+        return model, train_data, eval_data
+    began = time.perf_counter()
+    train_data, eval_data = (build_prefix_cache(model, data, start, pad_id, amp, cfg.cache_dir, cfg.eval_batch_size, d)
+                             for data in (train_data, eval_data))
+    say(f"prefix     layers 0..{start - 1} computed once per example ({time.perf_counter() - began:.1f}s, "
+        + (f"cached in {cfg.cache_dir})" if cfg.cache_dir else "in memory)"))
+    return PrefixModel(model, start), train_data, eval_data
 
 
 def restore(s: State) -> None:
