@@ -112,3 +112,20 @@ def test_top_layers_resolve_to_the_last_k_layers_of_the_model_and_are_written_re
         TrainConfig.from_flat({"top_layers": 3, "layers": (1,)})
     with pytest.raises(Exception, match="has only 12 encoder layers"):
         plan(config("--top-layers", "13"), base)
+
+
+def test_holdout_scores_on_fixed_training_rows_never_on_the_eval_file(tiny_model_dir, tiny_data_dir, tmp_path):
+    from train.data import Split
+    from train.run import carve_holdout
+
+    split = Split([f"t{i}" for i in range(40)], [i % 4 for i in range(40)])
+    rest, held = carve_holdout(split, 8)
+    assert sorted(held.texts + rest.texts) == sorted(split.texts) and not set(held.texts) & set(rest.texts)
+    assert sorted(held.labels) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert carve_holdout(split, 8)[1].texts == held.texts  # the same rows every time
+    argv = [a for a in train_args(tiny_model_dir, tiny_data_dir, tmp_path / "o", "--epochs", "1")
+            if a not in ("--data", str(tiny_data_dir))]
+    argv += ["--train-file", str(tiny_data_dir / "train.csv"), "--holdout", "32", "--seed", "5"]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "o/eval.json").read_text())
+    assert sum(map(sum, result["confusion"])) == 32 and result["train_examples"] == 256 - 32

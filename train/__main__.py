@@ -39,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     a("--data", help="hub dataset name, or a directory with train.csv and test/dev/validation.csv" + default(d.data))
     a("--train-file", help="training CSV/JSONL (AG News layout, or text,label columns)")
     a("--eval-file", help="evaluation CSV/JSONL")
+    a("--holdout", type=int, metavar="N", help="score on N training rows held out (stratified, fixed) instead of "
+      "the evaluation data: for choosing recipes")
     a("--max-train-samples", type=int, help="stratified subset of the training data")
     a("--max-eval-samples", type=int, help="stratified subset of the evaluation data")
     a("--allow-empty-classes", action="store_true", help="train even if a class has no training row")

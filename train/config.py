@@ -40,6 +40,9 @@ class TrainConfig:
     train_file: str | None = None
     # explicit evaluation file (CSV or JSONL)
     eval_file: str | None = None
+    # hold out this many training rows (stratified, the same rows for every seed) as the evaluation set,
+    # for choosing recipes without touching the real evaluation data; the eval file is then not read
+    holdout: int | None = None
     # stratified subset sizes; None keeps everything
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -113,10 +116,11 @@ class TrainConfig:
         need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(self.save_every >= 0, f"save_every must be >= 0, got {self.save_every!r}")
         need(self.top_layers is None or self.lora.layers is None, "give top_layers or layers, not both")
-        for name in ("max_train_samples", "max_eval_samples", "stop_after", "top_layers"):
+        for name in ("max_train_samples", "max_eval_samples", "stop_after", "top_layers", "holdout"):
             value = getattr(self, name)
             need(value is None or value >= 1, f"{name} must be >= 1, got {value!r}")
-        need(bool(self.train_file) == bool(self.eval_file), "train_file and eval_file go together")
+        need(bool(self.train_file) == bool(self.eval_file) or (self.train_file and self.holdout),
+             "train_file and eval_file go together (or train_file with holdout)")
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -14,7 +14,7 @@ from lora import LoRAConfig, cast_frozen, lora_layers
 
 from .batches import Encoded, encode
 from .config import TrainConfig
-from .data import Corpus, class_names, load_corpus, stratified_subset
+from .data import Corpus, Split, class_names, load_corpus, stratified_subset
 from .distributed import Dist, init_distributed, shutdown
 from .ema import EMA
 from .errors import UserError
@@ -103,8 +103,24 @@ def check_classes(corpus: Corpus, cfg: TrainConfig) -> None:
                             f"{corpus.label_names}; both files must use the same classes")
 
 
+HOLDOUT_SEED = 0  # not the run's seed: every run of a sweep must be scored on the same held-out rows
+
+
+def carve_holdout(split: Split, n: int) -> tuple[Split, Split]:
+    """(the rest, n held-out rows): stratified by class, the same rows whatever the run's seed."""
+    if n >= len(split.labels):
+        raise UserError(f"--holdout {n} leaves no training rows (the training data has {len(split.labels)})")
+    tagged = Split([str(i) for i in range(len(split.labels))], split.labels)
+    held = {int(t) for t in stratified_subset(tagged, n, HOLDOUT_SEED).texts}
+    pick = lambda keep: Split([t for i, t in enumerate(split.texts) if (i in held) == keep],  # noqa: E731
+                              [y for i, y in enumerate(split.labels) if (i in held) == keep])
+    return pick(False), pick(True)
+
+
 def load_data(cfg: TrainConfig) -> Corpus:
-    corpus = load_corpus(cfg.data, cfg.train_file, cfg.eval_file)
+    corpus = load_corpus(cfg.data, cfg.train_file, cfg.eval_file or cfg.train_file)
+    if cfg.holdout:
+        corpus.train, corpus.eval = carve_holdout(corpus.train, cfg.holdout)
     check_classes(corpus, cfg)
     corpus.train = stratified_subset(corpus.train, cfg.max_train_samples, cfg.seed)
     corpus.eval = stratified_subset(corpus.eval, cfg.max_eval_samples, cfg.seed)
