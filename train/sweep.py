@@ -11,6 +11,7 @@ import itertools
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 from .cli import Parser, run_main
@@ -62,16 +63,20 @@ def roberta_base_count(cfg: TrainConfig, num_labels: int) -> int:
 
 def summarize(rows: list[dict]) -> str:
     """The markdown table: one line per run, accuracy mean ± std over its seeds."""
-    head = ("| run | targets | r | alpha | dropout | lr | head | trainable (roberta-base) | seeds "
-            "| final-epoch accuracy (mean ± std) | macro-F1 (mean) |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| run | targets | layers | r | alpha | dropout | lr | head | epochs | trainable (roberta-base) | seeds "
+            "| final-epoch accuracy (mean ± std) | macro-F1 (mean) | run time (mean) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         acc, f1 = r["accuracies"], r["macro_f1s"]
         std = statistics.stdev(acc) if len(acc) > 1 else 0.0
-        lines.append(f"| {r['name']} | {','.join(r['targets'])} | {r['rank']} | {r['alpha']:g} | {r['dropout']:g} "
-                     f"| {r['lr']:g} | {r['head']} | {r['roberta_base_params']:,} | {len(acc)} "
-                     f"| {100 * statistics.mean(acc):.2f} ± {100 * std:.2f} | {100 * statistics.mean(f1):.2f} |"
-                     if acc else f"| {r['name']} | | | | | | | | 0 | not run | |")
+        secs = [t for t in r.get("seconds", []) if t is not None]
+        lines.append(f"| {r['name']} | {','.join(r['targets'])} | {r.get('layers', 'all')} | {r['rank']} "
+                     f"| {r['alpha']:g} | {r['dropout']:g} | {r['lr']:g} | {r['head']} | {r.get('epochs', '')} "
+                     f"| {r['roberta_base_params']:,} | {len(acc)} "
+                     f"| {100 * statistics.mean(acc):.2f} ± {100 * std:.2f} | {100 * statistics.mean(f1):.2f} "
+                     f"| {f'{statistics.mean(secs):.0f} s' if secs else ''} |"
+                     if acc else f"| {r['name']} | | | | | | | | | | 0 | not run | | |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -130,12 +135,17 @@ def run_sweep(base: dict, runs: list[dict], seeds: list[int], out: Path, only: s
                     for s in seeds]
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"run {spec['name']}: {str(e).strip(chr(34) + chr(39))}") from None
-        accs, f1s = [], []
+        accs, f1s, secs = [], [], []
         for cfg in cfgs:
-            done = Path(cfg.output_dir) / EVAL
+            done, timing = Path(cfg.output_dir) / EVAL, Path(cfg.output_dir) / "sweep_seconds.json"
             if not done.is_file() and (only is None or spec["name"] in only):
-                run(cfg, resume=(Path(cfg.output_dir) / CHECKPOINT).is_file(), overwrite=True)
+                started = time.perf_counter()  # load, tokenize, train and evaluate: what the run costs in all
+                resumed = (Path(cfg.output_dir) / CHECKPOINT).is_file()
+                run(cfg, resume=resumed, overwrite=True)
+                if not resumed:
+                    write_json(timing, {"seconds": time.perf_counter() - started})
             if done.is_file():
+                secs.append(json.loads(timing.read_text())["seconds"] if timing.is_file() else None)
                 result = json.loads(done.read_text())
                 last = result["history"][-1]  # not the best epoch: that one was picked on this very data
                 accs.append(last["accuracy"])
@@ -145,6 +155,7 @@ def run_sweep(base: dict, runs: list[dict], seeds: list[int], out: Path, only: s
         rows.append({"name": spec["name"], "targets": list(c.lora.targets), "rank": c.lora.rank,
                      "alpha": c.lora.alpha, "dropout": c.lora.dropout, "lr": c.lr, "head": c.head, "seeds": seeds[: len(accs)],
                      "roberta_base_params": roberta_base_count(c, labels), "accuracies": accs, "macro_f1s": f1s,
+                     "epochs": c.epochs, "layers": f"top {c.top_layers}" if c.top_layers else "all", "seconds": secs,
                      "config": {k: v for k, v in spec.items()}})
     return rows
 
