@@ -90,9 +90,14 @@ class StopSignals:
             signal.signal(sig, old)
 
 
+# Reading a loss makes the host wait for the device; losses are read in groups of this many steps (and
+# before every checkpoint, evaluation or stop), so a GPU is never stalled once per step.
+LOSS_READ_EVERY = 16
+
+
 def train(s: "State") -> dict | None:
     """Run from s.progress to the end. Returns eval.json's dict, or None when stopped by cfg.stop_after."""
-    cfg, p = s.cfg, s.progress
+    cfg, p, unread = s.cfg, s.progress, []
     with StopSignals() as stop:
         for epoch in range(p.epoch, cfg.epochs):
             p.epoch = epoch
@@ -107,20 +112,20 @@ def train(s: "State") -> dict | None:
                 p.step, p.batch, p.examples = p.step + 1, p.batch + 1, p.examples + len(rows)
                 elapsed = time.perf_counter() - started
                 p.train_seconds += elapsed
+                unread.append(({"step": p.step, "epoch": p.epoch, "lr": s.optimizer.param_groups[0]["lr"],
+                                "examples_per_s": len(rows) / elapsed}, loss))
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{len(rows) / elapsed:.1f}")
-                log(s, {"step": p.step, "epoch": p.epoch, "loss": loss,
-                        "lr": s.optimizer.param_groups[0]["lr"], "examples_per_s": len(rows) / elapsed})
-                if cfg.save_every and p.step % cfg.save_every == 0:
+                save = bool(cfg.save_every) and p.step % cfg.save_every == 0
+                early = cfg.stop_after is not None and p.step >= cfg.stop_after and p.batch < len(batches)
+                if save or stopping or early or len(unread) >= LOSS_READ_EVERY:
+                    read_losses(s, unread, bar)
+                if save or stopping or early:
                     checkpoint(s)
                 if stopping:
-                    bar.close()
-                    checkpoint(s)
                     raise Stopped(stopping, p.step)
-                if cfg.stop_after is not None and p.step >= cfg.stop_after and p.batch < len(batches):
-                    bar.close()
-                    checkpoint(s)
+                if early:
                     return None
+            read_losses(s, unread, bar)
             bar.close()
             p.epoch, p.batch = epoch + 1, 0
             evaluate(s)
@@ -130,9 +135,24 @@ def train(s: "State") -> dict | None:
     return finish(s)
 
 
-def train_step(s: "State", rows: list[int], signum: int) -> tuple[float, int]:
-    """One optimizer step on global batch `rows`. Returns (global mean loss, signal to stop on or 0):
-    every process learns of a signal any of them got in the same all-reduce as the loss."""
+def read_losses(s: "State", unread: list, bar) -> None:
+    """Read the losses of the steps not yet logged (one wait for the device), check they are finite, log them."""
+    if not unread:
+        return
+    values = torch.stack([loss for _, loss in unread]).tolist()
+    for (entry, _), value in zip(unread, values):
+        if not math.isfinite(value):
+            raise Diverged(f"loss became {value} at step {entry['step']} (epoch {entry['epoch'] + 1})")
+        log(s, {"step": entry["step"], "epoch": entry["epoch"], "loss": value,
+                **{k: entry[k] for k in ("lr", "examples_per_s")}})
+    bar.set_postfix(loss=f"{values[-1]:.4f}", ex_s=f"{unread[-1][0]['examples_per_s']:.1f}")
+    unread.clear()
+
+
+def train_step(s: "State", rows: list[int], signum: int) -> tuple[torch.Tensor, int]:
+    """One optimizer step on global batch `rows`. Returns (the global mean loss as a 0-dim tensor, not yet
+    read; the signal to stop on, or 0). Under torchrun every process learns of a signal any of them got,
+    in the same all-reduce as the loss."""
     cfg, d, opt = s.cfg, s.dist, s.optimizer
     mine = shard(rows, d)
     # A process whose shard is empty still runs one row with weight 0, so DDP's all-reduce happens.
@@ -144,11 +164,13 @@ def train_step(s: "State", rows: list[int], signum: int) -> tuple[float, int]:
     loss_sum = weight * F.cross_entropy(logits.float(), batch["labels"], label_smoothing=cfg.label_smoothing,
                                         reduction="sum")
     loss = loss_sum * d.world / len(rows)
-    shared = all_sum(torch.stack([loss_sum.detach().float(), torch.tensor(float(signum), device=loss.device)]), d)
-    global_loss = float(shared[0]) / len(rows)
-    stop = signum or (signal.SIGTERM if shared[1] > 0 else 0)  # a peer was signalled: stop with it
-    if not math.isfinite(global_loss):
-        raise Diverged(f"loss became {global_loss} at step {s.progress.step + 1} (epoch {s.progress.epoch + 1})")
+    stop = signum
+    if d.world > 1:
+        shared = all_sum(torch.stack([loss_sum.detach().float(), torch.tensor(float(signum), device=loss.device)]), d)
+        global_loss = shared[0] / len(rows)
+        stop = signum or (signal.SIGTERM if float(shared[1]) > 0 else 0)  # a peer was signalled: stop with it
+    else:
+        global_loss = loss.detach().float()
     s.scaler.scale(loss).backward()
     s.scaler.unscale_(opt)
     if cfg.grad_clip > 0:
