@@ -34,8 +34,17 @@ def logits_of(net: nn.Module, batch: dict) -> torch.Tensor:
 
 def predict(model: nn.Module, data: Encoded | PrefixCache, pad_id: int, batch_size: int, device: torch.device,
             amp: torch.dtype | None, d: Dist = Dist(), net: nn.Module | None = None) -> torch.Tensor:
-    """Class probabilities (n, K) in data order. Batches are shared out across processes, each row scored once.
-    `net` is what to call when it is not `model` itself (a PrefixModel over it); LoRA is merged in `model`."""
+    """Class probabilities (n, K) in data order, on every process."""
+    index, probs = predict_rows(model, data, pad_id, batch_size, device, amp, d, net)
+    return gather_rows(index, probs, len(data), d)
+
+
+def predict_rows(model: nn.Module, data: Encoded | PrefixCache, pad_id: int, batch_size: int,
+                 device: torch.device, amp: torch.dtype | None, d: Dist = Dist(),
+                 net: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row indices (m,), class probabilities (m, K)) of this process's share of `data`: batches are sorted
+    by length and shared out, each row scored once over all processes. `net` is what to call when it is
+    not `model` itself (a PrefixModel over it); LoRA is merged in `model`."""
     net = model if net is None else net
     was_training = model.training
     model.eval()
@@ -48,7 +57,7 @@ def predict(model: nn.Module, data: Encoded | PrefixCache, pad_id: int, batch_si
                     logits = logits_of(net, batch_of(data, rows, pad_id, device))
                 index.append(torch.tensor(rows))
                 probs.append(logits.float().softmax(-1).cpu())
-        return gather_rows(torch.cat(index), torch.cat(probs), len(data), d)
+        return torch.cat(index), torch.cat(probs)
     finally:
         unmerge_lora(model)
         model.train(was_training)

@@ -21,9 +21,9 @@ from tqdm import tqdm
 from lora import save_adapter
 
 from .batches import epoch_batches
-from .distributed import all_sum, barrier, shard
-from .inference import autocast, batch_of, logits_of, predict
-from .metrics import classification_report, format_report
+from .distributed import all_reduce_confusion, all_sum, barrier, shard
+from .inference import autocast, batch_of, logits_of, predict_rows
+from .metrics import confusion_matrix, format_report, report_from_confusion
 from .rundir import ADAPTER_CONFIG, EVAL, rng_state, run_record, write_json
 
 if TYPE_CHECKING:
@@ -209,8 +209,10 @@ def evaluate(s: "State") -> None:
     """Score the epoch (with EMA weights when on); the best epoch so far saves its adapter."""
     p, started = s.progress, time.perf_counter()
     with s.ema.applied() if s.ema else nullcontext():
-        probs = predict(s.model, s.eval_data, s.pad_id, s.cfg.eval_batch_size, s.device, s.amp, s.dist, s.net)
-        report = classification_report(probs.argmax(-1), s.eval_data.labels, s.labels)
+        index, probs = predict_rows(s.model, s.eval_data, s.pad_id, s.cfg.eval_batch_size, s.device, s.amp,
+                                    s.dist, s.net)
+        mine = confusion_matrix(probs.argmax(-1), s.eval_data.labels[index], len(s.labels))
+        report = report_from_confusion(all_reduce_confusion(mine, s.dist), s.labels)
         improved = report["accuracy"] > p.best_accuracy
         if improved and s.dist.main:
             save_adapter(s.model, s.run.adapter, s.lora, base_model_name=s.cfg.model)

@@ -6,14 +6,22 @@ import torch
 
 def classification_report(preds: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict:
     """preds, labels: (n,) ints in 0..K-1. Returns accuracy, macro_f1, per_class and confusion[true][pred]."""
-    k = len(names)
+    return report_from_confusion(confusion_matrix(preds, labels, len(names)), names)
+
+
+def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """(K, K) int64 counts, [true][pred]: all the metrics need, and what processes add up (K² numbers)."""
     if preds.shape != labels.shape or preds.ndim != 1:
         raise ValueError(f"preds and labels must be 1-d and the same length, got {tuple(preds.shape)} "
                          f"and {tuple(labels.shape)}")
     for what, t in (("preds", preds), ("labels", labels)):
         if len(t) and not (0 <= int(t.min()) and int(t.max()) < k):
             raise ValueError(f"{what} must be class indices in 0..{k - 1}, got {int(t.min())}..{int(t.max())}")
-    confusion = torch.bincount(labels.long() * k + preds.long(), minlength=k * k).reshape(k, k)
+    return torch.bincount(labels.long() * k + preds.long(), minlength=k * k).reshape(k, k)
+
+
+def report_from_confusion(confusion: torch.Tensor, names: list[str]) -> dict:
+    """Accuracy, macro_f1, per_class and confusion from (K, K) counts [true][pred]."""
     tp = confusion.diag().double()
     predicted, support = confusion.sum(0).double(), confusion.sum(1).double()
     precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
@@ -21,14 +29,14 @@ def classification_report(preds: torch.Tensor, labels: torch.Tensor, names: list
     denom = precision + recall
     f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-300), torch.zeros_like(tp))
     return {
-        "accuracy": float(tp.sum() / max(len(labels), 1)),
+        "accuracy": float(tp.sum() / max(int(confusion.sum()), 1)),
         "macro_f1": float(f1.mean()),
         "per_class": [
             {"label": n, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for n, p, r, f, s in zip(names, precision, recall, f1, support)
         ],
         "confusion": confusion.tolist(),
-        "examples": int(len(labels)),
+        "examples": int(confusion.sum()),
     }
 
 
