@@ -75,7 +75,8 @@ def parser() -> argparse.ArgumentParser:
     a("--cache-dir", help=f"tokenized-data cache ('' disables) (default: {DEFAULT_CACHE})")
     a("--stop-after", type=int, help="stop after this many steps, checkpointed, to --resume later")
     a("--device", help=default(d.device).strip(" ()"))
-    a("--resume", metavar="DIR", help="continue the run in DIR with its saved config")
+    a("--resume", metavar="DIR|auto", help="continue the run in DIR with its saved config; 'auto': continue "
+      "--output-dir's checkpoint if it has one, else start fresh (for torchrun --max-restarts)")
     a("--overwrite", action="store_true", help="reuse an --output-dir that already holds a run")
     return p
 
@@ -120,15 +121,21 @@ def _train(args: argparse.Namespace) -> int:
     from .loop import Diverged, Stopped
     from .rundir import CHECKPOINT, RunDir
 
-    cfg = resume_config(args) if getattr(args, "resume", None) else config_from_args(args)
+    resume = getattr(args, "resume", None)
+    if resume == "auto" and not getattr(args, "output_dir", None):
+        raise UserError("--resume auto continues the run in --output-dir: give --output-dir")
+    cfg = resume_config(args) if resume and resume != "auto" else config_from_args(args)
     out = cfg.output_dir
-    if getattr(args, "resume", None) and RunDir(Path(out)).finished():
+    if resume and resume != "auto" and RunDir(Path(out)).finished():
         print(f"{out} is a finished run (eval.json is written); nothing to resume")
         return 0
-    try:
-        from .run import run
+    from .run import Finished, run
 
-        run(cfg, resume=bool(getattr(args, "resume", None)), overwrite=getattr(args, "overwrite", False))
+    try:
+        run(cfg, resume="auto" if resume == "auto" else bool(resume), overwrite=getattr(args, "overwrite", False))
+    except Finished as e:
+        print(e)
+        return 0
     except Diverged as e:
         kept = (Path(out) / CHECKPOINT).is_file()
         where = (f"the last good checkpoint is in {out}; resume with --resume {out} or" if kept

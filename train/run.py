@@ -15,7 +15,7 @@ from lora import LoRAConfig, cast_frozen, lora_layers
 from .batches import Encoded, encode
 from .config import TrainConfig
 from .data import Corpus, Split, class_names, load_corpus, stratified_subset
-from .distributed import Dist, init_distributed, shutdown
+from .distributed import Dist, broadcast_object_from_main, init_distributed, shutdown
 from .ema import EMA
 from .errors import UserError
 from .loop import Progress, lr_at, train
@@ -74,17 +74,52 @@ def setup_device(cfg: TrainConfig) -> tuple[torch.device, Dist]:
     return device, d
 
 
-def check_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:
-    """Refuse a bad --output-dir / --resume before any slow loading."""
+class Finished(Exception):
+    """--resume auto found a finished run: nothing to do."""
+
+
+def on_main(fn: Callable[[], object], d: Dist):
+    """fn() run by rank 0 alone (the one process that must see the output directory), its result, or the
+    UserError it raised, on every process: so a multi-node run needs no shared filesystem."""
+    answer = None
+    if d.main:
+        try:
+            answer = ("ok", fn())
+        except (UserError, Finished) as e:
+            answer = (type(e).__name__, str(e))
+    kind, value = broadcast_object_from_main(answer, d)
+    if kind != "ok":
+        raise (UserError if kind == "UserError" else Finished)(value)
+    return value
+
+
+def start_mode(run: RunDir, resume: bool | str, overwrite: bool) -> bool:
+    """Whether this run resumes (True) or starts fresh (False); refuses a bad --output-dir / --resume.
+    resume="auto": continue the checkpoint here if there is one, else start fresh (torchrun restarts)."""
     run.clean_temps()
     if run.path.exists() and not run.path.is_dir():
         raise UserError(f"--output-dir {run.path} is a file, not a directory")
+    if resume == "auto":
+        if run.finished():
+            raise Finished(f"{run.path} is a finished run (eval.json is written); nothing to resume")
+        return (run / CHECKPOINT).is_file()
     if not resume and not overwrite and run.holds_run():
         raise UserError(f"{run.path} already holds a run; continue it with --resume {run.path}, "
                         "or pick another --output-dir (or --overwrite)")
     if resume and not (run / CHECKPOINT).is_file():
         raise UserError(f"nothing to resume: {run / CHECKPOINT} does not exist; "
                         f"start again with --output-dir {run.path} --overwrite")
+    return bool(resume)
+
+
+def same_settings(run: RunDir, cfg: TrainConfig) -> None:
+    """--resume auto must continue the run these flags describe, not another one left in the directory."""
+    saved, _ = run.load_config()
+    ignore = dict(stop_after=None, device="auto", output_dir="", cache_dir=None)
+    if replace(saved, **ignore) != replace(cfg, **ignore):
+        changed = [k for k, v in replace(cfg, **ignore).to_dict().items() if replace(saved, **ignore).to_dict()[k] != v]
+        raise UserError(f"{run.path} holds a run with other settings ({', '.join(changed)}); "
+                        f"use another --output-dir, or --resume {run.path} to continue that run")
 
 
 def check_classes(corpus: Corpus, cfg: TrainConfig) -> None:
@@ -127,20 +162,23 @@ def load_data(cfg: TrainConfig) -> Corpus:
     return corpus
 
 
-def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
+def run(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False,
         say: Callable[[str], None] = print) -> dict | None:
     """Build and train. Returns eval.json's dict, or None when cfg.stop_after stopped the run early."""
-    try:
-        return train(build(cfg, resume, overwrite, say))
-    finally:
-        shutdown()
+    result = train(build(cfg, resume, overwrite, say))
+    # Only after a clean finish: with a dead peer, destroy_process_group can block, and the process is
+    # about to exit anyway, which is what torchrun waits for before it restarts the workers.
+    shutdown()
+    return result
 
 
-def build(cfg: TrainConfig, resume: bool, overwrite: bool, say: Callable[[str], None]) -> State:
-    """Load data and model, inject LoRA, make the optimizer, and start fresh or from the checkpoint."""
+def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[str], None]) -> State:
+    """Load data and model, inject LoRA, make the optimizer, and start fresh or from the checkpoint
+    (resume True, or "auto": only if the output directory holds one)."""
     run = RunDir(Path(cfg.output_dir))
-    check_run_dir(run, resume, overwrite)
     device, d = setup_device(cfg)
+    auto = resume == "auto"
+    resume = on_main(lambda: start_mode(run, resume, overwrite), d)
     say = say if d.main else (lambda *a, **k: None)
     torch.manual_seed(cfg.seed)
     corpus = load_data(cfg)
@@ -173,6 +211,8 @@ def build(cfg: TrainConfig, resume: bool, overwrite: bool, say: Callable[[str], 
     s = State(cfg, run, model, net, net, lora, corpus.label_names, train_data, eval_data, pad_id, device, amp, d,
               optimizer, scaler, ema, base_lrs, total_steps, warmup, total, Progress(), say)
     if resume:
+        if auto:
+            on_main(lambda: same_settings(run, cfg), d)
         restore(s)
     elif d.main:
         run.start(run_record(cfg, corpus.label_names))
@@ -197,8 +237,9 @@ def frozen_prefix(cfg: TrainConfig, model: nn.Module, train_data: Encoded, eval_
 
 
 def restore(s: State) -> None:
-    """Continue from the checkpoint: trained weights, optimizer, scaler, EMA, position and RNG."""
-    state = s.run.load_checkpoint()
+    """Continue from the checkpoint: trained weights, optimizer, scaler, EMA, position and RNG.
+    Rank 0 reads it and sends it to the others: no shared filesystem is needed."""
+    state = on_main(s.run.load_checkpoint, s.dist)
     trainable = {n: p for n, p in s.model.named_parameters() if p.requires_grad}
     if set(state.get("model", {})) != set(trainable):
         raise UserError(f"{s.run / CHECKPOINT} does not match this model's trainable parameters")
