@@ -41,15 +41,16 @@ def test_rank_12_is_refused_with_the_count(base):
 
 
 def test_linear_head_has_3076_parameters_and_buys_a_larger_rank(base):
-    rank, _, rows = plan(TrainConfig(rank="auto", head="linear"), base)  # plan alone leaves the head as is
-    assert rank == 11 and rows[-1] == ("trained classifier", FULL_HEAD)
     config, rows, total = prepare(TrainConfig(rank="auto", head="linear"), base)
-    assert rows[-1] == ("trained classifier", LINEAR_HEAD)
+    assert rows[-1] == ("trained classifier.out_proj", LINEAR_HEAD)
     assert config.rank == (1_000_000 - 1 - LINEAR_HEAD) // (LAYERS * 2 * (H + H)) == 27
     assert total == count_trainable(base) < 1_000_000
     assert {n for n, p in base.named_parameters() if p.requires_grad and "lora_" not in n} == {
         "classifier.out_proj.weight", "classifier.out_proj.bias"}
-    assert base.classifier.out_proj.weight.shape == (K, H)
+    # The stock head stays: dense -> tanh -> out_proj, dense frozen at its init and stored in the adapter.
+    assert type(base.classifier).__name__ == "RobertaClassificationHead"
+    assert not base.classifier.dense.weight.requires_grad
+    assert (config.trainable_modules, config.saved_modules) == (("classifier.out_proj",), ("classifier",))
 
 
 def test_lora_head_adapts_the_dense_layer_and_trains_out_proj_only(base):
