@@ -167,15 +167,15 @@ def load_for_inference(adapter_dir: str, model_name: str | None, device: torch.d
     """Rebuild a trained classifier from an adapter directory written by `python -m train`:
     the base model (or `model_name`), the head choice, then the adapter. Returns (model, tokenizer, run info);
     info also has trainable_params (the recipe's count) and legacy (None, or why this adapter cannot be exported)."""
-    import json
-
     from lora import load_adapter
 
-    info_path = Path(adapter_dir) / "train_config.json"
-    if not info_path.is_file():
-        raise UserError(f"{adapter_dir} is not an adapter written by python -m train (no train_config.json)")
-    info = json.loads(info_path.read_text())
-    cfg = TrainConfig.from_dict(info["train"])
+    from .artifacts import read_run_info
+
+    info = read_run_info(adapter_dir)
+    try:
+        cfg = TrainConfig.from_dict(info["train"])
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{adapter_dir}: the saved training config is not valid: {e}") from None
     # Adapters from before the stock-head change did not store RoBERTa's random classifier.dense: the run's
     # seed draws the same init it trained with (same library versions), the best that can be done for them.
     torch.manual_seed(cfg.seed)
