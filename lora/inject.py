@@ -53,7 +53,8 @@ def inject_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
     missing = [t for t in config.trainable_modules if not any(name_matches(n, (t,)) for n in trainable)]
     if missing:
         raise ValueError(f"trainable_modules {missing} match no module in the model")
-    unsaved = [t for t in config.saved_modules if not any(n and name_matches(n, (t,)) for n, _ in model.named_modules())]
+    modules = [n for n, _ in model.named_modules() if n]
+    unsaved = [t for t in config.saved_modules if not any(name_matches(n, (t,)) for n in modules)]
     if unsaved:
         raise ValueError(f"saved_modules {unsaved} match no module in the model")
     overlap = [n for n in names if name_matches(n, config.trainable_modules)

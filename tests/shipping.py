@@ -30,8 +30,9 @@ def make_encoder_dir(directory: Path, arch: str = "roberta", layers: int = 1) ->
         encoder.save_pretrained(directory)
     else:
         torch.manual_seed(1)
-        BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                             intermediate_size=128, max_position_embeddings=80, pad_token_id=1)).save_pretrained(directory)
+        config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                            intermediate_size=128, max_position_embeddings=80, pad_token_id=1)
+        BertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 

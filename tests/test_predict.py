@@ -125,8 +125,19 @@ def test_model_alone_must_be_a_merged_export(run, capsys):
 def test_csv_without_text_column_and_no_rows_left(run, tmp_path, capsys):
     bad = write(tmp_path / "bad.csv", "id,body\n1,hello\n")
     code, err = score("--adapter", run, "--input", bad, "--output", tmp_path / "p.csv", capsys=capsys)
-    assert code == 2 and err == f"error: {bad}: the header needs a 'text' column, has ['id', 'body']\n"
+    assert code == 2 and err == (f"error: {bad}: the header needs a 'text' column (or rows of AG News' class,title,"
+                                 "description), has ['id', 'body']\n")
     empty = write(tmp_path / "empty.jsonl", '{"text": ""}\n')
     code, err = score("--adapter", run, "--input", empty, "--output", tmp_path / "p.csv", "--on-bad-row", "skip",
                       capsys=capsys)
     assert code == 2 and err.splitlines()[-1] == f"error: {empty} has no rows to score (1 skipped)"
+
+
+def test_ag_news_layout_is_scored_by_line(run, tmp_path, capsys):
+    rows = write(tmp_path / "test.csv", f'"3","market shares","{TEXTS[2]}"\n"2","goal"\n"1","war","border"\n')
+    out = tmp_path / "p.jsonl"
+    code, err = score("--adapter", run, "--input", rows, "--output", out, "--on-bad-row", "skip", capsys=capsys)
+    assert code == 0 and f"skipped {rows} line 2: expected 3 fields (class,title,description), got 2" in err
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    want = expected_rows(run, [f"market shares {TEXTS[2]}", "war border"], capsys)
+    assert [r["line"] for r in got] == [1, 3] and [r["label"] for r in got] == [w["label"] for w in want]

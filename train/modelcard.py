@@ -56,6 +56,7 @@ def model_card(directory: str, kind: str, info: dict, report: dict | None, train
 def _recipe(cfg: dict, trainable: int | None) -> str:
     layers = "all" if cfg["layers"] is None else ", ".join(map(str, cfg["layers"]))
     count = "unknown" if trainable is None else f"**{trainable:,}**"
+    plus = f" (LoRA+: B × {cfg['lora_plus_ratio']:g})" if cfg["lora_plus_ratio"] != 1 else ""
     data = cfg["data"] if not cfg.get("train_file") else f"{cfg['train_file']} (eval: {cfg['eval_file']})"
     rows = [
         ("LoRA", f"rank {cfg['rank']}, alpha {cfg['alpha']:g}, dropout {cfg['dropout']:g}"
@@ -63,9 +64,8 @@ def _recipe(cfg: dict, trainable: int | None) -> str:
         ("targets", f"{', '.join(cfg['targets'])} (layers: {layers})"),
         ("head", f"{cfg['head']}: {HEADS[cfg['head']]}"),
         ("trainable parameters", count),
-        ("optimizer", f"AdamW, lr {cfg['lr']:g}" + (f" (LoRA+: B × {cfg['lora_plus_ratio']:g})"
-                                                     if cfg["lora_plus_ratio"] != 1 else "") + f", warmup {cfg['warmup_ratio']:g}, "
-                      f"cosine, weight decay {cfg['weight_decay']:g}, label smoothing {cfg['label_smoothing']:g}"),
+        ("optimizer", f"AdamW, lr {cfg['lr']:g}{plus}, warmup {cfg['warmup_ratio']:g}, cosine, "
+                      f"weight decay {cfg['weight_decay']:g}, label smoothing {cfg['label_smoothing']:g}"),
         ("schedule", f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, max length {cfg['max_length']} tokens, "
                      f"seed {cfg['seed']}" + (f", EMA {cfg['ema_decay']:g}" if cfg["ema_decay"] else "")),
         ("data", data + (f", {cfg['max_train_samples']:,} training rows" if cfg["max_train_samples"] else "")),

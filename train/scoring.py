@@ -39,8 +39,9 @@ def file_format(path: str, flag: str) -> str:
 
 
 def read_rows(path: str, skip_bad: bool, warn=lambda line: print(line, file=sys.stderr)) -> Rows:
-    """CSV with a header that has a `text` column (and maybe `id`), or JSONL objects with "text" (and maybe
-    "id"). A malformed row stops with its line number, or with skip_bad is reported in one line and left out."""
+    """CSV with a header that has a `text` column (and maybe `id`) or in AG News' layout, or JSONL objects with
+    "text" (and maybe "id"). A malformed row stops with its line number, or with skip_bad is reported in one
+    line and left out."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--input {path}: file not found")
@@ -84,19 +85,27 @@ def _jsonl_records(path: Path):
 
 
 def _csv_records(path: Path):
-    """(line where the record starts, text, id or None, problem or None) per CSV record after the header."""
+    """(line where the record starts, text, id or None, problem or None) per CSV record: after a header with
+    a `text` column, or in the AG News layout (no header; class, title, description: text = title description)."""
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         try:
-            header = [h.strip().lower() for h in next(reader, [])]
-            if "text" not in header:
-                raise UserError(f"{path}: the header needs a 'text' column, has {header}")
-            t, i = header.index("text"), (header.index("id") if "id" in header else None)
+            first = next(reader, [])
+            header = [h.strip().lower() for h in first]
+            agnews = "text" not in header and len(first) == 3 and first[0].strip().lstrip("-").isdigit()
+            if not agnews and "text" not in header:
+                raise UserError(f"{path}: the header needs a 'text' column (or rows of AG News' class,title,"
+                                f"description), has {header}")
+            if agnews:
+                yield 1, f"{first[1].strip()} {first[2].strip()}".strip(), None, None
+                header = ["class", "title", "description"]
+            t, i = (None, None) if agnews else (header.index("text"), header.index("id") if "id" in header else None)
             start = reader.line_num + 1
             for row in reader:
                 if row:
                     ok = len(row) == len(header)
-                    yield (start, row[t] if ok else None, row[i] if ok and i is not None else None,
+                    text = None if not ok else f"{row[1].strip()} {row[2].strip()}".strip() if agnews else row[t]
+                    yield (start, text, row[i] if ok and i is not None else None,
                            None if ok else f"expected {len(header)} fields ({','.join(header)}), got {len(row)}")
                 start = reader.line_num + 1
         except csv.Error as e:
