@@ -25,7 +25,7 @@ def test_recipe_and_exact_trainable_count():
     card = model_card("out", "hf", INFO, REPORT, 998_404)
     assert "| trainable parameters | **998,404** |" in card
     assert "| LoRA | rank 6, alpha 16, dropout 0 |" in card
-    assert "| head | linear: the stock head: its output layer trained, its dense layer frozen at its init |" in card
+    assert "| head | linear: the stock head: its output layer trained, its dense layer frozen as the identity |" in card
     assert "lr 0.0004 (LoRA+: B × 16)" in card and "EMA 0.99" in card
     assert "| data | ag_news |" in card
 

@@ -47,7 +47,7 @@ def test_linear_head_has_3076_parameters_and_buys_a_larger_rank(base):
     assert total == count_trainable(base) < 1_000_000
     assert {n for n, p in base.named_parameters() if p.requires_grad and "lora_" not in n} == {
         "classifier.out_proj.weight", "classifier.out_proj.bias"}
-    # The stock head stays: dense -> tanh -> out_proj, dense frozen at its init and stored in the adapter.
+    # The stock head stays: dense -> tanh -> out_proj, dense frozen (as the identity) and stored in the adapter.
     assert type(base.classifier).__name__ == "RobertaClassificationHead"
     assert not base.classifier.dense.weight.requires_grad
     assert (config.trainable_modules, config.saved_modules) == (("classifier.out_proj",), ("classifier",))
@@ -112,3 +112,14 @@ def test_lr_schedule_warms_up_linearly_then_decays_by_cosine_to_zero():
     assert lrs[warmup + (total - warmup) // 2] == pytest.approx(0.5)  # cosine: half-way is half
     assert lrs[total - 1] < 0.001 and lrs[total] == pytest.approx(0.0, abs=1e-12)
     assert lr_at(0, total, 0) == 1.0 and lr_at(0, total, warmup) > 0
+
+
+def test_linear_head_dense_starts_as_the_identity(tiny_roberta):
+    """Frozen at HF's random init (std 0.02) the dense layer shrinks the features and the default recipe learned
+    slower; as the identity, out_proj sees tanh(features) at their own scale."""
+    model = tiny_roberta()
+    prepare(TrainConfig(rank=2, head="linear"), model)
+    assert torch.equal(model.classifier.dense.weight, torch.eye(32)) and not model.classifier.dense.bias.any()
+    untouched = tiny_roberta()
+    prepare(TrainConfig(rank=2, head="lora"), untouched)  # the lora head keeps its random init, as before
+    assert not torch.equal(untouched.classifier.dense.weight, torch.eye(32))

@@ -88,8 +88,16 @@ def lora_config(cfg: TrainConfig, model: nn.Module, rank: int) -> LoRAConfig:
 
 
 def apply_head(cfg: TrainConfig, model: nn.Module) -> None:
-    """Shape the head for `cfg.head`. Every head is the stock one now (lora_config says what trains), so
-    nothing changes; kept so callers need not know that. Legacy lean-head adapters: see load_for_inference."""
+    """Initialise the stock head for `cfg.head` (lora_config says what trains). With head='linear' on RoBERTa,
+    the frozen dense layer starts as the identity, so out_proj sees tanh(features) at their own scale: at its
+    random init (std 0.02) the dense layer shrinks them (6x at hidden 64, 2x on roberta-base) and the same
+    recipe learns slower. The identity is stored in the adapter like any other head weight."""
+    _, dense = head_modules(model)
+    if cfg.head == "linear" and dense is not None and dense.startswith("classifier."):
+        layer = model.get_submodule(dense)
+        with torch.no_grad():
+            nn.init.eye_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
 
 def plan(cfg: TrainConfig, model: nn.Module) -> tuple[int, LoRAConfig, list[tuple[str, int]]]:

@@ -18,8 +18,8 @@ WHAT = {
 }
 HEADS = {
     "full": "the stock head, trained whole",
-    "lora": "the stock head: LoRA on its dense layer (frozen at its init), its output layer trained",
-    "linear": "the stock head: its output layer trained, its dense layer frozen at its init",
+    "lora": "the stock head: LoRA on its dense layer (frozen at its random init), its output layer trained",
+    "linear": "the stock head: its output layer trained, its dense layer frozen as the identity",
 }
 
 
