@@ -8,6 +8,7 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -40,6 +41,57 @@ def _trainable_state(model: nn.Module, config: LoRAConfig) -> dict[str, torch.Te
         if any(name_matches(p, config.trainable_modules) for p in _prefixes(module_path)):
             state[_PREFIX + name] = param
     return state
+
+
+def stored_modules(model: nn.Module, config: LoRAConfig) -> list[str]:
+    """Names of the modules an adapter stores whole (trainable_modules and saved_modules), none inside another."""
+    patterns = config.trainable_modules + config.saved_modules
+    names = [n for n, _ in model.named_modules() if n and name_matches(n, patterns)]
+    return [n for n in names if not any(n.startswith(o + ".") for o in names)]
+
+
+def file_config(model: nn.Module, config: LoRAConfig) -> LoRAConfig:
+    """The config the adapter file of `model` describes. Without saved_modules, `config` itself. With them,
+    the file is in PEFT's own form: the stored modules become one modules_to_save list, and a LoRA layer inside
+    one is merged into it, so its target leaves target_modules (PEFT never adapts a modules_to_save module)."""
+    if not config.saved_modules:
+        return config
+    stored = stored_modules(model, config)
+    outside = [n for n, _ in lora_layers(model) if not _inside(n, stored)]
+    targets = tuple(t for t in config.targets if any(name_matches(n, (t,)) for n in outside))
+    if not targets:
+        raise ValueError(f"every LoRA layer is inside the stored modules {stored}: nothing is left to adapt")
+    return replace(config, targets=targets, trainable_modules=tuple(stored), saved_modules=())
+
+
+def file_state_dict(model: nn.Module, config: LoRAConfig) -> dict[str, torch.Tensor]:
+    """PEFT key -> tensor, as written to the file: LoRA A/B outside the stored modules, and every parameter of the
+    stored modules, with the ΔW of a LoRA layer inside one merged into its weight (LoRA A/B themselves left out)."""
+    if not config.saved_modules:
+        return adapter_state_dict(model, config)
+    stored = stored_modules(model, config)
+    state = {}
+    for name, layer in lora_layers(model):
+        if not _inside(name, stored):
+            state[f"{_PREFIX}{name}.lora_A.weight"] = layer.lora_A.weight
+            state[f"{_PREFIX}{name}.lora_B.weight"] = layer.lora_B.weight
+    merged = {f"{n}.weight": _merged_weight(m) for n, m in lora_layers(model) if _inside(n, stored)}
+    for name, param in model.named_parameters():
+        if _inside(name.rpartition(".")[0], stored) and ".lora_A." not in name and ".lora_B." not in name:
+            state[_PREFIX + name] = merged.get(name, param)
+    return state
+
+
+def _merged_weight(layer) -> torch.Tensor:
+    """W + ΔW of a LoRALinear, (out, in), in its dtype, whether it is merged now or not."""
+    if layer.merged:
+        return layer.weight
+    w = layer.weight.detach()
+    return (w.to(torch.promote_types(w.dtype, torch.float32)) + layer.delta_weight()).to(w.dtype)
+
+
+def _inside(name: str, modules: list[str]) -> bool:
+    return any(name == m or name.startswith(m + ".") for m in modules)
 
 
 def _expected_shapes(model: nn.Module, config: LoRAConfig) -> dict[str, tuple[int, ...]]:
@@ -101,14 +153,16 @@ def peft_config_dict(config: LoRAConfig, base_model_name: str | None) -> dict:
 
 def save_adapter(model: nn.Module, directory: str | os.PathLike, config: LoRAConfig,
                  base_model_name: str | None = None) -> Path:
-    """Write the adapter to `directory`, each file atomically (temp file, then rename)."""
+    """Write the adapter to `directory`, each file atomically (temp file, then rename). With
+    `config.saved_modules`, in the form `file_config` describes (what PEFT can load)."""
     _check_layers_match(model, config)  # the JSON must describe the tensors actually written
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # Saved as trained (unmerged A/B); contiguous CPU copies because safetensors wants owned storage.
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter_state_dict(model, config).items()}
+    with torch.no_grad():
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in file_state_dict(model, config).items()}
     atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(tensors, path, metadata={"format": "pt"}))
-    text = json.dumps(peft_config_dict(config, base_model_name), indent=2) + "\n"
+    text = json.dumps(peft_config_dict(file_config(model, config), base_model_name), indent=2) + "\n"
     atomic_write(directory / CONFIG_NAME, lambda path: Path(path).write_text(text))
     return directory
 

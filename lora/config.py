@@ -19,13 +19,17 @@ class LoRAConfig:
     layers: tuple[int, ...] | None = None
     # modules trained in full, matched like PEFT's modules_to_save; the head by default
     trainable_modules: tuple[str, ...] = ("classifier",)
+    # frozen modules stored whole in the adapter all the same, because the base checkpoint lacks them (a head
+    # layer left at its random init): loading the adapter anywhere must restore them, never draw a new init.
+    # A LoRA layer inside one is stored merged into it, which is how PEFT's modules_to_save can hold it.
+    saved_modules: tuple[str, ...] = ()
     # rsLoRA: scale by alpha / sqrt(rank), which keeps the update's size stable as rank grows
     use_rslora: bool = False
 
     def __post_init__(self) -> None:
         # Accept lists from JSON or argparse (and a bare name / layer index, as PEFT does), but store
         # tuples so the config stays hashable. Anything else is left as is and reported below.
-        for name in ("targets", "layers", "trainable_modules"):
+        for name in ("targets", "layers", "trainable_modules", "saved_modules"):
             value = getattr(self, name)
             if isinstance(value, str) or (name == "layers" and type(value) is int):
                 value = (value,)
@@ -48,10 +52,10 @@ class LoRAConfig:
             or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers)
         ):
             problems.append(f"layers must be None or non-negative ints, got {self.layers!r}")
-        if not isinstance(self.trainable_modules, tuple) or not all(
-            isinstance(t, str) and t.strip(".") for t in self.trainable_modules
-        ):
-            problems.append(f"trainable_modules must be module names, got {self.trainable_modules!r}")
+        for name in ("trainable_modules", "saved_modules"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(isinstance(t, str) and t.strip(".") for t in value):
+                problems.append(f"{name} must be module names, got {value!r}")
         if not isinstance(self.use_rslora, bool):
             problems.append(f"use_rslora must be a bool, got {self.use_rslora!r}")
         if problems:

@@ -46,8 +46,9 @@ def lora_targets(model: nn.Module, config: LoRAConfig) -> list[str]:
 
 def inject_lora(model: nn.Module, config: LoRAConfig, *, fuse: bool = True) -> nn.Module:
     """Replace each targeted nn.Linear with a LoRALinear, in place, and freeze all but LoRA and
-    `config.trainable_modules`. With `fuse`, sibling layers that read one input run as one
-    (fuse_shared_inputs); the parameters and the adapter file are the same either way. Returns the model."""
+    `config.trainable_modules` (`saved_modules` stay frozen). With `fuse`, sibling layers that read one
+    input run as one (fuse_shared_inputs); the parameters and the adapter file are the same either way.
+    Returns the model."""
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("model already has LoRA layers; inject into a fresh model")
     names = lora_targets(model, config)
@@ -55,6 +56,10 @@ def inject_lora(model: nn.Module, config: LoRAConfig, *, fuse: bool = True) -> n
     missing = [t for t in config.trainable_modules if not any(name_matches(n, (t,)) for n in trainable)]
     if missing:
         raise ValueError(f"trainable_modules {missing} match no module in the model")
+    modules = [n for n, _ in model.named_modules() if n]
+    unsaved = [t for t in config.saved_modules if not any(name_matches(n, (t,)) for n in modules)]
+    if unsaved:
+        raise ValueError(f"saved_modules {unsaved} match no module in the model")
     overlap = [n for n in names if name_matches(n, config.trainable_modules)
                or any(n.startswith(t + ".") for t in trainable)]
     if overlap:

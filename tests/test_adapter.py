@@ -159,3 +159,42 @@ def test_load_never_unpickles(saved, batch, monkeypatch):
     fresh = copy.deepcopy(base)
     load_adapter(fresh, directory)
     assert torch.equal(logits_of(fresh, batch), logits)
+
+
+# A head whose dense layer starts random and stays frozen (or gets LoRA): stored whole, the LoRA merged into it.
+SAVED = LoRAConfig(rank=4, alpha=8.0, targets=("query", "value", "classifier.dense"),
+                   trainable_modules=("classifier.out_proj",), saved_modules=("classifier",))
+
+
+def test_saved_modules_are_stored_whole_with_lora_inside_merged(tiny_roberta, randomize, batch, tmp_path):
+    base = tiny_roberta(torch.float64)
+    model = randomize(inject_lora(copy.deepcopy(base), SAVED))
+    assert not model.classifier.dense.weight.requires_grad and model.classifier.out_proj.weight.requires_grad
+    save_adapter(model, tmp_path, SAVED)
+    tensors = load_file(str(tmp_path / WEIGHTS_NAME))
+    assert set(tensors) == expected_keys()  # the form of a full head: PEFT's modules_to_save
+    dense = model.classifier.dense
+    torch.testing.assert_close(tensors["base_model.model.classifier.dense.weight"],
+                               base.classifier.dense.weight + dense.delta_weight(), rtol=0, atol=1e-15)
+    raw = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert (raw["target_modules"], raw["modules_to_save"]) == (["query", "value"], ["classifier"])
+    fresh = copy.deepcopy(base)
+    with torch.no_grad():  # another dense init: the stored one must win
+        fresh.classifier.dense.weight.normal_()
+    load_adapter(fresh, tmp_path)
+    torch.testing.assert_close(logits_of(fresh, batch), logits_of(model, batch), rtol=0, atol=1e-12)
+
+
+def test_saved_modules_are_written_the_same_while_merged(tiny_roberta, randomize, tmp_path):
+    model = randomize(inject_lora(tiny_roberta(torch.float64), SAVED))
+    save_adapter(model, tmp_path / "unmerged", SAVED)
+    save_adapter(merge_lora(model), tmp_path / "merged", SAVED)
+    a, b = (load_file(str(tmp_path / d / WEIGHTS_NAME)) for d in ("unmerged", "merged"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-15) for k in a)
+
+
+def test_saved_modules_that_swallow_every_lora_layer_are_refused(tiny_roberta, tmp_path):
+    config = LoRAConfig(targets=("classifier.dense",), trainable_modules=(), saved_modules=("classifier",))
+    model = inject_lora(tiny_roberta(), config)
+    with pytest.raises(ValueError, match=r"every LoRA layer is inside the stored modules \['classifier'\]"):
+        save_adapter(model, tmp_path, config)

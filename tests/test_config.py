@@ -31,6 +31,7 @@ def test_lists_and_bare_values_are_coerced_to_tuples():
     ("targets", None), ("targets", 5),
     ("layers", ()), ("layers", (-1,)), ("layers", (0, 1.0)), ("layers", (True,)), ("layers", "0"), ("layers", 2.5),
     ("trainable_modules", ("",)), ("trainable_modules", (None,)), ("trainable_modules", None),
+    ("saved_modules", ("",)), ("saved_modules", None),
     ("use_rslora", 1), ("use_rslora", "yes"), ("use_rslora", None),
 ])
 def test_each_invalid_value_raises_value_error_naming_the_field(field, value):

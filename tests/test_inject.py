@@ -126,6 +126,7 @@ def assert_untouched(model):
     (LoRAConfig(layers=(0, 5)), r"layers \[5\] are not in the model, which has layers \[0, 1\]"),
     (LoRAConfig(trainable_modules=("classifier", "head")), r"trainable_modules \['head'\] match no module"),
     (LoRAConfig(targets=("dense",)), r"classifier.dense is both a LoRA target and inside trainable_modules"),
+    (LoRAConfig(saved_modules=("pooler",)), r"saved_modules \['pooler'\] match no module"),
 ])
 def test_inject_rejects_bad_configs_without_touching_the_model(tiny_roberta, config, message):
     model = tiny_roberta()

@@ -64,18 +64,25 @@ def test_ema_weights_are_the_ones_evaluated_and_saved(tiny_model_dir, tiny_data_
     assert any(not torch.equal(last[n], state["model"][n]) for n in state["model"])
 
 
-@pytest.mark.parametrize("head, trained, lora_on_head", [
-    ("full", "classifier.dense", False), ("lora", "classifier.out_proj", True), ("linear", "classifier.out_proj", False)])
-def test_head_choices_train_what_they_say(tiny_model_dir, tiny_data_dir, tmp_path, head, trained, lora_on_head):
+HEAD_KEYS = {f"base_model.model.classifier.{m}.{p}" for m in ("dense", "out_proj") for p in ("weight", "bias")}
+
+
+@pytest.mark.parametrize("head, head_count", [
+    ("full", 64 * 64 + 64 + 64 * 4 + 4), ("lora", 8 * (64 + 64) + 64 * 4 + 4), ("linear", 64 * 4 + 4)])
+def test_head_choices_train_what_they_say_and_store_the_whole_head(tiny_model_dir, tiny_data_dir, tmp_path,
+                                                                   head, head_count):
+    # tiny model: hidden 64, 4 classes; rank 8 on query,value in 2 layers. lora: LoRA on the head's dense too.
     result, _ = run(tiny_model_dir, tiny_data_dir, tmp_path / head, "--head", head, "--rslora")
-    keys = load_file(str(tmp_path / head / "adapter/adapter_model.safetensors")).keys()
-    assert any(trained in k for k in keys)
-    assert any("classifier.dense.lora_A" in k for k in keys) == lora_on_head
-    assert (head == "linear") == (not any("classifier.dense" in k for k in keys))
+    tensors = load_file(str(tmp_path / head / "adapter/adapter_model.safetensors"))
     config = json.loads((tmp_path / head / "adapter/adapter_config.json").read_text())
     assert config["use_rslora"] is True
-    assert result["trainable_params"] == sum(load_file(str(tmp_path / head / "adapter/adapter_model.safetensors"))[k]
-                                             .numel() for k in keys)
+    # Every head is stored whole, as PEFT's modules_to_save holds it (lora: its dense merged), so nothing
+    # the classifier computes is left to a random init when the adapter is loaded elsewhere.
+    assert config["modules_to_save"] == ["classifier"] and config["target_modules"] == ["query", "value"]
+    assert {k for k in tensors if ".classifier." in k} == HEAD_KEYS
+    lora = sum(v.numel() for k, v in tensors.items() if "lora_" in k)
+    assert lora == 2 * 2 * 8 * (64 + 64)
+    assert result["trainable_params"] == lora + head_count
 
 
 def test_layer_subset_only_adapts_those_layers(tiny_model_dir, tiny_data_dir, tmp_path):

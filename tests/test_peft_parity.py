@@ -134,3 +134,19 @@ def test_file_keys_equal_peft_file_keys(tiny_roberta, randomize, tmp_path, confi
     peft_keys = set(load_file(str(tmp_path / "peft" / WEIGHTS_NAME)))
     assert our_keys == peft_keys
     assert len(our_keys) == 2 * sum(1 for _ in lora_layers(ours)) + 4
+
+
+def test_saved_head_with_merged_lora_loads_in_peft(tiny_roberta, batch, randomize, tmp_path):
+    """A frozen random head layer with LoRA on it (the lora head): stored merged as modules_to_save."""
+    config = LoRAConfig(rank=4, alpha=8.0, targets=("query", "value", "classifier.dense"),
+                        trainable_modules=("classifier.out_proj",), saved_modules=("classifier",))
+    base = tiny_roberta(torch.float64)
+    ours = randomize(inject_lora(copy.deepcopy(base), config))
+    save_adapter(ours, tmp_path, config)
+    other_init = copy.deepcopy(base)
+    with torch.no_grad():
+        other_init.classifier.dense.weight.normal_()  # what loading elsewhere draws: the stored one must win
+    theirs = peft.PeftModel.from_pretrained(other_init, str(tmp_path)).eval()
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(**inputs).logits, ours(**inputs).logits, rtol=0, atol=1e-12)

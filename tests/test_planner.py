@@ -47,15 +47,16 @@ def test_rank_12_is_refused_with_the_count(base):
 
 
 def test_linear_head_has_3076_parameters_and_buys_a_larger_rank(base):
-    rank, _, rows = plan(ref(rank="auto", head="linear"), base)  # plan alone leaves the head as is
-    assert rank == 11 and rows[-1] == ("trained classifier", FULL_HEAD)
     config, rows, total = prepare(ref(rank="auto", head="linear"), base)
-    assert rows[-1] == ("trained classifier", LINEAR_HEAD)
+    assert rows[-1] == ("trained classifier.out_proj", LINEAR_HEAD)
     assert config.rank == (1_000_000 - 1 - LINEAR_HEAD) // (LAYERS * 2 * (H + H)) == 27
     assert total == count_trainable(base) < 1_000_000
     assert {n for n, p in base.named_parameters() if p.requires_grad and "lora_" not in n} == {
         "classifier.out_proj.weight", "classifier.out_proj.bias"}
-    assert base.classifier.out_proj.weight.shape == (K, H)
+    # The stock head stays: dense -> tanh -> out_proj, dense frozen (as the identity) and stored in the adapter.
+    assert type(base.classifier).__name__ == "RobertaClassificationHead"
+    assert not base.classifier.dense.weight.requires_grad
+    assert (config.trainable_modules, config.saved_modules) == (("classifier.out_proj",), ("classifier",))
 
 
 def test_lora_head_adapts_the_dense_layer_and_trains_out_proj_only(base):
@@ -117,3 +118,14 @@ def test_lr_schedule_warms_up_linearly_then_decays_by_cosine_to_zero():
     assert lrs[warmup + (total - warmup) // 2] == pytest.approx(0.5)  # cosine: half-way is half
     assert lrs[total - 1] < 0.001 and lrs[total] == pytest.approx(0.0, abs=1e-12)
     assert lr_at(0, total, 0) == 1.0 and lr_at(0, total, warmup) > 0
+
+
+def test_linear_head_dense_starts_as_the_identity(tiny_roberta):
+    """Frozen at HF's random init (std 0.02) the dense layer shrinks the features and the default recipe learned
+    slower; as the identity, out_proj sees tanh(features) at their own scale."""
+    model = tiny_roberta()
+    prepare(ref(rank=2, head="linear"), model)
+    assert torch.equal(model.classifier.dense.weight, torch.eye(32)) and not model.classifier.dense.bias.any()
+    untouched = tiny_roberta()
+    prepare(ref(rank=2, head="lora"), untouched)  # the lora head keeps its random init, as before
+    assert not torch.equal(untouched.classifier.dense.weight, torch.eye(32))

@@ -127,6 +127,14 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def to_flat(self) -> dict:
+        """Settings flat, as on the command line (LoRA ones beside the rest): the inverse of from_flat."""
+        flat = self.to_dict()
+        lora = flat.pop("lora")
+        lora.pop("trainable_modules", None)
+        lora.pop("saved_modules", None)
+        return {**lora, **flat}
+
     @classmethod
     def from_flat(cls, values: dict) -> "TrainConfig":
         """Build from flat settings (flags, recipes, sweep files): LORA_KEYS go into `lora`.
@@ -147,6 +155,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(unknown)}")
         lora.pop("trainable_modules", None)  # derived from the head choice, never set by a run
+        lora.pop("saved_modules", None)
         try:
             lora_cfg = LoRAConfig(**lora)
         except (TypeError, ValueError) as e:

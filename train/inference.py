@@ -5,6 +5,7 @@ from contextlib import nullcontext
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from lora import merge_lora, unmerge_lora
 
@@ -33,15 +34,16 @@ def logits_of(net: nn.Module, batch: dict) -> torch.Tensor:
 
 
 def predict(model: nn.Module, data: Encoded | PrefixCache, pad_id: int, batch_size: int, device: torch.device,
-            amp: torch.dtype | None, d: Dist = Dist(), net: nn.Module | None = None) -> torch.Tensor:
-    """Class probabilities (n, K) in data order, on every process."""
-    index, probs = predict_rows(model, data, pad_id, batch_size, device, amp, d, net)
+            amp: torch.dtype | None, d: Dist = Dist(), net: nn.Module | None = None,
+            progress: bool = False) -> torch.Tensor:
+    """Class probabilities (n, K) in data order, on every process; `progress` shows a bar of rows on stderr."""
+    index, probs = predict_rows(model, data, pad_id, batch_size, device, amp, d, net, progress)
     return gather_rows(index, probs, len(data), d)
 
 
 def predict_rows(model: nn.Module, data: Encoded | PrefixCache, pad_id: int, batch_size: int,
                  device: torch.device, amp: torch.dtype | None, d: Dist = Dist(),
-                 net: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 net: nn.Module | None = None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(row indices (m,), class probabilities (m, K)) of this process's share of `data`: batches are sorted
     by length and shared out, each row scored once over all processes. `net` is what to call when it is
     not `model` itself (a PrefixModel over it); LoRA is merged in `model`."""
@@ -51,12 +53,15 @@ def predict_rows(model: nn.Module, data: Encoded | PrefixCache, pad_id: int, bat
     merge_lora(model)  # outside inference_mode: the saved base weight must stay a normal tensor
     try:
         index, probs = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, model.config.num_labels)]
-        with torch.inference_mode():
-            for rows in eval_batches(data.lengths, batch_size)[d.rank::d.world]:
+        mine = eval_batches(data.lengths, batch_size)[d.rank::d.world]
+        with torch.inference_mode(), tqdm(total=sum(map(len, mine)), unit="rows", desc="scoring", leave=False,
+                                          disable=not progress or None, dynamic_ncols=True) as bar:
+            for rows in mine:
                 with autocast(device, amp):
                     logits = logits_of(net, batch_of(data, rows, pad_id, device))
                 index.append(torch.tensor(rows))
                 probs.append(logits.float().softmax(-1).cpu())
+                bar.update(len(rows))
         return torch.cat(index), torch.cat(probs)
     finally:
         unmerge_lora(model)

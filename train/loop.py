@@ -24,7 +24,7 @@ from .batches import epoch_batches
 from .distributed import all_reduce_confusion, all_sum, barrier, shard
 from .inference import autocast, batch_of, logits_of, predict_rows
 from .metrics import confusion_matrix, format_report, report_from_confusion
-from .rundir import ADAPTER_CONFIG, EVAL, rng_state, run_record, write_json
+from .rundir import EVAL, RUN_INFO, rng_state, run_record, write_json
 
 if TYPE_CHECKING:
     from .run import State
@@ -216,7 +216,7 @@ def evaluate(s: "State") -> None:
         improved = report["accuracy"] > p.best_accuracy
         if improved and s.dist.main:
             save_adapter(s.model, s.run.adapter, s.lora, base_model_name=s.cfg.model)
-            write_json(s.run.adapter / ADAPTER_CONFIG, run_record(s.cfg, s.labels))
+            write_json(s.run.adapter / RUN_INFO, run_record(s.cfg, s.labels))
     report["eval_seconds"] = time.perf_counter() - started
     report["epoch"] = p.epoch
     p.history.append({k: report[k] for k in ("epoch", "accuracy", "macro_f1", "eval_seconds")})

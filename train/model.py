@@ -44,7 +44,9 @@ def load_pretrained(name: str, num_labels: int, label_names: list[str]) -> tuple
 
 
 class LinearHead(nn.Module):
-    """The lean head: one Linear on the first token's features, (b, t, h) -> (b, K)."""
+    """The lean head of adapters saved before the stock-head change: one Linear on the first token's
+    features, (b, t, h) -> (b, K). Kept only to load those adapters; nothing is trained with it any more,
+    because it has no place in the stock *ForSequenceClassification class (PEFT, transformers, ONNX)."""
 
     def __init__(self, hidden: int, num_labels: int, dropout: float) -> None:
         super().__init__()
@@ -65,23 +67,37 @@ def head_modules(model: nn.Module) -> tuple[str, str | None]:
 
 
 def lora_config(cfg: TrainConfig, model: nn.Module, rank: int) -> LoRAConfig:
-    """The LoRAConfig that `cfg.head` implies for this model. The linear head must already be in place."""
+    """The LoRAConfig that `cfg.head` implies for this model; every head is the model's stock one.
+
+    full: the whole head trains. linear: only the output layer trains. lora: the output layer trains and the
+    hidden dense layer gets LoRA. RoBERTa's head (classifier.dense -> tanh -> classifier.out_proj) is not in
+    a pretrained checkpoint: with linear and lora its dense layer stays frozen at its random init, so the
+    whole classifier is stored in the adapter (saved_modules). BERT's dense layer is the pretrained pooler:
+    nothing extra is stored, and linear equals full (its classifier is one Linear)."""
     out, dense = head_modules(model)
-    targets, trainable = cfg.lora.targets, ("classifier",)
+    targets, trainable, saved = cfg.lora.targets, ("classifier",), ()
+    if cfg.head in ("linear", "lora"):
+        trainable = (out,)
+        if dense is not None and dense.startswith("classifier."):
+            saved = ("classifier",)
     if cfg.head == "lora":
         if dense is None:
             raise UserError("--head lora needs a head with a hidden dense layer; this model has none")
-        targets, trainable = (*cfg.lora.targets, dense), (out,)
-    return replace(cfg.lora, rank=rank, targets=targets, trainable_modules=trainable)
+        targets = (*cfg.lora.targets, dense)
+    return replace(cfg.lora, rank=rank, targets=targets, trainable_modules=trainable, saved_modules=saved)
 
 
 def apply_head(cfg: TrainConfig, model: nn.Module) -> None:
-    """Swap in the lean head for head='linear' on RoBERTa-style models (BERT's head is linear already)."""
-    if cfg.head == "linear" and "classifier.out_proj" in dict(model.named_modules()):
-        hidden = model.config.hidden_size
-        drop = model.config.classifier_dropout or model.config.hidden_dropout_prob
-        old = model.classifier.out_proj
-        model.classifier = LinearHead(hidden, model.config.num_labels, drop).to(old.weight.device, old.weight.dtype)
+    """Initialise the stock head for `cfg.head` (lora_config says what trains). With head='linear' on RoBERTa,
+    the frozen dense layer starts as the identity, so out_proj sees tanh(features) at their own scale: at its
+    random init (std 0.02) the dense layer shrinks them (6x at hidden 64, 2x on roberta-base) and the same
+    recipe learns slower. The identity is stored in the adapter like any other head weight."""
+    _, dense = head_modules(model)
+    if cfg.head == "linear" and dense is not None and dense.startswith("classifier."):
+        layer = model.get_submodule(dense)
+        with torch.no_grad():
+            nn.init.eye_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
 
 def resolve_top_layers(cfg: TrainConfig, model: nn.Module) -> TrainConfig:
@@ -181,21 +197,51 @@ def usable_length(max_length: int, model: nn.Module) -> int:
 
 def load_for_inference(adapter_dir: str, model_name: str | None, device: torch.device) -> tuple[nn.Module, object, dict]:
     """Rebuild a trained classifier from an adapter directory written by `python -m train`:
-    the base model (or `model_name`), the head choice, then the adapter. Returns (model, tokenizer, run info)
-    where run info is {"train": TrainConfig, "labels": [...]}."""
+    the base model (or `model_name`), the head choice, then the adapter. Returns (model, tokenizer, run info):
+    {"train": TrainConfig, "labels": [...], "trainable_params": the recipe's count, "legacy": None or why this
+    adapter cannot be exported}. The saved max length is capped at what the model can take."""
     from lora import load_adapter
 
-    from .rundir import ADAPTER_CONFIG, parse_record, read_json
+    from .rundir import RUN_INFO, parse_record, read_json
 
-    info_path = Path(adapter_dir) / ADAPTER_CONFIG
+    info_path = Path(adapter_dir) / RUN_INFO
     if not info_path.is_file():
-        raise UserError(f"{adapter_dir} is not an adapter written by python -m train (no {ADAPTER_CONFIG})")
+        raise UserError(f"{adapter_dir} is not an adapter written by python -m train (no {RUN_INFO})")
     cfg, labels = parse_record(read_json(info_path, "run config"), info_path)
+    info = {"labels": labels}
+    # Adapters from before the stock-head change did not store RoBERTa's random classifier.dense: the run's
+    # seed draws the same init it trained with (same library versions), the best that can be done for them.
+    torch.manual_seed(cfg.seed)
     model, tokenizer = load_pretrained(model_name or cfg.model, len(labels), labels)
-    cfg = replace(cfg, max_length=usable_length(cfg.max_length, model))  # a saved length is capped already
-    apply_head(cfg, model)
+    cfg = replace(cfg, max_length=usable_length(cfg.max_length, model))
+    info["train"] = cfg
+    try:
+        info["trainable_params"] = sum(v for _, v in plan(cfg, model)[2])
+    except UserError:
+        info["trainable_params"] = None
+    info["legacy"] = _legacy_head(cfg, model, Path(adapter_dir))
+    if info["legacy"] and cfg.head == "linear":
+        old = model.classifier.out_proj
+        drop = model.config.classifier_dropout or model.config.hidden_dropout_prob
+        model.classifier = LinearHead(model.config.hidden_size, model.config.num_labels, drop).to(old.weight.device, old.weight.dtype)
     try:
         load_adapter(model, adapter_dir)
     except Exception as e:  # a wrong, truncated or foreign file: safetensors and our checks raise various types
         raise UserError(f"cannot load adapter {adapter_dir}: {str(e).splitlines()[0] if str(e) else e}") from None
-    return model.to(device).eval(), tokenizer, {"train": cfg, "labels": labels}
+    return model.to(device).eval(), tokenizer, info
+
+
+def _legacy_head(cfg: TrainConfig, model: nn.Module, adapter_dir: Path) -> str | None:
+    """Why an adapter saved before the stock-head change is not exactly the stock model, or None."""
+    from safetensors import safe_open
+
+    _, dense = head_modules(model)
+    weights = adapter_dir / "adapter_model.safetensors"
+    if cfg.head == "full" or dense is None or not dense.startswith("classifier.") or not weights.is_file():
+        return None
+    with safe_open(str(weights), "pt") as f:  # key names only, no tensors read
+        if any(k.endswith(f"{dense}.weight") for k in f.keys()):
+            return None
+    if cfg.head == "linear":
+        return "its lean linear head (from before heads were stock) has no place in the stock classifier"
+    return f"it does not store {dense} (from before heads were stored whole); its init is re-drawn from the seed"

@@ -19,7 +19,7 @@ from .config import TrainConfig
 from .errors import UserError
 
 CONFIG = "config.json"  # {"train": TrainConfig.to_dict(), "labels": [...], "versions": {...}}
-ADAPTER_CONFIG = "train_config.json"  # the same object beside the PEFT files, so an adapter stands alone
+RUN_INFO = "train_config.json"  # the same object beside the PEFT files, so an adapter stands alone
 METRICS = "metrics.jsonl"
 EVAL = "eval.json"
 CHECKPOINT = "checkpoint.pt"
