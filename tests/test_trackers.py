@@ -96,3 +96,20 @@ def test_none_does_nothing_and_unknown_kind_is_refused(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(UserError, match=r"^--report-to must be one of none, tensorboard, mlflow, wandb, got 'comet'$"):
         open_tracker("comet", tmp_path, CONFIG)
+
+
+def test_report_to_tensorboard_mirrors_every_metrics_line_of_a_run(tiny_model_dir, tiny_data_dir, tmp_path):
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tiny import train_args
+    from train.__main__ import main
+
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model_dir, tiny_data_dir, out, "--epochs", "1", "--report-to", "tensorboard")) == 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    logged = {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    assert logged["loss"] == pytest.approx([x["loss"] for x in lines if "loss" in x])
+    assert logged["eval_accuracy"] == pytest.approx([x["eval_accuracy"] for x in lines if "eval_accuracy" in x])

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .cli import Parser, csv_list, layer_list, rank_value, run_main
-from .config import HEADS, PRECISIONS, TrainConfig
+from .config import HEADS, PRECISIONS, TRACKERS, TrainConfig
 from .errors import UserError
 from .recipes import DEFAULT_RECIPE, RECIPES, recipe
 
@@ -75,6 +75,7 @@ def parser() -> argparse.ArgumentParser:
     a("--cache-dir", help=f"tokenized-data cache ('' disables) (default: {DEFAULT_CACHE})")
     a("--stop-after", type=int, help="stop after this many steps, checkpointed, to --resume later")
     a("--device", help=default(d.device).strip(" ()"))
+    a("--report-to", choices=TRACKERS, help="mirror metrics.jsonl into this tracker" + default(d.report_to))
     a("--resume", metavar="DIR|auto", help="continue the run in DIR with its saved config; 'auto': continue "
       "--output-dir's checkpoint if it has one, else start fresh (for torchrun --max-restarts)")
     a("--overwrite", action="store_true", help="reuse an --output-dir that already holds a run")

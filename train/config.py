@@ -14,6 +14,7 @@ from .recipes import DEFAULT_RECIPE, LORA_KEYS, RECIPES
 
 HEADS = ("full", "lora", "linear")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TRACKERS = ("none", "tensorboard", "mlflow", "wandb")  # train/trackers.py
 _R = RECIPES[DEFAULT_RECIPE]
 
 
@@ -90,6 +91,8 @@ class TrainConfig:
     stop_after: int | None = None
     # auto, cpu, cuda, cuda:N
     device: str = "auto"
+    # also send every metrics.jsonl line to: none, tensorboard, mlflow or wandb (each an optional extra)
+    report_to: str = "none"
 
     def __post_init__(self) -> None:
         problems = []
@@ -114,6 +117,7 @@ class TrainConfig:
         need(_finite(self.grad_clip) and self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip!r}")
         need(_finite(self.ema_decay) and 0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        need(self.report_to in TRACKERS, f"report_to must be one of {', '.join(TRACKERS)}, got {self.report_to!r}")
         need(self.save_every >= 0, f"save_every must be >= 0, got {self.save_every!r}")
         need(self.top_layers is None or self.lora.layers is None, "give top_layers or layers, not both")
         for name in ("max_train_samples", "max_eval_samples", "stop_after", "top_layers", "holdout"):

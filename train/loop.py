@@ -187,8 +187,10 @@ def train_step(s: "State", rows: list[int], signum: int) -> tuple[torch.Tensor, 
 
 
 def log(s: "State", entry: dict) -> None:
+    """One metrics.jsonl line, mirrored into the tracker (--report-to)."""
     if s.dist.main:
         s.run.append_metrics(entry)
+        s.tracker.log(entry, entry["step"])
 
 
 def checkpoint_state(s: "State") -> dict:

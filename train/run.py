@@ -22,6 +22,7 @@ from .loop import Progress, lr_at, train
 from .model import load_pretrained, pick_device, pick_precision, prepare, usable_length
 from .prefix import PrefixCache, PrefixModel, build_prefix_cache, start_layer
 from .rundir import CHECKPOINT, RunDir, run_record, set_rng_state
+from .trackers import open_tracker
 
 
 @dataclass
@@ -51,6 +52,7 @@ class State:
     trainable: int
     progress: Progress
     say: Callable[[str], None]
+    tracker: object = None  # trackers.Tracker on rank 0 when --report-to names one
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -78,19 +80,21 @@ class Finished(Exception):
     """--resume auto found a finished run: nothing to do."""
 
 
-def on_main(fn: Callable[[], object], d: Dist):
-    """fn() run by rank 0 alone (the one process that must see the output directory), its result, or the
-    UserError it raised, on every process: so a multi-node run needs no shared filesystem."""
-    answer = None
+def on_main(fn: Callable[[], object], d: Dist, share: bool = True):
+    """fn() run by rank 0 alone (the one process that must see the output directory); its result (on rank 0
+    only when not `share`), or the UserError it raised, on every process: so a multi-node run needs no
+    shared filesystem, and no process waits forever for one that refused."""
+    answer, result = None, None
     if d.main:
         try:
-            answer = ("ok", fn())
+            result = fn()
+            answer = ("ok", result if share else None)
         except (UserError, Finished) as e:
             answer = (type(e).__name__, str(e))
     kind, value = broadcast_object_from_main(answer, d)
     if kind != "ok":
         raise (UserError if kind == "UserError" else Finished)(value)
-    return value
+    return value if share else result
 
 
 def start_mode(run: RunDir, resume: bool | str, overwrite: bool) -> bool:
@@ -165,7 +169,12 @@ def load_data(cfg: TrainConfig) -> Corpus:
 def run(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False,
         say: Callable[[str], None] = print) -> dict | None:
     """Build and train. Returns eval.json's dict, or None when cfg.stop_after stopped the run early."""
-    result = train(build(cfg, resume, overwrite, say))
+    state = build(cfg, resume, overwrite, say)
+    try:
+        result = train(state)
+    finally:
+        if state.tracker is not None:
+            state.tracker.close()
     # Only after a clean finish: with a dead peer, destroy_process_group can block, and the process is
     # about to exit anyway, which is what torchrun waits for before it restarts the workers.
     shutdown()
@@ -217,6 +226,7 @@ def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[
     elif d.main:
         run.start(run_record(cfg, corpus.label_names))
     summarize(s, plan_rows, resume)
+    s.tracker = on_main(lambda: open_tracker(cfg.report_to, run.path, cfg.to_flat()), d, share=False)
     s.step_model = wrap(net, device, d, cfg.compile)
     return s
 

@@ -14,9 +14,8 @@ import os
 from pathlib import Path
 from typing import Protocol
 
+from .config import TRACKERS as KINDS
 from .errors import UserError
-
-KINDS = ("none", "tensorboard", "mlflow", "wandb")
 SKIP = ("step",)  # the x axis, not a metric
 
 
