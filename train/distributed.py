@@ -64,3 +64,26 @@ def barrier(d: Dist) -> None:
 def cleanup(d: Dist) -> None:
     if d.world > 1 and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def all_reduce_confusion(conf: torch.Tensor, d: Dist) -> torch.Tensor:
+    """The (K, K) confusion counts summed over every process: evaluation sends K² numbers, not every
+    row's probabilities. Returns int64 on conf's device; conf itself is left alone."""
+    total = conf.to(torch.int64, copy=True)
+    if d.world > 1:
+        # NCCL reduces only CUDA tensors; gloo takes them where they are.
+        work = total.cuda() if dist.get_backend() == "nccl" and not total.is_cuda else total
+        dist.all_reduce(work, op=dist.ReduceOp.SUM)
+        total = work.to(conf.device)
+    return total
+
+
+def broadcast_object_from_main(obj, d: Dist):
+    """Rank 0's `obj` (any picklable: a checkpoint's state dict, a cache key) on every process; other
+    ranks' `obj` is ignored. So only rank 0 needs to see a file, and no shared filesystem is needed.
+    Under NCCL, call torch.cuda.set_device first: the bytes travel through the current device."""
+    if d.world == 1:
+        return obj
+    box = [obj if d.main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
