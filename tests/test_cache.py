@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import train.cache
 from tiny import synthetic_rows
-from train.batches import encode
+from train.batches import EpochBatches, collate, encode, eval_windows
 from train.cache import build, cache_file, open_cached, sweep
 from train.data import Split
 
@@ -72,6 +72,35 @@ def test_memory_mapped_encoded_equals_the_in_memory_one(tokenizer, tmp_path, sma
     assert not [p for p in tmp_path.iterdir() if p.suffix != ".safetensors"]  # no leftovers
     calls = tokenizer.calls
     assert torch.equal(encode(SPLIT, tokenizer, 12, tmp_path).ids, in_memory.ids) and tokenizer.calls == calls
+
+
+def resident_kb(path: Path) -> int:
+    """Resident pages of this process's mappings of `path`, from /proc/self/smaps."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if not line.split(maxsplit=1)[0].endswith(":"):  # a mapping's header line
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_batches_from_the_cache_map_no_pages_and_equal_in_memory_ones(tokenizer, tmp_path):
+    """Random rows read through a mapping would make whole page-cache folios resident (MBs each on
+    ext4 with large folios); collate and the batch plans read by pread instead."""
+    big = Split(SPLIT.texts * 40, SPLIT.labels * 40)  # 2,000 rows
+    in_memory = encode(big, tokenizer, 12, None)
+    mapped = encode(big, tokenizer, 12, tmp_path)
+    [entry] = tmp_path.glob("*.safetensors")
+    plan = list(EpochBatches(mapped, 16, seed=0, epoch=0, mega=4, buffer_rows=256))
+    assert plan == list(EpochBatches(in_memory.offsets, 16, seed=0, epoch=0, mega=4, buffer_rows=256))
+    assert list(eval_windows(mapped, 16, 300)) == list(eval_windows(in_memory.offsets, 16, 300))
+    for rows in plan[:20]:
+        got, want = collate(mapped, rows, 1), collate(in_memory, rows, 1)
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    assert resident_kb(entry) == 0
+    assert torch.equal(mapped.lengths, in_memory.lengths)  # reads every offset through the mapping...
+    assert resident_kb(entry) == 0  # ...and releases them
 
 
 def test_an_interrupted_build_leaves_nothing_and_the_rerun_builds_it(tiny_model_dir, tokenizer, tmp_path, small_chunks):
@@ -137,7 +166,7 @@ def test_a_killed_builder_is_detected_swept_and_rebuilt(tmp_path):
     assert open_cached(path) is None
     rows = build(path, [(np.array([5, 6, 7], np.int32), np.array([1, 2]), np.array([3, 0]))])
     assert rows == 2 and not partial.exists()  # the dead builder's parts are swept
-    got = open_cached(path)
+    got, _ = open_cached(path)
     assert {k: v.tolist() for k, v in got.items()} == {"ids": [5, 6, 7], "offsets": [0, 1, 3], "labels": [3, 0]}
 
 
