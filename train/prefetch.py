@@ -80,7 +80,10 @@ class Prefetcher:
 
     def __del__(self) -> None:
         if getattr(self, "_thread", None) is not None:
-            self.close()
+            try:
+                self.close()
+            except Exception:  # at interpreter exit the modules close() uses may be gone already
+                pass
 
 
 def _fill(plan: Iterator[list[int]], start: int, make, pin: bool, q: queue.Queue, stop: threading.Event) -> None:
