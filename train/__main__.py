@@ -37,8 +37,9 @@ def parser() -> argparse.ArgumentParser:
       help=f"start from a named recipe (default: {DEFAULT_RECIPE}); flags given override its values")
     a("--model", help="hub id or local model directory" + default(d.model))
     a("--data", help="hub dataset name, or a directory with train.csv and test/dev/validation.csv" + default(d.data))
-    a("--train-file", help="training CSV/JSONL (AG News layout, or text,label columns)")
-    a("--eval-file", help="evaluation CSV/JSONL")
+    a("--streaming", action="store_true", help="read a hub dataset as it downloads")
+    a("--train-file", help="training CSV/JSONL/Parquet, or a glob of them (AG News layout, or text,label columns)")
+    a("--eval-file", help="evaluation CSV/JSONL/Parquet, or a glob of them")
     a("--holdout", type=int, metavar="N", help="score on N training rows held out (stratified, fixed) instead of "
       "the evaluation data: for choosing recipes")
     a("--max-train-samples", type=int, help="stratified subset of the training data")

@@ -37,7 +37,9 @@ class TrainConfig:
     model: str = "roberta-base"
     # hub dataset name, or a directory with train.csv and test/dev/validation.csv
     data: str = "ag_news"
-    # explicit training file (CSV or JSONL); overrides --data, needs eval_file
+    # read a hub dataset as it downloads instead of downloading it first
+    streaming: bool = False
+    # explicit training file (CSV, JSONL or Parquet, or a glob of them); overrides --data, needs eval_file
     train_file: str | None = None
     # explicit evaluation file (CSV or JSONL)
     eval_file: str | None = None

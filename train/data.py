@@ -1,17 +1,21 @@
-"""Text classification data: read it (hub, AG News CSV, text/label CSV or JSONL), with one-line
-errors for bad files and rows, and take stratified subsets."""
+"""Text classification data: where it is (files, globs, a directory, a hub dataset), its class
+names, and its splits, either as row streams (train.sources.Rows, never held whole) or in memory;
+plus stratified subsets of either."""
 from __future__ import annotations
 
-import csv
-import json
+import glob
+import hashlib
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 
 from .errors import UserError
 from .hub import hub_reachable, unreachable
+from .sources import EXTENSIONS, Rows, expand, file_kind, file_rows, raw_labels, raw_rows
 
 EVAL_NAMES = ("test", "dev", "validation")
 
@@ -21,6 +25,10 @@ class Split:
     texts: list[str]
     labels: list[int]  # 0..K-1
 
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        """(text, label) per row: a Split is a row source like Rows."""
+        return zip(self.texts, self.labels)
+
 
 @dataclass
 class Corpus:
@@ -29,59 +37,95 @@ class Corpus:
     label_names: list[str]
 
 
-def load_corpus(data: str, train_file: str | None = None, eval_file: str | None = None) -> Corpus:
-    """Explicit files win; else `data` is a local directory or a hub dataset name."""
+@dataclass
+class RowCorpus:
+    """Like Corpus, but each split is read from its source whenever it is iterated."""
+    train: Rows
+    eval: Rows
+    label_names: list[str]
+
+
+def open_corpus(data: str, train_file: str | None = None, eval_file: str | None = None,
+                streaming: bool = False) -> RowCorpus:
+    """Explicit files (or globs) win; else `data` is a local directory or a hub dataset name.
+    Reads no more than the first record of each file, plus the training labels when no
+    classes.txt names them. `streaming` applies to hub datasets: rows arrive as they download."""
     if train_file or eval_file:
         if not (train_file and eval_file):
             raise UserError("--train-file and --eval-file go together")
-        return _load_files(Path(train_file), Path(eval_file))
+        return _file_corpus(expand(train_file), expand(eval_file), train_file, eval_file)
     path = Path(data)
     if path.is_dir():
         train = _find(path, ("train",))
         if train is None:
-            raise UserError(f"{path} has no train.csv or train.jsonl")
+            raise UserError(f"{path} has no train.csv, train.jsonl or train.parquet")
         evalf = _find(path, EVAL_NAMES)
         if evalf is None:
-            raise UserError(f"{path} has none of test/dev/validation .csv or .jsonl")
-        return _load_files(train, evalf)
-    if path.suffix in (".csv", ".jsonl") or os.sep in data or data.startswith("."):
+            raise UserError(f"{path} has none of test/dev/validation .csv, .jsonl or .parquet")
+        return _file_corpus(train[0], evalf[0], train[1], evalf[1])
+    # A hub id is NAME or ORG/NAME; anything else that is not a directory was meant as a local path.
+    if (path.suffix in EXTENSIONS or glob.has_magic(data) or path.is_absolute() or data.count("/") > 1
+            or data.startswith((".", "~")) or (os.sep != "/" and os.sep in data)):
         raise UserError(f"data not found: {data}")
-    return _load_hub(data)
+    return _hub_corpus(data, streaming)
 
 
-def _find(directory: Path, stems: tuple[str, ...]) -> Path | None:
+def load_corpus(data: str, train_file: str | None = None, eval_file: str | None = None) -> Corpus:
+    """open_corpus, read into memory: for corpora that fit."""
+    c = open_corpus(data, train_file, eval_file)
+    return Corpus(to_split(c.train), to_split(c.eval), c.label_names)
+
+
+def to_split(rows: Rows) -> Split:
+    texts, labels = [], []
+    for text, label in rows:
+        texts.append(text)
+        labels.append(label)
+    if not texts:
+        raise UserError(f"{rows.name} has no rows")
+    return Split(texts, labels)
+
+
+def _find(directory: Path, stems: tuple[str, ...]) -> tuple[list[Path], str] | None:
+    """STEM.EXT, else shards STEM-*.EXT (the hub's train-00000-of-00004.parquet layout), and their name."""
     for stem in stems:
-        for ext in (".csv", ".jsonl"):
+        for ext in EXTENSIONS:
             if (directory / f"{stem}{ext}").is_file():
-                return directory / f"{stem}{ext}"
+                return [directory / f"{stem}{ext}"], str(directory / f"{stem}{ext}")
+            shards = sorted(p for p in directory.glob(f"{stem}-*{ext}") if p.is_file())
+            if shards:
+                return shards, str(directory / f"{stem}-*{ext}")
     return None
 
 
-def _load_files(train_path: Path, eval_path: Path) -> Corpus:
-    for p in (train_path, eval_path):
-        if not p.is_file():
-            raise UserError(f"file not found: {p}")
-    names = class_names(train_path)
-    train_rows, train_kind = read_rows(train_path)
-    eval_rows, eval_kind = read_rows(eval_path)
-    for rows, path in ((train_rows, train_path), (eval_rows, eval_path)):
-        if not rows:
-            raise UserError(f"{path} has no rows")
-    if train_kind != eval_kind:
-        raise UserError(f"{train_path} and {eval_path} are in different formats ({train_kind} vs {eval_kind})")
+def _file_corpus(train: list[Path], evalf: list[Path], train_name: str, eval_name: str) -> RowCorpus:
+    names = class_names(train[0])
+    kind, eval_kind = file_kind(train), file_kind(evalf)
+    if kind != eval_kind:
+        raise UserError(f"{train[0]} and {evalf[0]} are in different formats ({kind} vs {eval_kind})")
+    by_name = False
     if names is None:
-        raw = [label for _, label, _ in train_rows]
-        if all(isinstance(x, int) and not isinstance(x, bool) for x in raw):
-            # AG News classes are 1..K; text/label files use 0..K-1.
-            base = 1 if train_kind == "agnews" else 0
-            names = [str(i) for i in range(base, max(max(raw), base) + 1)]
-        else:  # names; numbers mixed in among them are names too
-            names = sorted({str(x) for x in raw})
-            train_rows, eval_rows = ([(t, y if isinstance(y, str) else str(y), n) for t, y, n in rows]
-                                     for rows in (train_rows, eval_rows))
-    train = _to_split(train_rows, names, train_kind, train_path)
-    evals = _to_split(eval_rows, names, eval_kind, eval_path)
-    return Corpus(train, evals, names)
+        names, by_name = _infer_names(train, kind, train_name)
+    return RowCorpus(file_rows(train, names, kind, train_name, by_name),
+                     file_rows(evalf, names, kind, eval_name, by_name), names)
+
+
+def _infer_names(paths: list[Path], kind: str, name: str) -> tuple[list[str], bool]:
+    """Class names from the training labels (one pass, holding only the distinct labels), and
+    whether labels are looked up by name. AG News classes are 1..K; text/label files use 0..K-1."""
+    top, numeric, seen = None, True, set()
+    for label in raw_labels(paths):
+        seen.add(str(label))
+        if numeric and isinstance(label, int) and not isinstance(label, bool):
+            top = label if top is None else max(top, label)
+        else:
+            numeric = False  # names; numbers mixed in among them are names too
+    if not seen:
+        raise UserError(f"{name} has no rows")
+    if numeric:
+        base = 1 if kind == "agnews" else 0
+        return [str(i) for i in range(base, max(top, base) + 1)], False
+    return sorted(seen), True
 
 
 def class_names(train_path: Path) -> list[str] | None:
@@ -99,130 +143,54 @@ def class_names(train_path: Path) -> list[str] | None:
     return names
 
 
-def read_rows(path: Path) -> tuple[list[tuple[str, int | str, int]], str]:
-    """(text, raw label, line number) per row, and the format: 'agnews' or 'textlabel'."""
-    if path.stat().st_size == 0:
-        raise UserError(f"{path} is empty")
-    try:
-        if path.suffix == ".jsonl":
-            return _read_jsonl(path), "textlabel"
-        return _read_csv(path)
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text") from None
-
-
-def _csv_records(path: Path):
-    """(line number where the record starts, fields) per CSV record; blank lines are skipped.
-    Quoted fields may span lines, so the record number is not the line number."""
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        start = 1
-        try:
-            for row in reader:
-                if row:
-                    yield start, row
-                start = reader.line_num + 1
-        except csv.Error as e:
-            raise UserError(f"{path} line {reader.line_num}: not valid CSV ({e})") from None
-
-
-def _read_csv(path: Path) -> tuple[list[tuple[str, int | str, int]], str]:
-    records = _csv_records(path)
-    first = next(records, None)
-    if first is None:
-        raise UserError(f"{path} is empty")
-    header = [h.strip().lower() for h in first[1]]
-    if "text" in header or "label" in header:
-        if "text" not in header or "label" not in header:
-            raise UserError(f"{path}: header needs both 'text' and 'label' columns, has {first[1]}")
-        t, y = header.index("text"), header.index("label")
-        rows = []
-        for line, row in records:
-            if len(row) <= max(t, y):
-                raise UserError(f"{path} line {line}: expected columns {','.join(first[1])}; got {len(row)} fields")
-            rows.append((row[t], _maybe_int(row[y]), line))
-        return rows, "textlabel"
-    rows = []
-    for line, row in (first, *records):
-        if len(row) != 3:
-            raise UserError(f'{path} line {line}: expected 3 columns "class","title","description", '
-                            f"got {len(row)}")
-        if not row[0].strip().lstrip("-").isdigit():
-            raise UserError(f"{path} line {line}: class {row[0]!r} is not a whole number")
-        rows.append((f"{row[1].strip()} {row[2].strip()}".strip(), int(row[0]), line))
-    return rows, "agnews"
-
-
-def _read_jsonl(path: Path) -> list[tuple[str, int | str, int]]:
-    rows = []
-    with path.open(encoding="utf-8-sig") as f:
-        for line, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path} line {line}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or "text" not in obj or "label" not in obj:
-                raise UserError(f"{path} line {line}: needs 'text' and 'label' fields")
-            rows.append((obj["text"], obj["label"], line))
-    return rows
-
-
-def _maybe_int(value: str) -> int | str:
-    s = value.strip()
-    return int(s) if s.lstrip("-").isdigit() else s
-
-
 def read_split(path: Path, names: list[str]) -> Split:
     """One file, with labels mapped onto known class names (1..K for AG News, 0..K-1 or names otherwise)."""
     if not path.is_file():
         raise UserError(f"file not found: {path}")
-    rows, kind = read_rows(path)
-    return _to_split(rows, names, kind, path)
+    return to_split(file_rows([path], names, raw_rows(path)[1], str(path)))
 
 
-def _to_split(rows, names: list[str], kind: str, path: Path) -> Split:
-    if not rows:
-        raise UserError(f"{path} has no rows")
-    base = 1 if kind == "agnews" else 0
-    index = {n: i for i, n in enumerate(names)}
-    texts, labels = [], []
-    for text, label, line in rows:
-        if not isinstance(text, str):
-            raise UserError(f"{path} line {line}: text is {type(text).__name__}, not a string")
-        if not text.strip():
-            raise UserError(f"{path} line {line}: empty text")
-        if isinstance(label, int) and not isinstance(label, bool):
-            if not base <= label < base + len(names):
-                raise UserError(f"{path} line {line}: label {label} is outside {base}..{base + len(names) - 1}")
-            labels.append(label - base)
-        elif isinstance(label, str) and label in index:
-            labels.append(index[label])
-        else:
-            raise UserError(f"{path} line {line}: unknown label {label!r} (labels: {', '.join(names)})")
-        texts.append(text)
-    return Split(texts, labels)
-
-
-def _load_hub(name: str) -> Corpus:
+def _hub_corpus(name: str, streaming: bool) -> RowCorpus:
     import datasets
 
     if not hub_reachable():
         datasets.config.HF_HUB_OFFLINE = True  # the cache may still have it
     try:
-        ds = datasets.load_dataset(name)
+        ds = datasets.load_dataset(name, streaming=streaming)
     except Exception as e:  # datasets raises many types; all mean "cannot get it"
         if datasets.config.HF_HUB_OFFLINE:
             raise unreachable("dataset", name, "--data DIR (train.csv + test.csv) or --train-file/--eval-file") from None
         raise UserError(f"cannot load dataset '{name}': {str(e).splitlines()[0]}") from None
     evalname = next((s for s in EVAL_NAMES if s in ds), None)
-    if "train" not in ds or evalname is None or "text" not in ds["train"].column_names:
+    features = ds["train"].features if "train" in ds else None  # a streaming dataset may not know them
+    if "train" not in ds or evalname is None or (features is not None and not {"text", "label"} <= set(features)):
         raise UserError(f"dataset '{name}' needs a train split, a test/validation split and text/label columns")
-    feature = ds["train"].features["label"]
-    names = list(getattr(feature, "names", None) or sorted(set(ds["train"]["label"])))
-    return Corpus(*(Split(list(ds[s]["text"]), [int(y) for y in ds[s]["label"]]) for s in ("train", evalname)),
-                  label_names=[str(n) for n in names])
+    names = getattr(features.get("label") if features else None, "names", None)
+    index = None
+    if not names:  # no ClassLabel: the distinct labels, sorted, from one pass over the training split
+        values = sorted({y for _, y in _hub_read(ds["train"], f"{name}[train]")})
+        names, index = [str(v) for v in values], {v: i for i, v in enumerate(values)}
+    return RowCorpus(*(_hub_rows(ds[s], f"{name}[{s}]", names, index) for s in ("train", evalname)),
+                     label_names=[str(n) for n in names])
+
+
+def _hub_read(split, name: str) -> Iterator[tuple[str, object]]:
+    for batch in split.iter(batch_size=1000):
+        if "text" not in batch or "label" not in batch:
+            raise UserError(f"{name} needs text and label columns, has {sorted(batch)}")
+        yield from zip(batch["text"], batch["label"])
+
+
+def _hub_rows(split, name: str, names: list[str], index: dict | None) -> Rows:
+    def read() -> Iterator[tuple[str, int]]:
+        for row, (text, label) in enumerate(_hub_read(split, name), start=1):
+            y = index.get(label, -1) if index is not None else int(label)
+            if not isinstance(text, str) or not 0 <= y < len(names):
+                raise UserError(f"{name} row {row}: needs a string text and a label in {', '.join(names)}, "
+                                f"got {type(text).__name__} and {label!r}")
+            yield text, y
+    fingerprint = getattr(split, "_fingerprint", None)  # a downloaded dataset's content id; not when streaming
+    return Rows(read, name, (lambda: f"hub:{name}:{fingerprint}") if fingerprint else None)
 
 
 def stratified_subset(split: Split, n: int | None, seed: int) -> Split:
@@ -231,12 +199,45 @@ def stratified_subset(split: Split, n: int | None, seed: int) -> Split:
     their order; which rows is a pure function of (split, n, seed)."""
     if n is None or n >= len(split.labels):
         return split
+    keep = _stratified_keep(np.asarray(split.labels), n, seed).tolist()
+    return Split([split.texts[i] for i in keep], [split.labels[i] for i in keep])
+
+
+def subset_rows(rows: Rows, n: int | None, seed: int) -> Rows:
+    """The rows stratified_subset would keep, as a stream. The pick is made on first use (one pass
+    that holds the labels, 8 bytes a row), so a process that only opens a cache built elsewhere
+    never reads the corpus."""
+    if n is None:
+        return rows
     if n < 1:
         raise UserError(f"a subset needs at least 1 row, got {n}")
-    by_class: dict[int, list[int]] = {}
-    for i, y in enumerate(split.labels):
-        by_class.setdefault(y, []).append(i)
-    total = len(split.labels)
+    picked: list[np.ndarray] = []
+
+    def mask() -> np.ndarray:
+        if not picked:
+            labels = np.fromiter((y for _, y in rows), dtype=np.int64)
+            keep = np.ones(len(labels), bool)
+            if n < len(labels):
+                keep[:] = False
+                keep[_stratified_keep(labels, n, seed)] = True
+            picked.append(keep)
+        return picked[0]
+
+    def read() -> Iterator[tuple[str, int]]:
+        keep = mask()
+        return (row for i, row in enumerate(rows) if keep[i])
+
+    def key() -> str:
+        return f"{rows.key()}:subset:{hashlib.sha256(np.packbits(mask()).tobytes()).hexdigest()}"
+    return Rows(read, rows.name, key if rows.key else None)
+
+
+def _stratified_keep(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted row indices of the stratified subset; labels: (rows,) ints."""
+    if n < 1:
+        raise UserError(f"a subset needs at least 1 row, got {n}")
+    by_class = {int(y): np.flatnonzero(labels == y) for y in np.unique(labels)}
+    total = len(labels)
     quota = {y: n * len(idx) // total for y, idx in by_class.items()}
     by_remainder = sorted(by_class, key=lambda y: (-(n * len(by_class[y]) % total), y))
     for y in by_remainder[: n - sum(quota.values())]:
@@ -247,8 +248,6 @@ def stratified_subset(split: Split, n: int | None, seed: int) -> Split:
                 quota[max(quota, key=lambda c: (quota[c], -c))] -= 1
                 quota[y] = 1
     rng = random.Random(seed)
-    keep = []
-    for y, idx in sorted(by_class.items()):
-        keep += rng.sample(idx, quota[y])
-    keep.sort()
-    return Split([split.texts[i] for i in keep], [split.labels[i] for i in keep])
+    # Sampling positions in range(len(idx)) draws exactly what sampling the list idx itself would.
+    keep = [idx[rng.sample(range(len(idx)), quota[y])] for y, idx in sorted(by_class.items())]
+    return np.sort(np.concatenate(keep))

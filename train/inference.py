@@ -19,10 +19,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def batch_of(data: Encoded | PrefixCache, rows: list[int], pad_id: int, device: torch.device) -> dict:
-    """Rows as a padded batch on `device`: input_ids from the token cache, or hidden_states from the
-    frozen-prefix cache; attention_mask and labels either way."""
-    batch = data.collate(rows) if isinstance(data, PrefixCache) else collate(data, rows, pad_id)
+def rows_batch(data: Encoded | PrefixCache, rows: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows as a padded batch: input_ids from the token cache, or hidden_states from the frozen-prefix
+    cache; attention_mask and labels either way."""
+    return data.collate(rows) if isinstance(data, PrefixCache) else collate(data, rows, pad_id)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
@@ -58,7 +61,7 @@ def predict_rows(model: nn.Module, data: Encoded | PrefixCache, pad_id: int, bat
                                           disable=not progress or None, dynamic_ncols=True) as bar:
             for rows in mine:
                 with autocast(device, amp):
-                    logits = logits_of(net, batch_of(data, rows, pad_id, device))
+                    logits = logits_of(net, to_device(rows_batch(data, rows, pad_id), device))
                 index.append(torch.tensor(rows))
                 probs.append(logits.float().softmax(-1).cpu())
                 bar.update(len(rows))

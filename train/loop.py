@@ -20,10 +20,12 @@ from tqdm import tqdm
 
 from lora import save_adapter
 
-from .batches import epoch_batches
+from .batches import EpochBatches
 from .distributed import all_reduce_confusion, all_sum, barrier, shard
-from .inference import autocast, batch_of, logits_of, predict_rows
+from .inference import autocast, logits_of, predict_rows, rows_batch, to_device
 from .metrics import confusion_matrix, format_report, report_from_confusion
+from .prefetch import Prefetcher
+from .prefix import PrefixCache
 from .rundir import EVAL, RUN_INFO, rng_state, run_record, write_json
 
 if TYPE_CHECKING:
@@ -101,30 +103,33 @@ def train(s: "State") -> dict | None:
     with StopSignals() as stop:
         for epoch in range(p.epoch, cfg.epochs):
             p.epoch = epoch
-            batches = epoch_batches(s.train_data.lengths, cfg.batch_size, cfg.seed, epoch)
+            batches = EpochBatches(s.train_data.offsets if isinstance(s.train_data, PrefixCache) else s.train_data,
+                                   cfg.batch_size, cfg.seed, epoch)
             bar = tqdm(total=len(batches), initial=p.batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=None if s.dist.main else True, leave=False, dynamic_ncols=True)
             s.model.train()
-            while p.batch < len(batches):
-                started = time.perf_counter()
-                rows = batches[p.batch]
-                loss, stopping = train_step(s, rows, stop.signum)
-                p.step, p.batch, p.examples = p.step + 1, p.batch + 1, p.examples + len(rows)
-                elapsed = time.perf_counter() - started
-                p.train_seconds += elapsed
-                unread.append(({"step": p.step, "epoch": p.epoch, "lr": s.optimizer.param_groups[0]["lr"],
-                                "examples_per_s": len(rows) / elapsed}, loss))
-                bar.update(1)
-                save = bool(cfg.save_every) and p.step % cfg.save_every == 0
-                early = cfg.stop_after is not None and p.step >= cfg.stop_after and p.batch < len(batches)
-                if save or stopping or early or len(unread) >= LOSS_READ_EVERY:
-                    read_losses(s, unread, bar)
-                if save or stopping or early:
-                    checkpoint(s)
-                if stopping:
-                    raise Stopped(stopping, p.step)
-                if early:
-                    return None
+            # Batches are made ahead on a thread (pinned on CUDA) while the step runs; the order is the plan's.
+            with Prefetcher(batches, lambda rows: rows_batch(s.train_data, shard(rows, s.dist) or rows[:1], s.pad_id),
+                            start=p.batch, pin=s.device.type == "cuda") as ready:
+                for item in ready:
+                    started = time.perf_counter()
+                    loss, stopping = train_step(s, item.rows, item.batch, stop.signum)
+                    p.step, p.batch, p.examples = p.step + 1, p.batch + 1, p.examples + len(item.rows)
+                    elapsed = time.perf_counter() - started
+                    p.train_seconds += elapsed
+                    unread.append(({"step": p.step, "epoch": p.epoch, "lr": s.optimizer.param_groups[0]["lr"],
+                                    "examples_per_s": len(item.rows) / elapsed}, loss))
+                    bar.update(1)
+                    save = bool(cfg.save_every) and p.step % cfg.save_every == 0
+                    early = cfg.stop_after is not None and p.step >= cfg.stop_after and p.batch < len(batches)
+                    if save or stopping or early or len(unread) >= LOSS_READ_EVERY:
+                        read_losses(s, unread, bar)
+                    if save or stopping or early:
+                        checkpoint(s)
+                    if stopping:
+                        raise Stopped(stopping, p.step)
+                    if early:
+                        return None
             read_losses(s, unread, bar)
             bar.close()
             p.epoch, p.batch = epoch + 1, 0
@@ -149,15 +154,15 @@ def read_losses(s: "State", unread: list, bar) -> None:
     unread.clear()
 
 
-def train_step(s: "State", rows: list[int], signum: int) -> tuple[torch.Tensor, int]:
-    """One optimizer step on global batch `rows`. Returns (the global mean loss as a 0-dim tensor, not yet
+def train_step(s: "State", rows: list[int], batch: dict, signum: int) -> tuple[torch.Tensor, int]:
+    """One optimizer step on global batch `rows`, of which `batch` is this process's shard (collated).
+    Returns (the global mean loss as a 0-dim tensor, not yet
     read; the signal to stop on, or 0). Under torchrun every process learns of a signal any of them got,
     in the same all-reduce as the loss."""
     cfg, d, opt = s.cfg, s.dist, s.optimizer
-    mine = shard(rows, d)
     # A process whose shard is empty still runs one row with weight 0, so DDP's all-reduce happens.
-    weight = 1.0 if mine else 0.0
-    batch = batch_of(s.train_data, mine or rows[:1], s.pad_id, s.device)
+    weight = 1.0 if shard(rows, d) else 0.0
+    batch = to_device(batch, s.device)
     with autocast(s.device, s.amp):
         logits = logits_of(s.step_model, batch)
     # Sum over this shard, divided by the global batch: DDP's gradient mean then equals one process's.

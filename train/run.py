@@ -14,7 +14,7 @@ from lora import LoRAConfig, cast_frozen, lora_layers
 
 from .batches import Encoded, encode
 from .config import TrainConfig
-from .data import Corpus, Split, class_names, load_corpus, stratified_subset
+from .data import RowCorpus, Split, class_names, load_corpus, open_corpus, stratified_subset, subset_rows
 from .distributed import Dist, broadcast_object_from_main, init_distributed, shutdown
 from .ema import EMA
 from .errors import UserError
@@ -126,20 +126,21 @@ def same_settings(run: RunDir, cfg: TrainConfig) -> None:
                         f"use another --output-dir, or --resume {run.path} to continue that run")
 
 
-def check_classes(corpus: Corpus, cfg: TrainConfig) -> None:
-    """Every class must have training rows, and the evaluation file must name the same classes."""
-    counts = torch.bincount(torch.tensor(corpus.train.labels), minlength=len(corpus.label_names))
-    empty = [n for n, c in zip(corpus.label_names, counts.tolist()) if c == 0]
+def check_classes(labels: torch.Tensor, names: list[str], cfg: TrainConfig) -> None:
+    """Every class must have training rows (labels: the training labels, (n,)), and the evaluation file
+    must name the same classes."""
+    counts = torch.bincount(labels.long(), minlength=len(names))
+    empty = [n for n, c in zip(names, counts.tolist()) if c == 0]
     if empty and not cfg.allow_empty_classes:
-        raise UserError(f"{len(empty)} of {len(corpus.label_names)} classes have no training row "
+        raise UserError(f"{len(empty)} of {len(names)} classes have no training row "
                         f"({', '.join(empty[:5])}{', …' if len(empty) > 5 else ''}): they can never be learned; "
                         "give the class names in a classes.txt beside the training file, fix the labels, "
                         "or pass --allow-empty-classes")
-    if cfg.eval_file:
+    if cfg.eval_file and not cfg.holdout:
         theirs = class_names(Path(cfg.eval_file))
-        if theirs is not None and theirs != corpus.label_names:
+        if theirs is not None and theirs != names:
             raise UserError(f"the evaluation file's classes.txt lists {theirs}, but training has "
-                            f"{corpus.label_names}; both files must use the same classes")
+                            f"{names}; both files must use the same classes")
 
 
 HOLDOUT_SEED = 0  # not the run's seed: every run of a sweep must be scored on the same held-out rows
@@ -156,14 +157,23 @@ def carve_holdout(split: Split, n: int) -> tuple[Split, Split]:
     return pick(False), pick(True)
 
 
-def load_data(cfg: TrainConfig) -> Corpus:
-    corpus = load_corpus(cfg.data, cfg.train_file, cfg.eval_file or cfg.train_file)
+def load_data(cfg: TrainConfig) -> RowCorpus:
+    """The splits as row streams (read again whenever iterated, never all held), subsets applied.
+    --holdout reads the training data into memory to carve its evaluation rows out of it."""
     if cfg.holdout:
-        corpus.train, corpus.eval = carve_holdout(corpus.train, cfg.holdout)
-    check_classes(corpus, cfg)
-    corpus.train = stratified_subset(corpus.train, cfg.max_train_samples, cfg.seed)
-    corpus.eval = stratified_subset(corpus.eval, cfg.max_eval_samples, cfg.seed)
-    return corpus
+        corpus = load_corpus(cfg.data, cfg.train_file, cfg.train_file)
+        train, held = carve_holdout(corpus.train, cfg.holdout)
+        corpus = RowCorpus(train, held, corpus.label_names)
+    else:
+        corpus = open_corpus(cfg.data, cfg.train_file, cfg.eval_file, streaming=cfg.streaming)
+    return RowCorpus(subset_rows(corpus.train, cfg.max_train_samples, cfg.seed),
+                     subset_rows(corpus.eval, cfg.max_eval_samples, cfg.seed), corpus.label_names)
+
+
+def check_rows(corpus: RowCorpus) -> int:
+    """Read every row once (a streaming pass, nothing held) so that a malformed row is reported before
+    the slow model loading, not after it. Returns the number of rows."""
+    return sum(1 for _ in corpus.train) + sum(1 for _ in corpus.eval)
 
 
 def run(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False,
@@ -191,6 +201,7 @@ def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[
     say = say if d.main else (lambda *a, **k: None)
     torch.manual_seed(cfg.seed)
     corpus = load_data(cfg)
+    on_main(lambda: check_rows(corpus), d)
     model, tokenizer = load_pretrained(cfg.model, len(corpus.label_names), corpus.label_names)
     if usable_length(cfg.max_length, model) < cfg.max_length:
         say(f"note: --max-length {cfg.max_length} is more than {cfg.model} can take; using "
@@ -204,8 +215,10 @@ def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[
     if amp is not None:  # autocast would otherwise re-cast every frozen weight at every call
         cast_frozen(model, amp)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    train_data = encode(corpus.train, tokenizer, cfg.max_length, cfg.cache_dir)
-    eval_data = encode(corpus.eval, tokenizer, cfg.max_length, cfg.cache_dir)
+    # Tokenized once per machine (local rank 0) into a memory-mapped cache that every rank maps.
+    train_data = encode(corpus.train, tokenizer, cfg.max_length, cfg.cache_dir, d)
+    eval_data = encode(corpus.eval, tokenizer, cfg.max_length, cfg.cache_dir, d)
+    check_classes(train_data.labels, corpus.label_names, cfg)
 
     groups = param_groups(model, cfg)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)

@@ -1,0 +1,72 @@
+"""train.distributed helpers under 2 gloo processes: confusion all-reduce, broadcast from rank 0, and
+encode's local-rank-0 build behind a barrier."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from train.distributed import Dist, all_reduce_confusion, broadcast_object_from_main
+
+WORKER = r"""
+import json, sys, time
+import torch, torch.distributed as dist
+from train.batches import encode
+from train.distributed import Dist, all_reduce_confusion, broadcast_object_from_main
+from train.sources import Rows
+
+rank, init, cache = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+d = Dist(rank, 2, local_rank=rank)  # one machine: rank 1 is local rank 1
+
+class Words:
+    name_or_path = "words"
+    def __len__(self): return 100
+    def get_vocab(self): return {}
+    def __call__(self, texts, truncation, max_length):
+        time.sleep(1.0)  # rank 1 must wait for this at the barrier, or find no cache
+        return {"input_ids": [([0] + [len(w) for w in t.split()] + [2])[:max_length] for t in texts]}
+
+reads = []
+def read():
+    reads.append(rank)
+    return iter([("one two three", 1), ("four", 0), ("five six", 1)])
+
+conf = torch.tensor([[rank + 1, 0], [2 * rank, 5]], dtype=torch.int32)
+total = all_reduce_confusion(conf, d)
+state = broadcast_object_from_main({"step": 7, "w": torch.arange(3)} if rank == 0 else "only rank 0's counts", d)
+data = encode(Rows(read, "rows"), Words(), 8, cache, d)
+print(json.dumps({"confusion": total.tolist(), "dtype": str(total.dtype), "conf_after": conf.tolist(),
+                  "state": [state["step"], state["w"].tolist()], "reads": reads,
+                  "ids": data.ids.tolist(), "offsets": data.offsets.tolist(), "labels": data.labels.tolist()}))
+dist.destroy_process_group()
+"""
+
+
+def test_two_gloo_processes_sum_confusions_share_rank0_objects_and_one_cache_build(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    init = f"file://{tmp_path / 'rendezvous'}"
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(rank), init, str(tmp_path / "cache")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for rank in (0, 1)]
+    results = []
+    for w in workers:
+        out, err = w.communicate(timeout=180)
+        assert w.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    r0, r1 = results
+    assert r0["confusion"] == r1["confusion"] == [[3, 0], [2, 10]] and r0["dtype"] == "torch.int64"
+    assert r1["conf_after"] == [[2, 0], [2, 5]]  # the caller's tensor is left alone
+    assert r0["state"] == r1["state"] == [7, [0, 1, 2]]
+    assert r0["reads"] == [0, 0] and r1["reads"] == []  # rank 0 hashed and built; rank 1 never read the data
+    assert r0["ids"] == r1["ids"] == [0, 3, 3, 5, 2, 0, 4, 2, 0, 4, 3, 2]
+    assert r0["offsets"] == r1["offsets"] == [0, 5, 8, 12] and r0["labels"] == r1["labels"] == [1, 0, 1]
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+
+
+def test_one_process_needs_no_group():
+    conf = torch.tensor([[1, 2], [3, 4]], dtype=torch.int32)
+    assert all_reduce_confusion(conf, Dist()).tolist() == [[1, 2], [3, 4]]
+    obj = {"a": 1}
+    assert broadcast_object_from_main(obj, Dist()) is obj
