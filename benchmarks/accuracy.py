@@ -13,10 +13,8 @@ process with a fresh cache directory, timed from launch to exit with its final m
 CPU time comes from os.wait4. Rounds are seeds, run in A B C D, D C B A ... order, and every time
 ratio is the median of per-round ratios, with min and max. Counted work (benchmarks/work.py) is
 printed beside the measured ratios. Accuracy is the final epoch's on --eval-file, mean ± std over
-seeds. The race only reports: no recipe choice is made on the evaluation file.
-
-The last printed line is one JSON object (the headline); the full result goes to
-benchmarks/results/accuracy.json (accuracy-quick.json when a sample limit is set).
+seeds. The race only reports: no recipe choice is made on the evaluation file. The last printed line
+is the headline JSON; the full result goes to results/accuracy.json (accuracy-quick.json with a sample limit).
 """
 from __future__ import annotations
 

@@ -120,6 +120,33 @@ class _LoopTimer:
         return batch
 
 
+def _peft_model(model_path: str, names: list[str], seed: int):
+    """The reference model: the encoder with a new head for `names`, wrapped by PEFT with the recipe's LoRA."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification, set_seed
+
+    set_seed(seed)  # before the model exists, so the new classifier head is the same every run
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_path, num_labels=len(names), id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)})
+    return get_peft_model(model, LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=RECIPE["r"], lora_alpha=RECIPE["lora_alpha"],
+        lora_dropout=RECIPE["lora_dropout"], target_modules=list(RECIPE["target_modules"]),
+        modules_to_save=list(RECIPE["modules_to_save"])))  # copies: PEFT appends to these lists in place
+
+
+def _training_args(out: str, epochs: int, eval_batch_size: int, seed: int, extra: dict):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=RECIPE["batch_size"],
+        per_device_eval_batch_size=eval_batch_size, learning_rate=RECIPE["learning_rate"],
+        lr_scheduler_type=RECIPE["lr_scheduler_type"], label_smoothing_factor=RECIPE["label_smoothing_factor"],
+        seed=seed, save_strategy="no", eval_strategy="no", logging_strategy="no", report_to="none",
+        label_names=["labels"],  # PeftModel hides the wrapped forward's signature from Trainer
+        **extra)
+
+
 def run_reference(model_path: str, corpus: Corpus, epochs: int, max_train_samples: int | None = None,
                   max_eval_samples: int | None = None, seed: int = RECIPE["seed"],
                   eval_batch_size: int = RECIPE["batch_size"], tuned: bool = False) -> dict:
@@ -130,22 +157,13 @@ def run_reference(model_path: str, corpus: Corpus, epochs: int, max_train_sample
     so both contestants see the same rows. train_seconds and eval_seconds are wall-clock around
     trainer.train() and trainer.predict(); loop_seconds has the same start and end points as our
     app's train_seconds (LOOP_INCLUDES). Tokenization is excluded from all three."""
-    from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              Trainer, TrainingArguments, set_seed)
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer
 
     train_split = stratified_subset(corpus.train, max_train_samples, seed)
     eval_split = stratified_subset(corpus.eval, max_eval_samples, seed)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    set_seed(seed)  # before the model exists, so the new classifier head is the same every run
     names = corpus.label_names
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_path, num_labels=len(names), id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)})
-    model = get_peft_model(model, LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=RECIPE["r"], lora_alpha=RECIPE["lora_alpha"],
-        lora_dropout=RECIPE["lora_dropout"], target_modules=list(RECIPE["target_modules"]),
-        modules_to_save=list(RECIPE["modules_to_save"])))  # copies: PEFT appends to these lists in place
+    model = _peft_model(model_path, names, seed)
     train_ds = _dataset(train_split, tokenizer, RECIPE["max_length"])
     eval_ds = _dataset(eval_split, tokenizer, RECIPE["max_length"])
 
@@ -153,13 +171,7 @@ def run_reference(model_path: str, corpus: Corpus, epochs: int, max_train_sample
     extra = tuned_arguments(device) if tuned else {}
     timer = _LoopTimer(DataCollatorWithPadding(tokenizer))
     with tempfile.TemporaryDirectory(prefix="reference-") as out:
-        args = TrainingArguments(
-            output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=RECIPE["batch_size"],
-            per_device_eval_batch_size=eval_batch_size, learning_rate=RECIPE["learning_rate"],
-            lr_scheduler_type=RECIPE["lr_scheduler_type"], label_smoothing_factor=RECIPE["label_smoothing_factor"],
-            seed=seed, save_strategy="no", eval_strategy="no", logging_strategy="no", report_to="none",
-            label_names=["labels"],  # PeftModel hides the wrapped forward's signature from Trainer
-            **extra)
+        args = _training_args(out, epochs, eval_batch_size, seed, extra)
         trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=timer,
                           processing_class=tokenizer, callbacks=[timer.callback])
         start = time.perf_counter()
@@ -169,9 +181,8 @@ def run_reference(model_path: str, corpus: Corpus, epochs: int, max_train_sample
         pred = trainer.predict(eval_ds)
         eval_seconds = time.perf_counter() - start
 
-    preds = torch.as_tensor(pred.predictions).argmax(-1)
     labels = torch.as_tensor(pred.label_ids)
-    report = classification_report(preds, labels, names)
+    report = classification_report(torch.as_tensor(pred.predictions).argmax(-1), labels, names)
     return {
         "accuracy": report["accuracy"],
         "macro_f1": report["macro_f1"],

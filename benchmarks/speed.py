@@ -220,8 +220,7 @@ def profile_step(base: nn.Module, batch: dict, device: torch.device, precision: 
         print(f"\n### profile: {name}, {precision}\n{prof.key_averages().table(sort_by=key, row_limit=rows)}")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run the benchmark, write its JSON, print the tables and, last, the headline JSON line."""
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32 and bf16 (autocast)")
@@ -236,6 +235,12 @@ def main(argv: list[str] | None = None) -> dict:
                    "thread waits on a core someone else holds: times swing 2x), torch's choice on CUDA")
     p.add_argument("--profile", action="store_true", help="also print torch.profiler tables per contestant")
     p.add_argument("--out", type=Path, help="JSON path; default benchmarks/results/speed-{cpu,cuda}.json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark, write its JSON, print the tables and, last, the headline JSON line."""
+    p = parser()
     args = p.parse_args(argv)
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
