@@ -1,7 +1,6 @@
 """python -m train.export: for every head and target set, PEFT, plain transformers (pipeline) and ONNX Runtime
 reproduce our model; the model cards' snippets run; every bad input is one line and exit 2."""
 import json
-import os
 import re
 
 import pytest
@@ -74,13 +73,8 @@ def test_peft_and_hf_exports_reproduce_ours(encoder, tokenizer, tmp_path, capsys
             s["label"]: s["score"] for s in theirs_row}
 
 
-# Each ONNX export costs ~6 CPU-seconds, and once merged every combination is the same stock architecture
-# (asserted above through transformers), so two run by default; the real-run test below exports the default
-# recipe (linear head, six targets) too. ONNX_ALL=1 runs all six.
-ONNX_DEFAULT = {"full-six", "lora-qv"}
-ONNX_COMBOS = [pytest.param(*c, id=i, marks=[] if i in ONNX_DEFAULT or os.environ.get("ONNX_ALL") == "1" else
-                            pytest.mark.skip(reason="same merged architecture as the others; ONNX_ALL=1 runs it"))
-               for c, i in zip(COMBOS, IDS)]
+# Every head × target combination is exported and checked (each ONNX export costs ~6 CPU-seconds).
+ONNX_COMBOS = [pytest.param(*c, id=i) for c, i in zip(COMBOS, IDS)]
 
 
 @pytest.mark.parametrize("head, targets", ONNX_COMBOS)
