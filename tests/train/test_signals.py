@@ -13,7 +13,7 @@ import torch
 
 from tiny import train_args
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def steps_logged(out: Path) -> int:

@@ -16,7 +16,7 @@ from benchmarks.common import abba_order, mean_std, paired_ratio
 from benchmarks.contestants import RaceError, Setup, command, preflight, read_result, run_child, start_layer
 from benchmarks.work import count_work, ours_batches, padded_tokens, reference_batches
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- pairing and the median of paired ratios --------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from tiny import train_args
 from train.__main__ import main
 
-ROOT = __import__('pathlib').Path(__file__).resolve().parents[1]
+ROOT = __import__('pathlib').Path(__file__).resolve().parents[2]
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ import pytest
 from tiny import CLASSES, train_args
 from train.__main__ import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -46,7 +46,7 @@ dist.destroy_process_group()
 
 
 def test_two_gloo_processes_sum_confusions_share_rank0_objects_and_one_cache_build(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     init = f"file://{tmp_path / 'rendezvous'}"
     workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(rank), init, str(tmp_path / "cache")],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for rank in (0, 1)]

@@ -151,7 +151,7 @@ build(Path(sys.argv[1]), chunks())
 
 def test_a_killed_builder_is_detected_swept_and_rebuilt(tmp_path):
     path, signal_file = tmp_path / "k.safetensors", tmp_path / "started"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     child = subprocess.Popen([sys.executable, "-c", KILLED_BUILDER, str(path), str(signal_file)], env=env)
     try:
         deadline = time.monotonic() + 120
