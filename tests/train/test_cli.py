@@ -129,3 +129,12 @@ def test_holdout_scores_on_fixed_training_rows_never_on_the_eval_file(tiny_model
     assert main(argv) == 0
     result = json.loads((tmp_path / "o/eval.json").read_text())
     assert sum(map(sum, result["confusion"])) == 32 and result["train_examples"] == 256 - 32
+
+
+def test_the_fast_recipe_adapts_the_top_two_layers_inside_the_budget():
+    from train.sweep import roberta_base_count
+
+    fast = config("--recipe", "fast")
+    assert (fast.top_layers, fast.lora.rank, fast.epochs, fast.head) == (2, 36, 2, "linear")
+    assert roberta_base_count(fast, 4) == 998_404  # 36 × 13,824 × 2 + 3,076 on roberta-base
+    assert config("--recipe", "fast", "--layers", "5").top_layers is None  # the user's layers win
