@@ -104,3 +104,13 @@ def model_without_dropout(tmp_path_factory):
     config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
     config.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture
+def tokenizer(tiny_model_dir):
+    """The tiny model's tokenizer, counting its calls and rows (tiny.Counting)."""
+    from transformers import AutoTokenizer
+
+    from tiny import Counting
+
+    return Counting(AutoTokenizer.from_pretrained(tiny_model_dir))

@@ -72,3 +72,23 @@ def train_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return ["--recipe", "reference", "--model", str(model), "--data", str(data), "--output-dir", str(out),
             "--epochs", "4", "--batch-size", "16", "--lr", "2e-2", "--rank", "8", "--precision", "fp32", "--cache-dir", "",
             *extra]
+
+
+class Counting:
+    """The tiny tokenizer, counting calls and rows; after `fail_after` calls it raises, as a kill would stop it."""
+
+    def __init__(self, real, fail_after=None):
+        self.real, self.calls, self.rows, self.fail_after = real, 0, 0, fail_after
+
+    def __call__(self, texts, **kwargs):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt
+        self.calls += 1
+        self.rows += len(texts)
+        return self.real(texts, **kwargs)
+
+    def __len__(self):
+        return len(self.real)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)

@@ -5,7 +5,6 @@ model from tests/tiny.py, or a few lines of Python as the child.
 """
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 

@@ -13,39 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 import train.cache
-from tiny import synthetic_rows
+from tiny import Counting, synthetic_rows
 from train.batches import EpochBatches, collate, encode, eval_windows
 from train.cache import build, cache_file, open_cached, sweep
 from train.data import Split
 
 SPLIT = Split([f"{t} {d}" for _, t, d in synthetic_rows(50, seed=2)], [y - 1 for y, _, _ in synthetic_rows(50, seed=2)])
-
-
-class Counting:
-    """The tiny tokenizer, counting calls and rows; after `fail_after` calls it raises, as a kill would stop it."""
-
-    def __init__(self, real, fail_after=None):
-        self.real, self.calls, self.rows, self.fail_after = real, 0, 0, fail_after
-
-    def __call__(self, texts, **kwargs):
-        if self.fail_after is not None and self.calls >= self.fail_after:
-            raise KeyboardInterrupt
-        self.calls += 1
-        self.rows += len(texts)
-        return self.real(texts, **kwargs)
-
-    def __len__(self):
-        return len(self.real)
-
-    def __getattr__(self, name):
-        return getattr(self.real, name)
-
-
-@pytest.fixture
-def tokenizer(tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    return Counting(AutoTokenizer.from_pretrained(tiny_model_dir))
 
 
 @pytest.fixture

@@ -3,10 +3,9 @@ import csv
 import json
 from collections import Counter
 
-import pytest
 import torch
 
-from tiny import CLASSES, write_agnews, write_jsonl
+from tiny import CLASSES, Counting, write_agnews, write_jsonl
 from train.batches import Encoded, collate, encode, epoch_batches
 from train.data import Split, load_corpus, read_split, stratified_subset
 
@@ -129,30 +128,6 @@ def test_collate_pads_to_the_longest_row_with_a_matching_mask():
     assert collate(data, [2, 1], pad_id=1)["input_ids"].shape == (2, 6)
 
 
-class CountingTokenizer:
-    """A tokenizer that counts its calls; everything else is the real one's."""
-
-    def __init__(self, real):
-        self.real, self.calls = real, 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.real(*args, **kwargs)
-
-    def __len__(self):
-        return len(self.real)
-
-    def __getattr__(self, name):
-        return getattr(self.real, name)
-
-
-@pytest.fixture
-def tokenizer(tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    return CountingTokenizer(AutoTokenizer.from_pretrained(tiny_model_dir))
-
-
 SPLIT = Split(["goal match striker", "the market said shares fell today after a big week", "chip"], [1, 2, 3])
 
 
@@ -181,8 +156,8 @@ def test_token_cache_misses_when_the_tokenizer_changes_under_the_same_name(tiny_
     from tokenizers import processors
     from transformers import AutoTokenizer
 
-    plain = CountingTokenizer(AutoTokenizer.from_pretrained(tiny_model_dir))
-    changed = CountingTokenizer(AutoTokenizer.from_pretrained(tiny_model_dir))
+    plain = Counting(AutoTokenizer.from_pretrained(tiny_model_dir))
+    changed = Counting(AutoTokenizer.from_pretrained(tiny_model_dir))
     changed.real.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single="$A </s>", special_tokens=[("</s>", 2)])  # same name and size, no <s> any more
     assert changed.name_or_path == plain.name_or_path and len(changed) == len(plain)
