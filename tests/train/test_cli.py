@@ -43,7 +43,6 @@ def test_help_shows_the_defaults_that_run(capsys):
 
 
 def test_trainconfig_the_cli_and_sweeps_default_to_the_same_recipe():
-
     plain, cli = TrainConfig(), config("--output-dir", "x", "--cache-dir", "")
     assert plain.lora == cli.lora and (plain.lr, plain.head, plain.warmup_ratio) == (cli.lr, cli.head, cli.warmup_ratio)
     assert TrainConfig.from_flat({}).lora == plain.lora
