@@ -1,7 +1,7 @@
-"""Markdown tables from the benchmark JSON, and the results sections of benchmarks/README.md.
+"""Markdown tables from the benchmark JSON, and the results sections of README.md and benchmarks/README.md.
 
-    python -m benchmarks.report           # rewrite the tables in benchmarks/README.md
-    python -m benchmarks.report --check   # exit 1 if the README is out of date
+    python -m benchmarks.report           # rewrite the tables in both READMEs
+    python -m benchmarks.report --check   # exit 1 if either README is out of date
 
 Each results/NAME.json is rendered between `<!-- results:NAME -->` and `<!-- /results:NAME -->` in
 the README, so the numbers there are never typed by hand. Pure JSON in, text out: no torch import.
@@ -18,6 +18,7 @@ from pathlib import Path
 from benchmarks.common import RESULTS_DIR
 
 README = Path(__file__).resolve().parent / "README.md"
+READMES = (README.parent.parent / "README.md", README)  # the project's, with the race table; the benchmarks'
 MARKER = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(.*?)(<!-- /results:(?P=name) -->)", re.S)
 
 
@@ -201,21 +202,23 @@ def update_readme(text: str, results_dir: Path = RESULTS_DIR) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Regenerate the results tables in benchmarks/README.md.")
-    p.add_argument("--check", action="store_true", help="exit 1 if the README's tables are stale")
-    p.add_argument("--readme", type=Path, default=README)
+    p = argparse.ArgumentParser(description="Regenerate the results tables in README.md and benchmarks/README.md.")
+    p.add_argument("--check", action="store_true", help="exit 1 if a README's tables are stale")
+    p.add_argument("--readme", type=Path, action="append", help="this README only (repeatable)")
     args = p.parse_args(argv)
-    old = args.readme.read_text()
-    new = update_readme(old)
-    if args.check:
+    stale = False
+    for readme in args.readme or READMES:
+        old = readme.read_text()
+        new = update_readme(old)
+        if args.check:
+            if new != old:
+                print(f"{readme} is out of date: run python -m benchmarks.report", file=sys.stderr)
+                stale = True
+            continue
         if new != old:
-            print(f"{args.readme} is out of date: run python -m benchmarks.report", file=sys.stderr)
-            return 1
-        return 0
-    if new != old:
-        args.readme.write_text(new)
-    print(f"{args.readme}: {'updated' if new != old else 'already up to date'}")
-    return 0
+            readme.write_text(new)
+        print(f"{readme}: {'updated' if new != old else 'already up to date'}")
+    return int(stale)
 
 
 if __name__ == "__main__":

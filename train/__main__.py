@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .cli import Parser, csv_list, layer_list, rank_value, run_main
-from .config import HEADS, PRECISIONS, TRACKERS, TrainConfig
+from .config import ATTENTIONS, HEADS, PRECISIONS, TRACKERS, TrainConfig
 from .errors import UserError
 from .recipes import DEFAULT_RECIPE, RECIPES, recipe
 
@@ -55,6 +55,8 @@ def parser() -> argparse.ArgumentParser:
       "once per example, cached)")
     a("--no-prefix-cache", dest="prefix_cache", action="store_false",
       help="run the frozen layers below the first LoRA layer every epoch (with dropout) instead of once")
+    a("--model-dropout", type=float, help="dropout inside the pretrained model (hidden, attention, head); "
+      "default: the recipe's, else the model's own (0.1 for RoBERTa)")
     a("--head", choices=HEADS, help=default(d.head).strip(" ()"))
     a("--rslora", dest="use_rslora", action="store_true", help="scale by alpha/sqrt(rank)")
     a("--lr", type=float, help="peak learning rate" + default(d.lr))
@@ -68,6 +70,8 @@ def parser() -> argparse.ArgumentParser:
     a("--grad-clip", type=float, help=default(d.grad_clip).strip(" ()"))
     a("--ema-decay", type=float, help="EMA of trainable weights for eval; 0 = off" + default(d.ema_decay))
     a("--precision", choices=PRECISIONS, help=default(d.precision).strip(" ()"))
+    a("--attention", choices=ATTENTIONS, help="attention kernel; auto: eager on CPU, where SDPA's backward is slow, "
+      "else sdpa" + default(d.attention))
     a("--compile", action="store_true", help="torch.compile the model")
     a("--seed", type=int, help=default(d.seed).strip(" ()"))
     a("--output-dir", help="default: runs/<date-time>")

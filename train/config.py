@@ -14,6 +14,7 @@ from .recipes import DEFAULT_RECIPE, LORA_KEYS, RECIPES
 
 HEADS = ("full", "lora", "linear")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ATTENTIONS = ("auto", "sdpa", "eager")  # train.model.pick_attention
 TRACKERS = ("none", "tensorboard", "mlflow", "wandb")  # train/trackers.py
 _R = RECIPES[DEFAULT_RECIPE]
 
@@ -53,6 +54,9 @@ class TrainConfig:
     allow_empty_classes: bool = False
     # tokens per text after truncation; batches are padded only to their longest row
     max_length: int = 128
+    # dropout of the pretrained model's own layers (hidden, attention probabilities, head); None keeps its
+    # config's (0.1 for RoBERTa and BERT). LoRA's own dropout is lora.dropout
+    model_dropout: float | None = _R.get("model_dropout")
     # classification head: full (trained whole), lora (LoRA on its dense layer), linear (one Linear)
     head: str = _R["head"]
     # peak AdamW learning rate
@@ -77,6 +81,8 @@ class TrainConfig:
     ema_decay: float = 0.0
     # auto: bf16 on CUDA (fp16 if unsupported) and on CPUs with bf16 instructions, else fp32
     precision: str = "auto"
+    # attention kernel; auto: eager on CPU (SDPA's CPU backward is ~2x slower under bf16), SDPA elsewhere
+    attention: str = "auto"
     # torch.compile the model
     compile: bool = False
     # seed for LoRA init, data order and dropout
@@ -116,9 +122,12 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "max_trainable_params"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)!r}")
         need(self.max_length >= 2, f"max_length must be >= 2, got {self.max_length!r}")
+        need(self.model_dropout is None or (_finite(self.model_dropout) and 0 <= self.model_dropout < 1),
+             f"model_dropout must be in [0, 1), got {self.model_dropout!r}")
         need(_finite(self.grad_clip) and self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip!r}")
         need(_finite(self.ema_decay) and 0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        need(self.attention in ATTENTIONS, f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
         need(self.report_to in TRACKERS, f"report_to must be one of {', '.join(TRACKERS)}, got {self.report_to!r}")
         need(self.save_every >= 0, f"save_every must be >= 0, got {self.save_every!r}")
         need(self.top_layers is None or self.lora.layers is None, "give top_layers or layers, not both")

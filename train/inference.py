@@ -11,6 +11,7 @@ from lora import merge_lora, unmerge_lora
 
 from .batches import Encoded, collate, eval_batches
 from .distributed import Dist, gather_rows
+from .model import inference_attention
 from .prefix import PrefixCache
 
 
@@ -57,7 +58,7 @@ def predict_rows(model: nn.Module, data: Encoded | PrefixCache, pad_id: int, bat
     try:
         index, probs = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, model.config.num_labels)]
         mine = eval_batches(data.lengths, batch_size)[d.rank::d.world]
-        with torch.inference_mode(), tqdm(total=sum(map(len, mine)), unit="rows", desc="scoring", leave=False,
+        with inference_attention(model), torch.inference_mode(), tqdm(total=sum(map(len, mine)), unit="rows", desc="scoring", leave=False,
                                           disable=not progress or None, dynamic_ncols=True) as bar:
             for rows in mine:
                 with autocast(device, amp):

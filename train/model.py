@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,8 +17,10 @@ from .errors import UserError
 from .hub import hub_reachable, unreachable
 
 
-def load_pretrained(name: str, num_labels: int, label_names: list[str]) -> tuple[nn.Module, object]:
-    """(AutoModelForSequenceClassification with SDPA attention, tokenizer), from a directory or the hub."""
+def load_pretrained(name: str, num_labels: int, label_names: list[str],
+                    attention: str = "sdpa") -> tuple[nn.Module, object]:
+    """(AutoModelForSequenceClassification with `attention` ("sdpa" or "eager"), tokenizer), from a
+    directory or the hub."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -27,7 +31,7 @@ def load_pretrained(name: str, num_labels: int, label_names: list[str]) -> tuple
     if not local and (Path(name).exists() or name.startswith((".", "/", "~"))):
         raise UserError(f"model not found: {name} is not a model directory")
     kwargs = dict(num_labels=num_labels, id2label=dict(enumerate(label_names)),
-                  label2id={n: i for i, n in enumerate(label_names)}, attn_implementation="sdpa",
+                  label2id={n: i for i, n in enumerate(label_names)}, attn_implementation=attention,
                   ignore_mismatched_sizes=True)  # a saved head for another label count is replaced, as it is trained
     attempts = [True] if local else [True, False]  # cache first; the network only if it answers
     for local_only in attempts:
@@ -183,6 +187,47 @@ def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("--precision bf16: this GPU does not support bfloat16; use fp16")
     return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def set_model_dropout(model: nn.Module, p: float | None) -> None:
+    """Set every dropout of the pretrained model (hidden states, attention probabilities, head) to `p`,
+    modules and config alike; None leaves the model's own. LoRA's dropout (a LoRALinear's) is not touched."""
+    if p is None:
+        return
+    from lora import LoRALinear
+
+    lora_dropouts = {id(m.dropout) for m in model.modules() if isinstance(m, LoRALinear)}
+    for m in model.modules():
+        if isinstance(m, nn.Dropout) and id(m) not in lora_dropouts:
+            m.p = p
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+        if hasattr(model.config, key):
+            setattr(model.config, key, p)
+
+
+def pick_attention(attention: str, device: torch.device) -> str:
+    """The attention kernel to train with. On CPU (torch 2.13), SDPA's fused backward costs ~12x its forward
+    under bf16 autocast, which doubled a MiniLM training step without dropout; transformers' eager attention
+    (matmul, softmax, matmul) computes the same thing without that cost, and ties SDPA in fp32. Forward-only
+    passes (the frozen prefix, evaluation) use SDPA whatever this says: see inference_attention."""
+    if attention != "auto":
+        return attention
+    return "eager" if device.type == "cpu" else "sdpa"
+
+
+@contextmanager
+def inference_attention(model: nn.Module) -> Iterator[None]:
+    """Within the block, `model` attends with SDPA, the fastest forward-only kernel on CPU and CUDA;
+    after it, with the kernel it had (the training one)."""
+    old = model.config._attn_implementation
+    if old == "sdpa" or not hasattr(model, "set_attn_implementation"):
+        yield
+        return
+    model.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(old)
 
 
 def usable_length(max_length: int, model: nn.Module) -> int:

@@ -19,7 +19,8 @@ from .ema import EMA
 from .inputs import check_classes, check_rows, load_data
 from .errors import UserError
 from .loop import Progress, lr_at, train
-from .model import load_pretrained, pick_device, pick_precision, prepare, usable_length
+from .model import (load_pretrained, pick_attention, pick_device, pick_precision, prepare, set_model_dropout,
+                    usable_length)
 from .prefix import PrefixCache, PrefixModel, build_prefix_cache, start_layer
 from .rundir import CHECKPOINT, RunDir, run_record, set_rng_state
 from .trackers import open_tracker
@@ -152,7 +153,9 @@ def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[
     torch.manual_seed(cfg.seed)
     corpus = load_data(cfg)
     on_main(lambda: check_rows(corpus), d)
-    model, tokenizer = load_pretrained(cfg.model, len(corpus.label_names), corpus.label_names)
+    model, tokenizer = load_pretrained(cfg.model, len(corpus.label_names), corpus.label_names,
+                                       pick_attention(cfg.attention, device))
+    set_model_dropout(model, cfg.model_dropout)
     if usable_length(cfg.max_length, model) < cfg.max_length:
         say(f"note: --max-length {cfg.max_length} is more than {cfg.model} can take; using "
             f"{usable_length(cfg.max_length, model)}")
@@ -238,7 +241,8 @@ def wrap(model: nn.Module, device: torch.device, d: Dist, compile: bool) -> nn.M
 
 def summarize(s: State, plan_rows: list[tuple[str, int]], resume: bool) -> None:
     cfg, say, lc = s.cfg, s.say, s.lora
-    say(f"model      {cfg.model}  ({type(s.model).__name__}, precision {s.amp or torch.float32}, device {s.device}"
+    say(f"model      {cfg.model}  ({type(s.model).__name__}, precision {s.amp or torch.float32}, "
+        f"attention {s.model.config._attn_implementation}, device {s.device}"
         + (f", {s.dist.world} processes" if s.dist.world > 1 else "") + ")")
     say(f"data       {len(s.train_data):,} train / {len(s.eval_data):,} eval examples, "
         f"{len(s.labels)} classes: {', '.join(s.labels)}")

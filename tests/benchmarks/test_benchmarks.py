@@ -186,10 +186,13 @@ def test_update_readme_fills_the_marked_section_from_the_results_file(tmp_path):
     assert update_readme(new, tmp_path) == new
 
 
-def test_the_committed_results_still_render():
-    from benchmarks.report import README, update_readme
+@pytest.mark.parametrize("which", [0, 1], ids=["README.md", "benchmarks/README.md"])
+def test_the_committed_results_still_render(which):
+    from benchmarks.report import READMES, update_readme
 
-    assert update_readme(README.read_text()) == README.read_text(), "run python -m benchmarks.report"
+    readme = READMES[which]
+    assert "<!-- results:" in readme.read_text()
+    assert update_readme(readme.read_text()) == readme.read_text(), "run python -m benchmarks.report"
 
 
 # --- contestants as child processes -------------------------------------------------------------

@@ -107,3 +107,15 @@ def test_recipes_fill_unset_flags_and_stay_inside_the_budget_on_roberta_base():
     assert wide.lr == 1e-3 and wide.lora.targets == RECIPES["all-linear"]["targets"] and wide.head == "linear"
     assert roberta_base_count(wide, 4) == 998_404
     assert config("--recipe", "all-linear", "--rank", "4").lora.rank == 4
+
+
+def test_model_dropout_comes_from_the_recipe_and_a_flag_wins():
+    from train.__main__ import config_from_args, parser
+
+    def config(*argv):
+        return config_from_args(parser().parse_args(list(argv)))
+
+    assert config("--recipe", "fast").model_dropout == 0.0
+    assert config("--recipe", "reference").model_dropout is None  # the reference keeps the model's own 0.1
+    assert config("--recipe", "fast", "--model-dropout", "0.1").model_dropout == 0.1
+    assert config("--recipe", "reference", "--model-dropout", "0").model_dropout == 0.0

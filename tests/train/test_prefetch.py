@@ -23,13 +23,14 @@ def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("depth", [3, 0])
 @pytest.mark.parametrize("start", [0, 1, 17, 31, 32])
-def test_same_batches_in_the_same_order_as_direct_collation_from_any_start(data, start):
+def test_same_batches_in_the_same_order_as_direct_collation_from_any_start(data, start, depth):
     plan = EpochBatches(data.offsets, 16, seed=4, epoch=1, mega=2, buffer_rows=96)  # 3 windows-worth of starts
     direct = [collate(data, rows, 1) for rows in plan]
     make = lambda rows: collate(data, rows, 1)  # noqa: E731
     for source in (plan, list(plan), iter(list(plan))):  # an EpochBatches, a list, a one-shot iterator
-        with Prefetcher(source, make, start=start, depth=3) as ahead:
+        with Prefetcher(source, make, start=start, depth=depth) as ahead:
             got = list(ahead)
         assert [r.index for r in got] == list(range(start, len(direct)))
         assert [r.rows for r in got] == list(plan)[start:]
@@ -52,6 +53,19 @@ def test_work_runs_ahead_but_no_further_than_depth(data):
     assert next(ahead).rows == [0]
     ahead.close()
     assert not ahead._thread.is_alive() and list(ahead) == []
+
+
+def test_depth_zero_makes_each_batch_when_asked_on_the_callers_thread():
+    made = []
+
+    def make(rows):
+        made.append((rows[0], threading.current_thread()))
+        return {"x": torch.tensor(rows)}
+    ahead = Prefetcher([[i] for i in range(5)], make, start=1, depth=0)
+    assert made == [] and ahead._thread is None
+    assert next(ahead).rows == [1] and made == [(1, threading.current_thread())]
+    ahead.close()
+    assert list(ahead) == [] and len(made) == 1
 
 
 def test_an_error_in_make_reaches_the_loop_and_stops_the_thread():
@@ -93,5 +107,5 @@ def test_pin_puts_every_tensor_in_pinned_memory(monkeypatch):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="depth must be >= 1, got 0"):
-        Prefetcher([[0]], lambda rows: {}, depth=0)
+    with pytest.raises(ValueError, match="depth must be >= 0, got -1"):
+        Prefetcher([[0]], lambda rows: {}, depth=-1)
