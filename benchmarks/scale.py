@@ -1,20 +1,20 @@
 """Does memory stay flat as the corpus grows? Synthetic AG News-like corpora of N rows; for each N:
-the token cache's build time and rows/s, its size on disk, and the peak resident memory of a process
-that opens the cache and trains 50 steps on it. Target: peak RSS at 2M rows within 1.2x of 100k.
+the token cache's build time and rows/s, its size on disk, and the peak resident memory of a
+`python -m train` process that opens the cache and trains 50 steps on it. Target: peak RSS at 2M rows
+within 1.2x of 100k.
 
     python -m benchmarks.scale                      # N = 100k and 2M: results/scale.json
     python -m benchmarks.scale --rows 20000,200000 --out /tmp/scale.json   # a quick look
 
 Every measurement runs in a fresh child process (ru_maxrss only ever grows), so the build's memory
-and the training process's memory are each their own. The training process is this file's own
-50-step loop: train.data.open_corpus -> train.batches.encode (cache hit: one streaming pass to hash
-the rows, then memory-map) -> EpochBatches -> train.prefetch.Prefetcher -> a tiny RoBERTa with LoRA
-and a plain AdamW step. It is not `python -m train`, whose loop is being reworked on main; it uses
-the same data path that loop is meant to adopt.
+and the training process's memory are each their own. The training process is `python -m train`
+(its main() called in the child, so the child can read its own VmHWM at the end): reference recipe,
+the tiny model, --stop-after 50, fp32, on the cache the build child wrote.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import REPO_ROOT, RESULTS_DIR, machine_info, write_json
+from benchmarks.common import REPO_ROOT, RESULTS_DIR, machine_info, write_json
 
 TOPICS = [["war", "election", "minister", "treaty", "border", "embassy"],  # tests/tiny.py's vocabulary,
           ["match", "goal", "coach", "league", "season", "striker"],  # so the tiny tokenizer knows it
@@ -116,47 +116,25 @@ def child_build(data: Path, model: Path, cache: Path, max_length: int) -> dict:
 
 
 def child_train(data: Path, model: Path, cache: Path, max_length: int, steps: int, batch_size: int) -> dict:
-    """Open the cache as a run would (hash pass, memory-map) and train `steps` steps on it."""
-    import torch
-    import torch.nn.functional as F
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """`python -m train` itself, in this process: the reference recipe on the tiny model, `steps` steps
+    (--stop-after), fp32, on the cache the build child wrote (a hit: one streaming pass to hash the rows,
+    then memory-map); the process's peak RSS once train's main has returned."""
+    from train.__main__ import main as train_main
 
-    from lora import LoRAConfig, inject_lora
-    from train.batches import EpochBatches, collate, encode
-    from train.data import open_corpus
-    from train.prefetch import Prefetcher
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    net = inject_lora(AutoModelForSequenceClassification.from_pretrained(model), LoRAConfig(rank=8))
-    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-3)
-    rss_ready, anon = peak_rss_mb(), [anon_mb()]
+    out = cache.parent / f"{cache.name}-run"
+    argv = ["--recipe", "reference", "--model", str(model), "--data", str(data), "--cache-dir", str(cache),
+            "--output-dir", str(out), "--overwrite", "--max-length", str(max_length), "--batch-size", str(batch_size),
+            "--rank", "8", "--lr", "1e-3", "--precision", "fp32", "--stop-after", str(steps)]
     started = time.perf_counter()
-    train = encode(open_corpus(str(data)).train, tokenizer, max_length, cache)
-    opened = time.perf_counter()
-    rss_opened = peak_rss_mb()
-    anon.append(anon_mb())
-    plan = EpochBatches(train, batch_size, seed=0, epoch=0)  # the Encoded: its windows are read by pread
-    losses = []
-    net.train()
-    with Prefetcher(plan, lambda rows: collate(train, rows, tokenizer.pad_token_id)) as ahead:
-        for ready in ahead:
-            b = ready.batch
-            logits = net(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            loss = F.cross_entropy(logits, b["labels"])
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-            anon.append(anon_mb())
-            if len(losses) == steps:
-                break
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries this child's one JSON line
+        code = train_main(argv)
     done = time.perf_counter()
-    return {"rows": len(train), "open_seconds": opened - started, "steps": len(losses),
-            "step_seconds": (done - opened) / len(losses), "first_loss": losses[0], "last_loss": losses[-1],
-            "peak_rss_mb": peak_rss_mb(), "peak_rss_model_ready_mb": rss_ready,
-            "peak_rss_cache_open_mb": rss_opened,
-            "anon_model_ready_mb": anon[0], "peak_anon_mb": max(anon), "cache_resident_mb": mapped_mb(cache)}
+    if code != 0:
+        raise SystemExit(f"python -m train {' '.join(argv)} exited with {code}")
+    losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    return {"command": "python -m train " + " ".join(argv), "seconds": done - started, "steps": len(losses),
+            "first_loss": losses[0], "last_loss": losses[-1], "peak_rss_mb": peak_rss_mb(),
+            "anon_at_exit_mb": anon_mb(), "cache_resident_mb": mapped_mb(cache)}
 
 
 def spawn(*args: str) -> dict:
@@ -183,6 +161,7 @@ def measure(n: int, work: Path, model: Path, args) -> dict:
     if not args.keep:
         shutil.rmtree(data, ignore_errors=True)
         shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(work / f"cache-{n}-run", ignore_errors=True)
     return result
 
 
@@ -224,16 +203,18 @@ def run(args, argv: list[str] | None) -> int:
         "command": "python -m benchmarks.scale " + " ".join(argv if argv is not None else sys.argv[1:]),
         "model": "tiny RoBERTa from tests/tiny.py (2 layers, hidden 64, word-level tokenizer), LoRA rank 8 "
                  "on query/value, AdamW; batch %d, max_length %d" % (args.batch_size, args.max_length),
-        "training_process": "benchmarks/scale.py's own loop (open_corpus -> encode from the cache -> EpochBatches "
-                            "-> Prefetcher -> forward/backward/AdamW), not python -m train",
+        "training_process": "python -m train (its main() in the child): --recipe reference --rank 8 --precision fp32 "
+                            "--stop-after %d, from the cache the build child wrote" % args.steps,
         "measures": {
             "build": "a child that hashes the rows (hash_seconds) then tokenizes 8192 rows a call and writes the "
                      "cache (tokenize_and_write_seconds); rows_per_s over both",
             "peak_rss_mb": "VmHWM of the child: peak resident memory, libraries and mapped cache pages included",
-            "peak_anon_mb": "largest RssAnon (heap, tensors, Python objects) sampled after each chunk / step",
+            "peak_anon_mb": "build: largest RssAnon (heap, tensors, Python objects) sampled after each chunk",
+            "anon_at_exit_mb": "train: RssAnon once python -m train's main has returned",
             "cache_resident_mb": "resident pages of the mapped cache at the end; collate unmaps the pages it read "
                                  "after every batch (they stay in the shared page cache)",
-            "open_seconds": "encode() on a cache hit: one streaming pass over the CSV to hash the rows, then mmap",
+            "seconds": "train: python -m train's main, start to return (load, one row-check pass, the cache-hit "
+                       "hash pass, mmap, 50 steps, the checkpoint)",
         },
         "machine": machine_info(), "runs": runs,
         "train_peak_rss_ratio": ratio, "target_ratio": 1.2, "target_met": ratio <= 1.2,
