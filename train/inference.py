@@ -58,8 +58,9 @@ def predict_rows(model: nn.Module, data: Encoded | PrefixCache, pad_id: int, bat
     try:
         index, probs = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, model.config.num_labels)]
         mine = eval_batches(data.lengths, batch_size)[d.rank::d.world]
-        with inference_attention(model), torch.inference_mode(), tqdm(total=sum(map(len, mine)), unit="rows", desc="scoring", leave=False,
-                                          disable=not progress or None, dynamic_ncols=True) as bar:
+        bar = tqdm(total=sum(map(len, mine)), unit="rows", desc="scoring", leave=False,
+                   disable=not progress or None, dynamic_ncols=True)
+        with inference_attention(model), torch.inference_mode(), bar:
             for rows in mine:
                 with autocast(device, amp):
                     logits = logits_of(net, to_device(rows_batch(data, rows, pad_id), device))

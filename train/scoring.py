@@ -15,6 +15,7 @@ import torch
 from lora.adapter import atomic_write
 
 from .errors import UserError
+from .sources import jsonl_objects
 
 FORMATS = (".csv", ".jsonl")
 
@@ -66,18 +67,12 @@ def read_rows(path: str, skip_bad: bool, warn=lambda line: print(line, file=sys.
 
 def _jsonl_records(path: Path):
     """(line number, text, id or None, problem or None) per non-blank line."""
-    with path.open(encoding="utf-8-sig") as f:
-        for line, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                yield line, None, None, f"not valid JSON ({e.msg})"
-                continue
-            if not isinstance(obj, dict) or "text" not in obj:
-                yield line, None, None, 'needs a "text" field'
-                continue
+    for line, obj, problem in jsonl_objects(path):
+        if problem:
+            yield line, None, None, problem
+        elif not isinstance(obj, dict) or "text" not in obj:
+            yield line, None, None, 'needs a "text" field'
+        else:
             yield line, obj["text"], obj.get("id"), None
 
 

@@ -116,18 +116,26 @@ def _agnews_rows(path: Path, records) -> Iterator[RawRow]:
         yield f"{row[1].strip()} {row[2].strip()}".strip(), int(row[0]), line
 
 
-def _read_jsonl(path: Path) -> Iterator[RawRow]:
+def jsonl_objects(path: Path) -> Iterator[tuple[int, object, str | None]]:
+    """(line number, parsed value, None) per non-blank line of a JSON Lines file, or (line number, None,
+    why) for a line that is not valid JSON: the caller decides whether that ends the read or skips the row."""
     with path.open(encoding="utf-8-sig") as f:
         for line, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
             try:
-                obj = json.loads(raw)
+                yield line, json.loads(raw), None
             except json.JSONDecodeError as e:
-                raise UserError(f"{path} line {line}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or "text" not in obj or "label" not in obj:
-                raise UserError(f"{path} line {line}: needs 'text' and 'label' fields")
-            yield obj["text"], obj["label"], line
+                yield line, None, f"not valid JSON ({e.msg})"
+
+
+def _read_jsonl(path: Path) -> Iterator[RawRow]:
+    for line, obj, problem in jsonl_objects(path):
+        if problem:
+            raise UserError(f"{path} line {line}: {problem}")
+        if not isinstance(obj, dict) or "text" not in obj or "label" not in obj:
+            raise UserError(f"{path} line {line}: needs 'text' and 'label' fields")
+        yield obj["text"], obj["label"], line
 
 
 def _read_parquet(path: Path, batch_rows: int = 4096) -> Iterator[RawRow]:

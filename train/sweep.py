@@ -68,8 +68,8 @@ def _model_dropout(row: dict) -> str:
 
 def summarize(rows: list[dict]) -> str:
     """The markdown table: one line per run, accuracy mean ± std over its seeds."""
-    head = ("| run | targets | layers | r | alpha | dropout | model dropout | lr | head | epochs | trainable (roberta-base) "
-            "| seeds | final-epoch accuracy (mean ± std) | macro-F1 (mean) | run time (mean) |\n"
+    head = ("| run | targets | layers | r | alpha | dropout | model dropout | lr | head | epochs "
+            "| trainable (roberta-base) | seeds | final-epoch accuracy (mean ± std) | macro-F1 (mean) | run time (mean) |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
@@ -77,7 +77,8 @@ def summarize(rows: list[dict]) -> str:
         std = statistics.stdev(acc) if len(acc) > 1 else 0.0
         secs = [t for t in r.get("seconds", []) if t is not None]
         lines.append(f"| {r['name']} | {','.join(r['targets'])} | {r.get('layers', 'all')} | {r['rank']} "
-                     f"| {r['alpha']:g} | {r['dropout']:g} | {_model_dropout(r)} | {r['lr']:g} | {r['head']} | {r.get('epochs', '')} "
+                     f"| {r['alpha']:g} | {r['dropout']:g} | {_model_dropout(r)} | {r['lr']:g} | {r['head']} "
+                     f"| {r.get('epochs', '')} "
                      f"| {r['roberta_base_params']:,} | {len(acc)} "
                      f"| {100 * statistics.mean(acc):.2f} ± {100 * std:.2f} | {100 * statistics.mean(f1):.2f} "
                      f"| {f'{statistics.mean(secs):.0f} s' if secs else ''} |"
@@ -158,7 +159,8 @@ def run_sweep(base: dict, runs: list[dict], seeds: list[int], out: Path, only: s
         labels = 4 if not accs else len(json.loads(done.read_text())["labels"])
         c = cfgs[0]
         rows.append({"name": spec["name"], "targets": list(c.lora.targets), "rank": c.lora.rank,
-                     "alpha": c.lora.alpha, "dropout": c.lora.dropout, "model_dropout": c.model_dropout, "lr": c.lr, "head": c.head, "seeds": seeds[: len(accs)],
+                     "alpha": c.lora.alpha, "dropout": c.lora.dropout, "model_dropout": c.model_dropout, "lr": c.lr,
+                     "head": c.head, "seeds": seeds[: len(accs)],
                      "roberta_base_params": roberta_base_count(c, labels), "accuracies": accs, "macro_f1s": f1s,
                      "epochs": c.epochs, "layers": f"top {c.top_layers}" if c.top_layers else "all", "seconds": secs,
                      "config": {k: v for k, v in spec.items()}})

@@ -19,7 +19,8 @@ def test_scale_builds_the_cache_then_trains_with_python_m_train_from_it(tmp_path
     for run in result["runs"]:
         n, train = run["rows"], run["train"]
         assert run["build"]["rows"] == n and train["steps"] == 3
-        assert train["command"].startswith("python -m train --recipe reference") and "--stop-after 3" in train["command"]
+        assert train["command"].startswith("python -m train --recipe reference")
+        assert "--stop-after 3" in train["command"]
         assert train["peak_rss_mb"] > 0 and train["first_loss"] > 0
         # The run found the build child's cache (a hit): its own checkpoint is there, and no second
         # cache entry of the training split was written beside the build's.

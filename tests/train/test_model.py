@@ -84,7 +84,8 @@ def test_a_run_trains_with_the_attention_and_model_dropout_it_was_given(tiny_mod
     assert seen == {"attention": "sdpa", "dropouts": {0.0}}
     saved = json.loads((out / "config.json").read_text())["train"]
     assert saved["model_dropout"] == 0.0 and saved["attention"] == "sdpa"
-    assert load_pretrained(str(tiny_model_dir), 4, ["a", "b", "c", "d"], "eager")[0].config._attn_implementation == "eager"
+    eager, _ = load_pretrained(str(tiny_model_dir), 4, ["a", "b", "c", "d"], "eager")
+    assert eager.config._attn_implementation == "eager"
 
 
 def test_inference_attention_is_sdpa_inside_and_the_training_kernel_after_even_on_error(tiny_roberta):
