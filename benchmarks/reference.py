@@ -128,7 +128,7 @@ def _peft_model(model_path: str, names: list[str], seed: int):
     set_seed(seed)  # before the model exists, so the new classifier head is the same every run
     model = AutoModelForSequenceClassification.from_pretrained(
         model_path, num_labels=len(names), id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)})
+        label2id={n: i for i, n in enumerate(names)}).float()  # fp32 master weights, whatever the checkpoint stores
     return get_peft_model(model, LoraConfig(
         task_type=TaskType.SEQ_CLS, r=RECIPE["r"], lora_alpha=RECIPE["lora_alpha"],
         lora_dropout=RECIPE["lora_dropout"], target_modules=list(RECIPE["target_modules"]),

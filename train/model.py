@@ -40,7 +40,9 @@ def load_pretrained(name: str, num_labels: int, label_names: list[str],
         try:
             tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
             model = AutoModelForSequenceClassification.from_pretrained(name, local_files_only=local_only, **kwargs)
-            return model, tokenizer
+            # transformers 5 keeps a checkpoint's stored dtype; fp32 weights are what the LoRA factors, the
+            # optimizer and autocast expect (a half-precision checkpoint would fail on CPU, or train fp16 params)
+            return model.float(), tokenizer
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             if local or not local_only:
                 raise UserError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from None
