@@ -88,9 +88,14 @@ def work_of(name: str, result: dict, lengths: Lengths, seed: int, layers: int, p
 
 def run_race(setup: Setup, names: list[str], seeds: list[int], work_dir: Path, lengths: Lengths, layers: int,
              prefix_cache: bool) -> list[dict]:
-    """Every contestant once per seed, in alternating order; returns one record per run."""
+    """Every contestant once per seed, in alternating order; returns one record per run. Each record is
+    also appended to work_dir/runs.jsonl as it is made, so a race cut off by a time limit keeps what it
+    measured."""
     env = child_env(setup)
     runs = []
+    log = work_dir / "runs.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.unlink(missing_ok=True)  # this race's runs only
     for round_, (seed, order) in enumerate(zip(seeds, abba_order(names, len(seeds)))):
         for position, name in enumerate(order):
             run_dir = work_dir / f"seed{seed}-{name}"
@@ -104,6 +109,8 @@ def run_race(setup: Setup, names: list[str], seeds: list[int], work_dir: Path, l
             work = work_of(name, result, lengths, seed, layers, prefix_cache)
             runs.append({"contestant": name, "seed": seed, "round": round_, "position": position,
                          "command": shlex.join(cmd[1:]), "run_dir": str(run_dir), **timing, **result, "work": work})
+            with log.open("a") as f:  # a line at a time: a kill mid-write loses at most this run
+                f.write(json.dumps(runs[-1]) + "\n")
             print(f"[race]   {timing['wall_seconds']:.1f} s wall, {timing['cpu_seconds']:.1f} s CPU, loop "
                   f"{result['loop_seconds']:.1f} s, accuracy {result['accuracy']:.4f}, {result['precision']}",
                   file=sys.stderr, flush=True)

@@ -289,6 +289,8 @@ def test_a_tiny_race_end_to_end(tiny_model_dir, tiny_data_dir, tmp_path, capsys)
     assert head["time_ratio_vs_tuned_reference"] == pytest.approx(
         result["runs"][1]["wall_seconds"] / result["runs"][0]["wall_seconds"], rel=1e-3)
     tuned, fast = result["runs"]
+    kept = [json.loads(line) for line in (tmp_path / "runs" / "runs.jsonl").read_text().splitlines()]
+    assert kept == json.loads(out.read_text())["runs"]  # each run on disk as it finished
     assert (tuned["contestant"], fast["contestant"]) == ("tuned", "fast")
     assert tuned["epochs"] == 1 and fast["epochs"] == 2  # the fast recipe's own epochs, not the race's
     assert 0 < tuned["loop_seconds"] < tuned["wall_seconds"] and tuned["cpu_seconds"] > 0
