@@ -26,9 +26,25 @@ def init_distributed(use_cuda: bool) -> Dist:
     if world <= 1:
         return Dist()
     if not dist.is_initialized():
-        # A bounded timeout turns a dead peer into an error instead of a hang.
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=5))
+        timeout = timedelta(minutes=5)  # bounded: a dead peer becomes an error instead of a hang
+        rank = int(os.environ["RANK"])
+        store = restart_round_store(world, timeout)
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout,
+                                **({"store": store, "rank": rank, "world_size": world} if store else {}))
     return Dist(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def restart_round_store(world: int, timeout: timedelta) -> dist.Store | None:
+    """torchrun's agent store, with keys of this restart round only; None outside torchrun's agent store.
+
+    torchrun keeps one store server for all restart rounds, but the env:// rendezvous adds no per-round
+    prefix (torch 2.13). A restarted worker could then read the address its killed predecessor wrote under
+    the same key and try to connect to a dead port until the timeout: the hang of `--max-restarts`."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timeout)
+    return dist.PrefixStore(f"roberta_lora/round_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def shard(batch: list[int], d: Dist) -> list[int]:

@@ -70,3 +70,26 @@ def test_one_process_needs_no_group():
     assert all_reduce_confusion(conf, Dist()).tolist() == [[1, 2], [3, 4]]
     obj = {"a": 1}
     assert broadcast_object_from_main(obj, Dist()) is obj
+
+
+def test_each_torchrun_restart_round_reads_only_its_own_keys_from_the_shared_agent_store(monkeypatch):
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from train.distributed import restart_round_store
+
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+    assert restart_round_store(2, timedelta(seconds=5)) is None  # not under torchrun's agent: env:// as usual
+    server = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, timeout=timedelta(seconds=5))
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(server.port))
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    killed = restart_round_store(2, timedelta(seconds=5))
+    killed.set("default_pg/0/cpu/rank_1", "address of a dead worker")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    restarted = restart_round_store(2, timedelta(seconds=5))
+    assert not restarted.check(["default_pg/0/cpu/rank_1"])  # the dead worker's key is not seen again
+    restarted.set("default_pg/0/cpu/rank_1", "address of its replacement")
+    assert killed.get("default_pg/0/cpu/rank_1") == b"address of a dead worker"
