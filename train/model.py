@@ -156,14 +156,22 @@ def prepare(cfg: TrainConfig, model: nn.Module) -> tuple[LoRAConfig, list[tuple[
 
 
 def pick_device(name: str) -> torch.device:
+    """The device `--device` names ("auto": CUDA when there is one). On CUDA this also takes cuDNN out of
+    SDPA's kernels for the process: torch 2.11 sends padding-masked bf16 attention to cuDNN first on Hopper,
+    and cuDNN builds a plan for every new (batch, length) shape. Length-grouped batches bring a new
+    shape every few steps: on an H200 83 of 300 MiniLM steps took ~175 ms instead of ~17 ms, and the fp32 run,
+    which cuDNN does not take, trained 6x faster than bf16. Flash/memory-efficient attention build nothing."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available here")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name} is not a device") from None
+    if device.type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    return device
 
 
 def cpu_has_bf16() -> bool:

@@ -114,3 +114,14 @@ def test_a_checkpoint_stored_in_half_precision_loads_in_fp32_and_trains(tiny_mod
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["accuracy"] >= 0.8  # as the fp32 model learns it
     saved = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
     assert {t.dtype for t in saved.values()} == {torch.float32}
+
+
+def test_cuda_runs_leave_cudnn_out_of_sdpa_and_cpu_runs_leave_it_alone(monkeypatch):
+    from train.model import pick_device
+
+    calls = []
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", calls.append)
+    assert pick_device("cpu") == torch.device("cpu") and calls == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto") == torch.device("cuda") and calls == [False]
+    assert pick_device("cuda:1") == torch.device("cuda", 1) and calls == [False, False]
