@@ -34,7 +34,7 @@ from benchmarks.common import write_json
 from train.data import Corpus, Split, load_corpus, stratified_subset
 from train.errors import UserError
 from train.metrics import classification_report  # the same metric code scores both contestants
-from train.model import cpu_has_bf16
+from train.device import cpu_has_bf16
 
 RECIPE = {"r": 4, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["query", "value"],
           "modules_to_save": ["classifier"], "learning_rate": 4e-4, "label_smoothing_factor": 0.1,
@@ -61,7 +61,7 @@ LOOP_INCLUDES = ("per optimizer step: collate the batch, move it to the device, 
 
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 is a real speedup here: CUDA with bf16 support, or a CPU with AVX512-BF16/AMX
-    (decided by train.model.cpu_has_bf16, the same check our app's --precision auto makes)."""
+    (decided by train.device.cpu_has_bf16, the same check our app's --precision auto makes)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and cpu_has_bf16()

@@ -14,7 +14,7 @@ from .recipes import DEFAULT_RECIPE, LORA_KEYS, RECIPES
 
 HEADS = ("full", "lora", "linear")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-ATTENTIONS = ("auto", "sdpa", "eager")  # train.model.pick_attention
+ATTENTIONS = ("auto", "sdpa", "eager")  # train.device.pick_attention
 TRACKERS = ("none", "tensorboard", "mlflow", "wandb")  # train/trackers.py
 _R = RECIPES[DEFAULT_RECIPE]
 

@@ -13,7 +13,8 @@ from .data import load_corpus, read_split, stratified_subset
 from .errors import UserError
 from .inference import predict
 from .metrics import classification_report, format_report
-from .model import load_for_inference, pick_device, pick_precision
+from .device import pick_device, pick_precision
+from .model import load_for_inference
 
 
 def parser() -> Parser:

@@ -11,7 +11,7 @@ from lora import merge_lora, unmerge_lora
 
 from .batches import Encoded, collate, eval_batches
 from .distributed import Dist, gather_rows
-from .model import inference_attention
+from .device import inference_attention
 from .prefix import PrefixCache
 
 

@@ -16,7 +16,8 @@ from .batches import encode
 from .config import PRECISIONS
 from .data import Split
 from .errors import UserError
-from .model import load_for_inference, pick_device, pick_precision
+from .device import pick_device, pick_precision
+from .model import load_for_inference
 from .inference import predict
 from .scoring import file_format, read_rows, write_predictions
 

@@ -28,7 +28,7 @@ from lora.adapter import atomic_write
 from .batches import Encoded, collate, eval_batches
 from .distributed import Dist, barrier
 from .errors import UserError
-from .model import inference_attention
+from .device import inference_attention
 
 FORMAT = 1  # bump when the layout or what is stored changes, so old caches are never read
 _NOT_PREFIX = ("id2label", "label2id", "num_labels", "problem_type", "_name_or_path", "classifier_dropout",
@@ -227,7 +227,7 @@ def build_prefix_cache(model: nn.Module, data: Encoded, start: int, pad_id: int,
     """The hidden states entering layer `start` for every row of `data`: reused from `cache_dir` when a
     whole cache with the same key is there, else computed once (by local rank 0 under torchrun; the others
     wait, then every rank maps the same file). cache_dir None keeps them in memory, per process.
-    Computed with SDPA attention, the fastest forward (train.model.inference_attention)."""
+    Computed with SDPA attention, the fastest forward (train.device.inference_attention)."""
     _encoder(model)  # refuse an unsupported architecture before any work
     with inference_attention(model):
         return _build(model, data, start, pad_id, amp, cache_dir, batch_size, d, poll_seconds)

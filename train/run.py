@@ -14,13 +14,13 @@ from lora import LoRAConfig, cast_frozen, lora_layers
 
 from .batches import Encoded, encode
 from .config import TrainConfig
+from .device import pick_attention, pick_device, pick_precision, set_model_dropout
 from .distributed import Dist, broadcast_object_from_main, init_distributed, shutdown
 from .ema import EMA
 from .inputs import check_classes, check_rows, load_data
 from .errors import UserError
 from .loop import Progress, lr_at, train
-from .model import (load_pretrained, pick_attention, pick_device, pick_precision, prepare, set_model_dropout,
-                    usable_length)
+from .model import load_pretrained, prepare, usable_length
 from .prefix import PrefixCache, PrefixModel, build_prefix_cache, start_layer
 from .rundir import CHECKPOINT, RunDir, run_record, set_rng_state
 from .trackers import open_tracker
