@@ -199,7 +199,8 @@ def run_reference(model_path: str, corpus: Corpus, epochs: int, max_train_sample
         "eval_examples": len(labels),
         "epochs": epochs,
         "device": str(args.device),
-        "optim": str(getattr(args.optim, "value", args.optim)),  # transformers' default AdamW flavour, recorded since it changes between versions
+        # transformers' default AdamW flavour, recorded since it changes between versions
+        "optim": str(getattr(args.optim, "value", args.optim)),
         "torch_threads": torch.get_num_threads(),
         "recipe": RECIPE,
         "tuned": tuned,

@@ -114,7 +114,8 @@ class TrainConfig:
         need(_finite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         need(_finite(self.lora_plus_ratio) and self.lora_plus_ratio > 0,
              f"lora_plus_ratio must be > 0, got {self.lora_plus_ratio!r}")
-        need(_finite(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        need(_finite(self.weight_decay) and self.weight_decay >= 0,
+             f"weight_decay must be >= 0, got {self.weight_decay!r}")
         need(_finite(self.warmup_ratio) and 0 <= self.warmup_ratio < 1,
              f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         need(_finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
@@ -125,7 +126,8 @@ class TrainConfig:
         need(self.model_dropout is None or (_finite(self.model_dropout) and 0 <= self.model_dropout < 1),
              f"model_dropout must be in [0, 1), got {self.model_dropout!r}")
         need(_finite(self.grad_clip) and self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip!r}")
-        need(_finite(self.ema_decay) and 0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        need(_finite(self.ema_decay) and 0 <= self.ema_decay < 1,
+             f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(self.attention in ATTENTIONS, f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
         need(self.report_to in TRACKERS, f"report_to must be one of {', '.join(TRACKERS)}, got {self.report_to!r}")

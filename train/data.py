@@ -159,7 +159,8 @@ def _hub_corpus(name: str, streaming: bool) -> RowCorpus:
         ds = datasets.load_dataset(name, streaming=streaming)
     except Exception as e:  # datasets raises many types; all mean "cannot get it"
         if datasets.config.HF_HUB_OFFLINE:
-            raise unreachable("dataset", name, "--data DIR (train.csv + test.csv) or --train-file/--eval-file") from None
+            raise unreachable("dataset", name,
+                              "--data DIR (train.csv + test.csv) or --train-file/--eval-file") from None
         raise UserError(f"cannot load dataset '{name}': {str(e).splitlines()[0]}") from None
     evalname = next((s for s in EVAL_NAMES if s in ds), None)
     features = ds["train"].features if "train" in ds else None  # a streaming dataset may not know them

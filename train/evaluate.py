@@ -55,7 +55,8 @@ def _evaluate(args) -> int:
     subset = stratified_subset(split, args.max_eval_samples, seed)
     if args.max_eval_samples is not None and len(subset.labels) < len(split.labels):
         # Same draw as the training run's --max-eval-samples with the same seed and data.
-        print(f"scoring a stratified subset of {len(subset.labels):,} of {len(split.labels):,} rows (seed {seed})", file=sys.stderr)
+        print(f"scoring a stratified subset of {len(subset.labels):,} of {len(split.labels):,} rows (seed {seed})",
+              file=sys.stderr)
     data = encode(subset, tokenizer, cfg.max_length, None)
     started = time.perf_counter()
     probs = predict(model, data, tokenizer.pad_token_id or 0, args.batch_size, device,

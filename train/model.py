@@ -163,7 +163,8 @@ def usable_length(max_length: int, model: nn.Module) -> int:
     return min(max_length, positions - (model.config.pad_token_id + 1 if roberta else 0))
 
 
-def load_for_inference(adapter_dir: str, model_name: str | None, device: torch.device) -> tuple[nn.Module, object, dict]:
+def load_for_inference(adapter_dir: str, model_name: str | None,
+                       device: torch.device) -> tuple[nn.Module, object, dict]:
     """Rebuild a trained classifier from an adapter directory written by `python -m train`:
     the base model (or `model_name`), the head choice, then the adapter. Returns (model, tokenizer, run info):
     {"train": TrainConfig, "labels": [...], "trainable_params": the recipe's count, "legacy": None or why this
@@ -191,7 +192,8 @@ def load_for_inference(adapter_dir: str, model_name: str | None, device: torch.d
     if info["legacy"] and cfg.head == "linear":
         old = model.classifier.out_proj
         drop = model.config.classifier_dropout or model.config.hidden_dropout_prob
-        model.classifier = LinearHead(model.config.hidden_size, model.config.num_labels, drop).to(old.weight.device, old.weight.dtype)
+        head = LinearHead(model.config.hidden_size, model.config.num_labels, drop)
+        model.classifier = head.to(old.weight.device, old.weight.dtype)
     try:
         load_adapter(model, adapter_dir)
     except Exception as e:  # a wrong, truncated or foreign file: safetensors and our checks raise various types

@@ -69,7 +69,8 @@ def _model_dropout(row: dict) -> str:
 def summarize(rows: list[dict]) -> str:
     """The markdown table: one line per run, accuracy mean ± std over its seeds."""
     head = ("| run | targets | layers | r | alpha | dropout | model dropout | lr | head | epochs "
-            "| trainable (roberta-base) | seeds | final-epoch accuracy (mean ± std) | macro-F1 (mean) | run time (mean) |\n"
+            "| trainable (roberta-base) | seeds | final-epoch accuracy (mean ± std) | macro-F1 (mean) "
+            "| run time (mean) |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
