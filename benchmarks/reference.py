@@ -8,8 +8,9 @@ at the end. This is the contestant our `python -m train` is measured against in 
 The tuned reference (`--tuned`) is the same recipe as a strong PEFT + Trainer user would run it:
 length-grouped sampling (`train_sampling_strategy="group_by_length"` in transformers 5,
 `group_by_length=True` in 4.x), and `bf16=True` where the device has native bf16 (CUDA with bf16
-support, or a CPU with avx512_bf16/amx, where Trainer also needs `use_cpu=True`). Nothing else
-changes: same LoRA, optimizer, schedule, batch size and seed.
+support, or a CPU with avx512_bf16/amx, where Trainer also needs `use_cpu=True`); on CUDA, SDPA
+without cuDNN's attention, as our app runs. Nothing else changes: same LoRA, optimizer, schedule,
+batch size and seed.
 
     python -m benchmarks.reference --model PATH --train-file train.csv --eval-file dev.csv \\
         --epochs 1 --max-train-samples 64 [--tuned] [--seed 1] [--out metrics.json]
@@ -82,6 +83,16 @@ def tuned_arguments(device: torch.device) -> dict:
         if device.type == "cpu":
             extra["use_cpu"] = True  # Trainer refuses bf16 on CPU unless told the CPU is the device
     return extra
+
+
+def tuned_kernels(device: torch.device) -> dict:
+    """The tuned reference's kernel choices, process-wide: on CUDA, SDPA without cuDNN, as our app runs
+    (train.device.pick_device: cuDNN builds an attention plan for every new batch shape, and length grouping
+    brings one every few steps). Returns what it set, for the result."""
+    if device.type != "cuda":
+        return {}
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    return {"cudnn_sdpa": False}
 
 
 class _LoopTimer:
@@ -169,6 +180,7 @@ def run_reference(model_path: str, corpus: Corpus, epochs: int, max_train_sample
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where Trainer will put the model
     extra = tuned_arguments(device) if tuned else {}
+    kernels = tuned_kernels(device) if tuned else {}
     timer = _LoopTimer(DataCollatorWithPadding(tokenizer))
     with tempfile.TemporaryDirectory(prefix="reference-") as out:
         args = _training_args(out, epochs, eval_batch_size, seed, extra)
@@ -205,6 +217,7 @@ def run_reference(model_path: str, corpus: Corpus, epochs: int, max_train_sample
         "recipe": RECIPE,
         "tuned": tuned,
         "tuned_arguments": extra,
+        "tuned_kernels": kernels,
         "precision": "bf16" if extra.get("bf16") else "fp32",
         "seed": seed,
     }

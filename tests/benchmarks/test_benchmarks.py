@@ -270,6 +270,15 @@ def test_tuned_reference_groups_by_length_and_uses_bf16_only_where_native(monkey
     assert {"bf16": True, "use_cpu": True}.items() <= reference.tuned_arguments(torch.device("cpu")).items()
 
 
+def test_tuned_reference_leaves_cudnn_out_of_sdpa_on_cuda_as_ours_does(monkeypatch):
+    import benchmarks.reference as reference
+
+    calls = []
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", calls.append)
+    assert reference.tuned_kernels(torch.device("cpu")) == {} and calls == []
+    assert reference.tuned_kernels(torch.device("cuda")) == {"cudnn_sdpa": False} and calls == [False]
+
+
 def test_a_tiny_race_end_to_end(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
     """Two contestants as real child processes on the tiny model: the tuned reference and a stand-in
     for ours-fast (the reference recipe with LoRA on the top layer only)."""
