@@ -107,3 +107,31 @@ def test_cuda_runs_leave_cudnn_out_of_sdpa_and_cpu_runs_leave_it_alone(monkeypat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert pick_device("auto") == torch.device("cuda") and calls == [False]
     assert pick_device("cuda:1") == torch.device("cuda", 1) and calls == [False, False]
+
+
+def test_a_device_that_is_missing_or_not_a_device_is_one_clear_error(monkeypatch):
+    from train.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
+    with pytest.raises(UserError, match="--device cuda:0: CUDA is not available here"):
+        pick_device("cuda:0")
+    with pytest.raises(UserError, match="--device gpu7 is not a device"):
+        pick_device("gpu7")
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it_and_explicit_choices_are_checked(monkeypatch):
+    import train.device as device
+    from train.errors import UserError
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    assert device.pick_precision("auto", cpu) is None and device.pick_precision("bf16", cpu) == torch.bfloat16
+    with pytest.raises(UserError, match="--precision fp16 on a CPU .* use --precision fp32"):
+        device.pick_precision("fp16", cpu)
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
+    assert device.pick_precision("auto", cpu) == torch.bfloat16 and device.pick_precision("fp32", cpu) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert device.pick_precision("auto", torch.device("cuda")) == torch.float16
+    with pytest.raises(UserError, match="this GPU does not support bfloat16; use fp16"):
+        device.pick_precision("bf16", torch.device("cuda"))
