@@ -71,7 +71,7 @@ def parser() -> argparse.ArgumentParser:
     a("--ema-decay", type=float, help="EMA of trainable weights for eval; 0 = off" + default(d.ema_decay))
     a("--precision", choices=PRECISIONS, help=default(d.precision).strip(" ()"))
     a("--attention", choices=ATTENTIONS, help="attention kernel; auto: eager on CPU, where SDPA's backward is slow, "
-      "else sdpa" + default(d.attention))
+      "else sdpa (never cuDNN's, which re-plans for each new batch shape)" + default(d.attention))
     a("--compile", action="store_true", help="torch.compile the model")
     a("--seed", type=int, help=default(d.seed).strip(" ()"))
     a("--output-dir", help="default: runs/<date-time>")
