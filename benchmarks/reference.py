@@ -35,7 +35,7 @@ from benchmarks.common import write_json
 from train.data import Corpus, Split, load_corpus, stratified_subset
 from train.errors import UserError
 from train.metrics import classification_report  # the same metric code scores both contestants
-from train.device import cpu_has_bf16
+from train.device import avoid_cudnn_attention, cpu_has_bf16
 
 RECIPE = {"r": 4, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["query", "value"],
           "modules_to_save": ["classifier"], "learning_rate": 4e-4, "label_smoothing_factor": 0.1,
@@ -87,11 +87,10 @@ def tuned_arguments(device: torch.device) -> dict:
 
 def tuned_kernels(device: torch.device) -> dict:
     """The tuned reference's kernel choices, process-wide: on CUDA, SDPA without cuDNN, as our app runs
-    (train.device.pick_device: cuDNN builds an attention plan for every new batch shape, and length grouping
-    brings one every few steps). Returns what it set, for the result."""
+    (train.device.avoid_cudnn_attention says why). Returns what it set, for the result."""
     if device.type != "cuda":
         return {}
-    torch.backends.cuda.enable_cudnn_sdp(False)
+    avoid_cudnn_attention()
     return {"cudnn_sdpa": False}
 
 

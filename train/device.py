@@ -12,12 +12,17 @@ from torch import nn
 from .errors import UserError
 
 
+def avoid_cudnn_attention() -> None:
+    """Take cuDNN out of SDPA's CUDA kernels, for the whole process. torch 2.11 sends padding-masked bf16
+    attention to cuDNN first on Hopper, and cuDNN builds a plan for every new (batch, length) shape;
+    length-grouped batches bring a new shape every few steps. On an H200, 83 of 300 MiniLM steps took ~175 ms
+    instead of ~17 ms, and the fp32 run, which cuDNN does not take, trained 6x faster than bf16.
+    Flash and memory-efficient attention build nothing per shape."""
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def pick_device(name: str) -> torch.device:
-    """The device `--device` names ("auto": CUDA when there is one). On CUDA this also takes cuDNN out of
-    SDPA's kernels for the process: torch 2.11 sends padding-masked bf16 attention to cuDNN first on Hopper,
-    and cuDNN builds a plan for every new (batch, length) shape. Length-grouped batches bring a new
-    shape every few steps: on an H200 83 of 300 MiniLM steps took ~175 ms instead of ~17 ms, and the fp32 run,
-    which cuDNN does not take, trained 6x faster than bf16. Flash/memory-efficient attention build nothing."""
+    """The device `--device` names ("auto": CUDA when there is one); on CUDA, see avoid_cudnn_attention."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -27,7 +32,7 @@ def pick_device(name: str) -> torch.device:
     except RuntimeError:
         raise UserError(f"--device {name} is not a device") from None
     if device.type == "cuda":
-        torch.backends.cuda.enable_cudnn_sdp(False)
+        avoid_cudnn_attention()
     return device
 
 
