@@ -27,10 +27,9 @@ def init_distributed(use_cuda: bool) -> Dist:
         return Dist()
     if not dist.is_initialized():
         timeout = timedelta(minutes=5)  # bounded: a dead peer becomes an error instead of a hang
-        rank = int(os.environ["RANK"])
-        store = restart_round_store(world, timeout)
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout,
-                                **({"store": store, "rank": rank, "world_size": world} if store else {}))
+        store = restart_round_store(world, timeout)  # None: env:// finds the group as usual
+        given = {"store": store, "rank": int(os.environ["RANK"]), "world_size": world} if store else {}
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout, **given)
     return Dist(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
