@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -30,20 +31,38 @@ def init_distributed(use_cuda: bool) -> Dist:
         store = restart_round_store(world, timeout)  # None: env:// finds the group as usual
         given = {"store": store, "rank": int(os.environ["RANK"]), "world_size": world} if store else {}
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout, **given)
+        warning = shared_store_warning()
+        if warning and dist.get_rank() == 0:
+            print(warning, file=sys.stderr, flush=True)
     return Dist(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def restart_round_store(world: int, timeout: timedelta) -> dist.Store | None:
-    """torchrun's agent store, with keys of this restart round only; None outside torchrun's agent store.
+def _agent_store_shared() -> bool:
+    """torchrun (2.x) by default keeps one store server for all restart rounds and points workers at it;
+    env:// then adds no per-round prefix, so a restarted worker can read the address its killed
+    predecessor wrote and wait on a dead port until the timeout."""
+    return os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
 
-    torchrun keeps one store server for all restart rounds, but the env:// rendezvous adds no per-round
-    prefix (torch 2.13). A restarted worker could then read the address its killed predecessor wrote under
-    the same key and try to connect to a dead port until the timeout: the hang of `--max-restarts`."""
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+
+def restart_round_store(world: int, timeout: timedelta) -> dist.Store | None:
+    """torchrun's shared store, keyed by restart round, when one agent (one node) runs every worker: its
+    restart count is then the same in all of them and new in every round. None otherwise (env:// as usual):
+    the agents of several nodes count restarts apart, so the count cannot name a round."""
+    if not _agent_store_shared() or os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
         return None
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
                           timeout=timeout)
     return dist.PrefixStore(f"roberta_lora/round_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
+def shared_store_warning() -> str | None:
+    """A line for runs of several nodes that may restart on torchrun's shared store, which the workers cannot
+    make safe: torch's own switch gives every round a fresh store."""
+    if (_agent_store_shared() and os.environ.get("GROUP_WORLD_SIZE", "1") != "1"
+            and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0):
+        return ("warning: torchrun shares one store across the restart rounds of several nodes, where a restarted "
+                "worker can wait on a dead peer's address; launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1")
+    return None
 
 
 def shard(batch: list[int], d: Dist) -> list[int]:

@@ -80,6 +80,7 @@ def test_each_torchrun_restart_round_reads_only_its_own_keys_from_the_shared_age
     from train.distributed import restart_round_store
 
     monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+    monkeypatch.delenv("GROUP_WORLD_SIZE", raising=False)
     assert restart_round_store(2, timedelta(seconds=5)) is None  # not under torchrun's agent: env:// as usual
     server = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, timeout=timedelta(seconds=5))
     monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
@@ -93,3 +94,23 @@ def test_each_torchrun_restart_round_reads_only_its_own_keys_from_the_shared_age
     assert not restarted.check(["default_pg/0/cpu/rank_1"])  # the dead worker's key is not seen again
     restarted.set("default_pg/0/cpu/rank_1", "address of its replacement")
     assert killed.get("default_pg/0/cpu/rank_1") == b"address of a dead worker"
+
+
+def test_several_nodes_on_torchruns_shared_store_get_no_round_prefix_and_a_warning_when_they_may_restart(monkeypatch):
+    from datetime import timedelta
+
+    from train.distributed import restart_round_store, shared_store_warning
+
+    # Each node's agent counts its own restarts (one restarts for a failure, another for the new round):
+    # the counts disagree, so a prefix from them would split one round in two.
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "0")
+    assert restart_round_store(4, timedelta(seconds=5)) is None and shared_store_warning() is None
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in shared_store_warning()
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # torch's switch: a fresh store every round
+    assert shared_store_warning() is None
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "1")  # one node: the round prefix covers it
+    assert shared_store_warning() is None

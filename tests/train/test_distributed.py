@@ -1,6 +1,7 @@
 """torchrun: 2 CPU processes on gloo train exactly like 1 process with the same global batch, resume included."""
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -100,42 +101,85 @@ sys.exit(main())
 """
 
 
-def launch(tmp_path, where: str, argv: list[str]) -> subprocess.Popen:
-    """torchrun, 2 gloo workers, each rank in its own directory under tmp_path/where, one restart allowed."""
+def launch(tmp_path, where: str, argv: list[str], nodes: int = 1, env: dict | None = None) -> list[subprocess.Popen]:
+    """torchrun, 2 gloo workers, each rank in its own directory under tmp_path/where, one restart allowed:
+    one agent (--standalone) running both, or one agent per simulated node, meeting at a c10d rendezvous."""
     (tmp_path / where).mkdir()
     (tmp_path / where / "wrapper.py").write_text(WRAPPER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "--max-restarts", "1", "wrapper.py", *argv], cwd=tmp_path / where, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    if nodes == 1:
+        place = ["--standalone", "--nproc_per_node", "2"]
+    else:
+        with socket.socket() as s:  # a free port for the rendezvous
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        place = ["--nnodes", str(nodes), "--nproc_per_node", str(2 // nodes), "--rdzv-backend", "c10d",
+                 "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", where]
+    return [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *place, "--max-restarts", "1",
+                              "wrapper.py", *argv], cwd=tmp_path / where, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(nodes)]
 
 
-def test_a_killed_worker_is_restarted_and_the_run_equals_an_uninterrupted_one(model_without_dropout, tiny_data_dir,
-                                                                              tmp_path):
+def finish(agents: list[subprocess.Popen]) -> tuple[str, str]:
+    """Every agent's stdout and stderr, joined, once all exited 0."""
+    outs = [a.communicate(timeout=300) for a in agents]
+    said, err = "".join(o for o, _ in outs), "".join(e for _, e in outs)
+    assert all(a.returncode == 0 for a in agents), [x for x in err.splitlines() if "rror" in x][-8:]
+    return said, err
+
+
+# 320 steps, long enough to be killed mid-run; --resume auto is what a restarted worker needs.
+ELASTIC = ("--epochs", "20", "--save-every", "4", "--resume", "auto")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(model_without_dropout, tiny_data_dir, tmp_path_factory):
+    """The run directory of the 2-worker run that nobody killed."""
+    where = tmp_path_factory.mktemp("elastic")
+    finish(launch(where, "whole", train_args(model_without_dropout, tiny_data_dir, "out", *ELASTIC)))
+    return where / "whole" / "rank0" / "out"
+
+
+def kill_one_worker_mid_run(agents: list[subprocess.Popen], out) -> None:
     import signal
     import time
 
     import psutil
 
-    # 320 steps, long enough to be killed mid-run; --resume auto is what a restarted worker needs.
-    argv = train_args(model_without_dropout, tiny_data_dir, "out", "--epochs", "20", "--save-every", "4",
-                      "--resume", "auto")
-    whole = launch(tmp_path, "whole", argv)
-    said, err = whole.communicate(timeout=300)
-    assert whole.returncode == 0, [x for x in err.splitlines() if "error" in x.lower()][:5]
-    killed = launch(tmp_path, "killed", argv)
-    out = tmp_path / "killed" / "rank0" / "out"
     deadline = time.monotonic() + 240
     while (not (out / "metrics.jsonl").is_file() or len(steps(out)) < 10) and time.monotonic() < deadline:
         time.sleep(0.1)
-    workers = [p for p in psutil.Process(killed.pid).children(recursive=True) if "wrapper.py" in " ".join(p.cmdline())]
-    assert len(workers) == 2 and killed.poll() is None
+    workers = [p for a in agents for p in psutil.Process(a.pid).children(recursive=True)
+               if "wrapper.py" in " ".join(p.cmdline())]
+    assert len(workers) == 2 and all(a.poll() is None for a in agents)
     workers[-1].send_signal(signal.SIGKILL)  # mid-epoch, between checkpoints
-    said, err = killed.communicate(timeout=300)
-    assert killed.returncode == 0, [x for x in err.splitlines() if "rror" in x][-8:]
-    assert "exitcode: -9" in err and "resuming at step" in said  # killed, restarted by torchrun, resumed
-    uninterrupted = tmp_path / "whole" / "rank0" / "out"
+
+
+def assert_same_run(out, uninterrupted) -> None:
     assert [s["loss"] for s in steps(out)] == [s["loss"] for s in steps(uninterrupted)]
     assert (json.loads((out / "eval.json").read_text())["confusion"]
             == json.loads((uninterrupted / "eval.json").read_text())["confusion"])
     assert not (out.parents[1] / "rank1" / "out").exists()  # rank 1 never needed to see the run directory
+
+
+def test_a_killed_worker_is_restarted_and_the_run_equals_an_uninterrupted_one(model_without_dropout, tiny_data_dir,
+                                                                              tmp_path, uninterrupted):
+    agents = launch(tmp_path, "killed", train_args(model_without_dropout, tiny_data_dir, "out", *ELASTIC))
+    out = tmp_path / "killed" / "rank0" / "out"
+    kill_one_worker_mid_run(agents, out)
+    said, err = finish(agents)
+    assert "exitcode: -9" in err and "resuming at step" in said  # killed, restarted by torchrun, resumed
+    assert_same_run(out, uninterrupted)
+
+
+def test_on_two_nodes_with_a_fresh_store_per_round_a_killed_worker_costs_one_restart(model_without_dropout,
+                                                                                      tiny_data_dir, tmp_path,
+                                                                                      uninterrupted):
+    # Two agents on one machine stand in for two nodes, as the README launches them.
+    agents = launch(tmp_path, "nodes", train_args(model_without_dropout, tiny_data_dir, "out", *ELASTIC), nodes=2,
+                    env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"})
+    out = tmp_path / "nodes" / "rank0" / "out"
+    kill_one_worker_mid_run(agents, out)
+    said, err = finish(agents)
+    assert "exitcode: -9" in err and "resuming at step" in said and "warning: torchrun shares" not in err
+    assert_same_run(out, uninterrupted)
