@@ -125,10 +125,10 @@ class Lengths:
 
 def work_of(name: str, result: dict, lengths: Lengths, seed: int, layers: int, prefix_cache: bool) -> dict:
     """Counted work of one finished run of contestant `name`, from its own settings."""
+    from benchmarks.contestants import OURS, start_layer  # here: contestants imports torch and train
+
     train_lengths, eval_lengths = lengths.split(seed, result["max_length"])
     args = (train_lengths, eval_lengths, result["batch_size"], result["eval_batch_size"], result["epochs"], seed)
-    from benchmarks.contestants import OURS, start_layer
-
     if name in OURS:
         train, evals = ours_batches(*args)
         return count_work(train_lengths, train, eval_lengths, evals, layers, start_layer(result["layers"]),

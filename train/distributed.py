@@ -37,18 +37,21 @@ def init_distributed(use_cuda: bool) -> Dist:
     return Dist(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def _agent_store_shared() -> bool:
-    """torchrun (2.x) by default keeps one store server for all restart rounds and points workers at it;
+def _shared_store_agents() -> int:
+    """How many torchrun agents (nodes) run workers on torchrun's shared store; 0 when there is none.
+    torchrun (2.x) by default keeps one store server for all restart rounds and points workers at it;
     env:// then adds no per-round prefix, so a restarted worker can read the address its killed
     predecessor wrote and wait on a dead port until the timeout."""
-    return os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return 0
+    return int(os.environ.get("GROUP_WORLD_SIZE", "1"))
 
 
 def restart_round_store(world: int, timeout: timedelta) -> dist.Store | None:
     """torchrun's shared store, keyed by restart round, when one agent (one node) runs every worker: its
     restart count is then the same in all of them and new in every round. None otherwise (env:// as usual):
     the agents of several nodes count restarts apart, so the count cannot name a round."""
-    if not _agent_store_shared() or os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+    if _shared_store_agents() != 1:
         return None
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
                           timeout=timeout)
@@ -58,8 +61,7 @@ def restart_round_store(world: int, timeout: timedelta) -> dist.Store | None:
 def shared_store_warning() -> str | None:
     """A line for runs of several nodes that may restart on torchrun's shared store, which the workers cannot
     make safe: torch's own switch gives every round a fresh store."""
-    if (_agent_store_shared() and os.environ.get("GROUP_WORLD_SIZE", "1") != "1"
-            and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0):
+    if _shared_store_agents() > 1 and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
         return ("warning: torchrun shares one store across the restart rounds of several nodes, where a restarted "
                 "worker can wait on a dead peer's address; launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1")
     return None
