@@ -90,9 +90,9 @@ def pick_attention(attention: str, device: torch.device) -> str:
 @contextmanager
 def inference_attention(model: nn.Module) -> Iterator[None]:
     """Within the block, `model` attends with SDPA, the fastest forward-only kernel on CPU and CUDA;
-    after it, with the kernel it had (the training one)."""
+    after it, with the kernel it had (the training one). A model without SDPA (MPNet) keeps its own."""
     old = model.config._attn_implementation
-    if old == "sdpa" or not hasattr(model, "set_attn_implementation"):
+    if old == "sdpa" or not hasattr(model, "set_attn_implementation") or not getattr(model, "_supports_sdpa", False):
         yield
         return
     model.set_attn_implementation("sdpa")

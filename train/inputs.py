@@ -45,10 +45,11 @@ def carve_holdout(split: Split, n: int) -> tuple[Split, Split]:
 def load_data(cfg: TrainConfig) -> RowCorpus:
     """The splits as row streams (read again whenever iterated, never all held), subsets applied.
     --holdout reads the training data into memory to carve its evaluation rows out of it."""
-    if cfg.holdout:
+    if cfg.holdout:  # in memory: carved first, then subsets of the rest and of the held-out rows
         corpus = load_corpus(cfg.data, cfg.train_file, cfg.train_file)
         train, held = carve_holdout(corpus.train, cfg.holdout)
-        corpus = RowCorpus(train, held, corpus.label_names)
+        return RowCorpus(stratified_subset(train, cfg.max_train_samples, cfg.seed),
+                         stratified_subset(held, cfg.max_eval_samples, cfg.seed), corpus.label_names)
     else:
         corpus = open_corpus(cfg.data, cfg.train_file, cfg.eval_file, streaming=cfg.streaming)
     return RowCorpus(subset_rows(corpus.train, cfg.max_train_samples, cfg.seed),

@@ -12,6 +12,7 @@ from lora import LoRAConfig, inject_lora, lora_targets
 
 from .config import TrainConfig
 from .errors import UserError
+from .families import family_of, matches, resolve_targets
 from .hub import hub_reachable, unreachable
 
 
@@ -29,7 +30,7 @@ def load_pretrained(name: str, num_labels: int, label_names: list[str],
     if not local and (Path(name).exists() or name.startswith((".", "/", "~"))):
         raise UserError(f"model not found: {name} is not a model directory")
     kwargs = dict(num_labels=num_labels, id2label=dict(enumerate(label_names)),
-                  label2id={n: i for i, n in enumerate(label_names)}, attn_implementation=attention,
+                  label2id={n: i for i, n in enumerate(label_names)},
                   ignore_mismatched_sizes=True)  # a saved head for another label count is replaced, as it is trained
     attempts = [True] if local else [True, False]  # cache first; the network only if it answers
     for local_only in attempts:
@@ -37,7 +38,9 @@ def load_pretrained(name: str, num_labels: int, label_names: list[str],
             raise unreachable("model", name, "--model PATH")
         try:
             tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
-            model = AutoModelForSequenceClassification.from_pretrained(name, local_files_only=local_only, **kwargs)
+            kernel = attention if attention != "sdpa" or supports_sdpa(name, local_only) else "eager"
+            model = AutoModelForSequenceClassification.from_pretrained(name, local_files_only=local_only,
+                                                                       attn_implementation=kernel, **kwargs)
             # transformers 5 keeps a checkpoint's stored dtype; fp32 weights are what the LoRA factors, the
             # optimizer and autocast expect (a half-precision checkpoint would fail on CPU, or train fp16 params)
             return model.float(), tokenizer
@@ -45,6 +48,16 @@ def load_pretrained(name: str, num_labels: int, label_names: list[str],
             if local or not local_only:
                 raise UserError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from None
     raise AssertionError("unreachable")
+
+
+def supports_sdpa(name: str, local_only: bool = True) -> bool:
+    """Whether transformers has an SDPA attention for this model's classifier (MPNet and DeBERTa-v2 have
+    eager attention only: they are loaded with it)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    config = AutoConfig.from_pretrained(name, local_files_only=local_only)
+    return bool(getattr(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING.get(type(config), None), "_supports_sdpa", False))
 
 
 class LinearHead(nn.Module):
@@ -61,43 +74,52 @@ class LinearHead(nn.Module):
         return self.out_proj(self.dropout(features[:, 0, :]))
 
 
-def head_modules(model: nn.Module) -> tuple[str, str | None]:
-    """(output layer, hidden dense layer or None) of the classification head, by architecture."""
+def head_modules(model: nn.Module) -> tuple[str, str | None, tuple[str, ...], tuple[str, ...]]:
+    """(output layer, hidden dense layer or None, what `--head full` trains, what is stored though frozen) of
+    the classification head: from the family table, else guessed from RoBERTa's and BERT's layouts."""
+    family = family_of(model)
     names = dict(model.named_modules())
-    if "classifier.out_proj" in names:  # RoBERTa family: classifier = dense -> tanh -> out_proj
-        return "classifier.out_proj", ("classifier.dense" if "classifier.dense" in names else None)
-    dense = next((n for n in names if n.endswith("pooler.dense")), None)  # BERT: pooler -> classifier
-    return "classifier", dense
+    if family is not None:  # the dense layer by its full name (BERT's is bert.pooler.dense)
+        dense = next((n for n in names if family.head_dense and matches(n, family.head_dense)), None)
+        return family.head_out, dense, family.head_full, family.head_saved
+    if "classifier.out_proj" in names:  # RoBERTa-like: classifier = dense -> tanh -> out_proj
+        dense = "classifier.dense" if "classifier.dense" in names else None
+        return "classifier.out_proj", dense, ("classifier",), ("classifier",) if dense else ()
+    dense = next((n for n in names if n.endswith("pooler.dense")), None)  # BERT-like: pooler -> classifier
+    return "classifier", dense, ("classifier",), ()
 
 
 def lora_config(cfg: TrainConfig, model: nn.Module, rank: int) -> LoRAConfig:
-    """The LoRAConfig that `cfg.head` implies for this model; every head is the model's stock one.
+    """The LoRAConfig that `cfg` implies for this model: its targets resolved to this family's module names
+    (train.families), and what trains and is stored for `cfg.head`; every head is the model's stock one.
 
     full: the whole head trains. linear: only the output layer trains. lora: the output layer trains and the
-    hidden dense layer gets LoRA. RoBERTa's head (classifier.dense -> tanh -> classifier.out_proj) is not in
-    a pretrained checkpoint: with linear and lora its dense layer stays frozen at its random init, so the
-    whole classifier is stored in the adapter (saved_modules). BERT's dense layer is the pretrained pooler:
-    nothing extra is stored, and linear equals full (its classifier is one Linear)."""
-    out, dense = head_modules(model)
-    targets, trainable, saved = cfg.lora.targets, ("classifier",), ()
+    hidden dense layer gets LoRA. A head layer that a pretrained checkpoint lacks (RoBERTa's classifier.dense)
+    stays frozen at its init under linear and lora, so it is stored in the adapter (saved_modules). BERT's
+    dense layer is the pretrained pooler: nothing extra is stored, and linear equals full."""
+    out, dense, full, saved = head_modules(model)
+    try:
+        targets = resolve_targets(model, cfg.lora.targets, cfg.lora.layers)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    trainable, stored = full, ()
     if cfg.head in ("linear", "lora"):
-        trainable = (out,)
-        if dense is not None and dense.startswith("classifier."):
-            saved = ("classifier",)
+        trainable, stored = (out,), saved
     if cfg.head == "lora":
         if dense is None:
             raise UserError("--head lora needs a head with a hidden dense layer; this model has none")
-        targets = (*cfg.lora.targets, dense)
-    return replace(cfg.lora, rank=rank, targets=targets, trainable_modules=trainable, saved_modules=saved)
+        targets = (*targets, dense)
+    return replace(cfg.lora, rank=rank, targets=targets, trainable_modules=trainable, saved_modules=stored)
 
 
 def apply_head(cfg: TrainConfig, model: nn.Module) -> None:
-    """Initialise the stock head for `cfg.head` (lora_config says what trains). With head='linear' on RoBERTa,
-    the frozen dense layer starts as the identity, so out_proj sees tanh(features) at their own scale: at its
-    random init (std 0.02) the dense layer shrinks them (6x at hidden 64, 2x on roberta-base) and the same
-    recipe learns slower. The identity is stored in the adapter like any other head weight."""
-    _, dense = head_modules(model)
-    if cfg.head == "linear" and dense is not None and dense.startswith("classifier."):
+    """Initialise the stock head for `cfg.head` (lora_config says what trains). With head='linear', a hidden
+    dense layer that the checkpoint lacks (RoBERTa's) starts as the identity, so out_proj sees tanh(features) at
+    their own scale: at its random init (std 0.02) the dense layer shrinks them (6x at hidden 64, 2x on
+    roberta-base) and the same recipe learns slower. The identity is stored in the adapter like any other head
+    weight."""
+    _, dense, _, saved = head_modules(model)
+    if cfg.head == "linear" and dense is not None and saved:
         layer = model.get_submodule(dense)
         with torch.no_grad():
             nn.init.eye_(layer.weight)
@@ -158,9 +180,9 @@ def usable_length(max_length: int, model: nn.Module) -> int:
     positions = getattr(model.config, "max_position_embeddings", None)
     if positions is None:
         return max_length
-    # RoBERTa numbers positions from pad_token_id + 1, so it has that many fewer usable slots.
-    roberta = model.config.model_type in ("roberta", "xlm-roberta", "camembert")
-    return min(max_length, positions - (model.config.pad_token_id + 1 if roberta else 0))
+    # RoBERTa and MPNet number positions from pad_token_id + 1, so they have that many fewer usable slots.
+    family = family_of(model)
+    return min(max_length, positions - (model.config.pad_token_id + 1 if family and family.positions_after_pad else 0))
 
 
 def load_for_inference(adapter_dir: str, model_name: str | None,
@@ -205,9 +227,9 @@ def _legacy_head(cfg: TrainConfig, model: nn.Module, adapter_dir: Path) -> str |
     """Why an adapter saved before the stock-head change is not exactly the stock model, or None."""
     from safetensors import safe_open
 
-    _, dense = head_modules(model)
+    _, dense, _, saved = head_modules(model)
     weights = adapter_dir / "adapter_model.safetensors"
-    if cfg.head == "full" or dense is None or not dense.startswith("classifier.") or not weights.is_file():
+    if cfg.head == "full" or dense is None or not saved or not weights.is_file():
         return None
     with safe_open(str(weights), "pt") as f:  # key names only, no tensors read
         if any(k.endswith(f"{dense}.weight") for k in f.keys()):

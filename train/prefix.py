@@ -27,8 +27,9 @@ from lora.adapter import atomic_write
 
 from .batches import Encoded, collate, eval_batches
 from .distributed import Dist, barrier
-from .errors import UserError
 from .device import inference_attention
+from .errors import UserError
+from .families import FAMILIES, Family, family_of
 
 FORMAT = 1  # bump when the layout or what is stored changes, so old caches are never read
 _NOT_PREFIX = ("id2label", "label2id", "num_labels", "problem_type", "_name_or_path", "classifier_dropout",
@@ -44,21 +45,33 @@ def start_layer(layers: tuple[int, ...] | None, num_layers: int) -> int:
     return min(layers)
 
 
-def _encoder(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
-    """(base model, its layer list) for BERT/RoBERTa-style classifiers; UserError for anything else."""
+def _encoder(model: nn.Module) -> tuple[nn.Module, nn.ModuleList, Family]:
+    """(base model, its layer list, family) of a classifier whose encoder the cache can split; UserError else."""
+    family = family_of(model)
     base = getattr(model, "base_model", None)
     layers = getattr(getattr(base, "encoder", None), "layer", None)
-    needed = (hasattr(base, "embeddings"), hasattr(base, "_create_attention_masks"), hasattr(model, "classifier"))
-    if not isinstance(layers, nn.ModuleList) or not all(needed):
-        raise UserError(f"the frozen-prefix cache supports BERT/RoBERTa-style classifiers, not {type(model).__name__}")
-    return base, layers
+    if family is None or not family.splits or not isinstance(layers, nn.ModuleList):
+        raise UserError(f"the frozen-prefix cache cannot split {type(model).__name__} (it splits "
+                        f"{', '.join(f.name for f in FAMILIES if f.splits)}); run with --no-prefix-cache")
+    return base, layers, family
 
 
 def _extended_mask(base: nn.Module, attention_mask: torch.Tensor, hidden: torch.Tensor):
-    """The (b, 1, t, t) mask (or None when nothing is padded, under SDPA) the model's own forward would
-    build from the (b, t) mask: same helper, same arguments, so eager/SDPA/decoder rules all carry over.
-    Positional: the last argument is `cache` in transformers 5.24 and `past_key_values` in earlier 5.x."""
-    return base._create_attention_masks(attention_mask, None, hidden, None, None)[0]
+    """The mask the model's own forward builds from the (b, t) mask: (b, 1, t, t), or None when nothing is
+    padded under SDPA. The same transformers helper with the same arguments, so eager and SDPA rules carry over."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    return create_bidirectional_mask(config=base.config, inputs_embeds=hidden, attention_mask=attention_mask)
+
+
+def _run_layers(base: nn.Module, family: Family, layers, x: torch.Tensor, mask) -> torch.Tensor:
+    """x (b, t, h) through `layers` as the encoder runs them; MPNet's encoder computes one relative position
+    bias from the shape and hands it to every layer."""
+    extra = {"position_bias": base.encoder.compute_position_bias(x)} if family.position_bias else {}
+    for layer in layers:
+        out = layer(x, mask, **extra)
+        x = out[0] if isinstance(out, tuple) else out
+    return x
 
 
 class PrefixModel(nn.Module):
@@ -67,7 +80,7 @@ class PrefixModel(nn.Module):
 
     def __init__(self, model: nn.Module, start: int) -> None:
         super().__init__()
-        base, layers = _encoder(model)
+        base, layers, _ = _encoder(model)
         if not 0 < start <= len(layers):
             raise ValueError(f"start must be in 1..{len(layers)}, got {start}")
         for i, module in enumerate([base.embeddings, *layers[:start]]):
@@ -81,11 +94,9 @@ class PrefixModel(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """hidden_states (b, t, h) as PrefixCache.collate gives them, attention_mask (b, t) -> logits (b, K)."""
-        base, layers = _encoder(self.model)
+        base, layers, family = _encoder(self.model)
         x = hidden_states.to(self.input_dtype)  # cached in bf16: upcast like the uncached residual stream
-        mask = _extended_mask(base, attention_mask, x)
-        for layer in layers[self.start:]:
-            x = layer(x, mask)
+        x = _run_layers(base, family, layers[self.start:], x, _extended_mask(base, attention_mask, x))
         if getattr(base, "pooler", None) is not None:  # BERT: classifier(dropout(pooler(first token)))
             return self.model.classifier(self.model.dropout(base.pooler(x)))
         return self.model.classifier(x)  # RoBERTa: the head reads the first token itself
@@ -143,14 +154,18 @@ def check_disk(directory: Path, need: int) -> None:
 def cache_key(model: nn.Module, data: Encoded, start: int, dtype: torch.dtype) -> str:
     """A fingerprint of everything the cached states depend on: the prefix's weights (hashed in full,
     ~0.3 s for roberta-base at s=8, cheap against a stale cache), the config, the token ids, start, dtype."""
-    base, layers = _encoder(model)
+    base, layers, _ = _encoder(model)
     config = {k: v for k, v in model.config.to_dict().items() if k not in _NOT_PREFIX}
     key = hashlib.sha256(json.dumps([FORMAT, type(model).__name__, config, model.config._attn_implementation,
                                      start, str(dtype)], sort_keys=True, default=str).encode())
-    for module in (base.embeddings, *layers[:start]):
-        for name, t in [*module.named_parameters(), *module.named_buffers()]:
-            key.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-            key.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    # The encoder's own weights outside its layers (MPNet's relative position bias) shape every layer's output.
+    shared = [(n, t) for n, t in [*base.encoder.named_parameters(), *base.encoder.named_buffers()]
+              if not n.startswith("layer.")]
+    for tensors in ([*m.named_parameters(), *m.named_buffers()] for m in (base.embeddings, *layers[:start])):
+        shared += tensors
+    for name, t in shared:
+        key.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        key.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
     for t in (data.ids, data.offsets):
         key.update(t.contiguous().view(torch.uint8).numpy())
     return key.hexdigest()[:32]
@@ -160,7 +175,7 @@ def _run_prefix(model: nn.Module, data: Encoded, start: int, pad_id: int, amp: t
                 batch_size: int, out: torch.Tensor) -> None:
     """Fill `out` (total_tokens, h) with the embeddings + layers 0..start-1 output, in eval mode (no
     dropout) under inference_mode, batch by batch sorted by length so padding costs little."""
-    base, layers = _encoder(model)
+    base, layers, family = _encoder(model)
     modules = [base.embeddings, *layers[:start]]
     modes = [m.training for m in modules]
     device, lengths = next(model.parameters()).device, data.lengths
@@ -173,9 +188,7 @@ def _run_prefix(model: nn.Module, data: Encoded, start: int, pad_id: int, amp: t
                 mask = batch["attention_mask"].to(device)
                 with torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext():
                     x = base.embeddings(input_ids=batch["input_ids"].to(device))
-                    extended = _extended_mask(base, mask, x)
-                    for layer in layers[:start]:
-                        x = layer(x, extended)
+                    x = _run_layers(base, family, layers[:start], x, _extended_mask(base, mask, x))
                 x = x.to(out.dtype).cpu()
                 for row, (i, n) in enumerate(zip(rows, lengths[rows].tolist())):
                     begin = int(data.offsets[i])

