@@ -26,7 +26,8 @@ def layer_index(name: str) -> int | None:
 
 
 def lora_targets(model: nn.Module, config: LoRAConfig) -> list[str]:
-    """Names of the nn.Linear modules that `config` adapts, in model order. Raises if there are none."""
+    """Names of the nn.Linear modules that `config` adapts, in model order. Raises ValueError naming a target
+    that matches none (in `config.layers`, when given): a misspelt or foreign name never adapts silently less."""
     linears = {n: m for n, m in model.named_modules() if type(m) is nn.Linear}
     if config.layers is not None:
         present = {layer_index(n) for n in linears} - {None}
@@ -38,8 +39,9 @@ def lora_targets(model: nn.Module, config: LoRAConfig) -> list[str]:
         if name_matches(n, config.targets)
         and (config.layers is None or layer_index(n) in config.layers)
     ]
-    if not names:
-        raise ValueError(f"no nn.Linear in the model matches targets {list(config.targets)}"
+    idle = [t for t in config.targets if not any(name_matches(n, (t,)) for n in names)]
+    if idle:
+        raise ValueError(f"no nn.Linear in the model matches target{'s' * (len(idle) > 1)} {', '.join(idle)}"
                          + ("" if config.layers is None else f" in layers {list(config.layers)}"))
     return names
 

@@ -37,6 +37,43 @@ def make_encoder_dir(directory: Path, arch: str = "roberta", layers: int = 1) ->
     return directory
 
 
+FAMILY_MODELS = {  # model_type -> (config class, bare encoder class) in transformers
+    "mpnet": ("MPNetConfig", "MPNetModel"), "distilbert": ("DistilBertConfig", "DistilBertModel"),
+    "deberta-v2": ("DebertaV2Config", "DebertaV2Model"), "electra": ("ElectraConfig", "ElectraModel"),
+    "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaModel"), "bert": ("BertConfig", "BertModel"),
+    "roberta": ("RobertaConfig", "RobertaModel"),
+}
+
+
+def family_config(model_type: str, vocab: int = 100, layers: int = 2, **overrides):
+    """A tiny config (hidden 64, 4 heads, FFN 128) of any family in the table, pad id 1 like RoBERTa."""
+    import transformers
+
+    config_class = getattr(transformers, FAMILY_MODELS[model_type][0])
+    if model_type == "distilbert":
+        shape = dict(dim=64, n_layers=layers, n_heads=4, hidden_dim=128, max_position_embeddings=80)
+    else:
+        shape = dict(hidden_size=64, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=128,
+                     max_position_embeddings=80)
+        shape |= {"embedding_size": 64} if model_type == "electra" else {}
+    return config_class(vocab_size=vocab, pad_token_id=1, **shape, **overrides)
+
+
+def make_family_dir(directory: Path, model_type: str, layers: int = 2) -> Path:
+    """A tiny pretrained-looking encoder of `model_type` with no classifier in its checkpoint (so every load
+    draws a new head, as for roberta-base), and the tiny word-level tokenizer."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    make_tiny_model(directory / "full")
+    tokenizer = AutoTokenizer.from_pretrained(directory / "full")
+    torch.manual_seed(1)
+    config = family_config(model_type, vocab=len(tokenizer), layers=layers)
+    getattr(transformers, FAMILY_MODELS[model_type][1])(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def make_adapter(root: Path, model_dir: Path, head: str, targets: tuple[str, ...], **overrides):
     """A run directory as python -m train leaves it (adapter/, eval.json), with random LoRA B and head weights.
     Returns (run directory, the live trained model in eval mode, its trainable count)."""

@@ -109,7 +109,7 @@ def resolve_targets(model: nn.Module, targets: tuple[str, ...], layers: tuple[in
         paths = {family.slots[i] for i in slots}
         hit = {n for n, (_, path) in adapted.items() if (path in paths if slots else matches(n, target))}
         if not hit:
-            there = sorted({path for _, path in adapted.values()}, key=lambda p: SLOTS.index(p) if p in SLOTS else 9)
+            there = list(dict.fromkeys(path for _, path in adapted.values()))  # model order, each once
             where = "" if layers is None else f" in layers {', '.join(map(str, layers))}"
             raise ValueError(f"target {target!r} matches no Linear in the encoder's layers{where}; "
                              f"the layers have {', '.join(there) or 'no Linear'}"

@@ -56,6 +56,17 @@ def _encoder(model: nn.Module) -> tuple[nn.Module, nn.ModuleList, Family]:
     return base, layers, family
 
 
+def _embedding(base: nn.Module) -> list[nn.Module]:
+    """The modules before the first layer: the embeddings, and ELECTRA's projection to the hidden size."""
+    return [base.embeddings, *([base.embeddings_project] if hasattr(base, "embeddings_project") else [])]
+
+
+def _embed(base: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """input_ids (b, t) -> what the first layer receives, (b, t, h)."""
+    x = base.embeddings(input_ids=input_ids)
+    return base.embeddings_project(x) if hasattr(base, "embeddings_project") else x
+
+
 def _extended_mask(base: nn.Module, attention_mask: torch.Tensor, hidden: torch.Tensor):
     """The mask the model's own forward builds from the (b, t) mask: (b, 1, t, t), or None when nothing is
     padded under SDPA. The same transformers helper with the same arguments, so eager and SDPA rules carry over."""
@@ -83,7 +94,7 @@ class PrefixModel(nn.Module):
         base, layers, _ = _encoder(model)
         if not 0 < start <= len(layers):
             raise ValueError(f"start must be in 1..{len(layers)}, got {start}")
-        for i, module in enumerate([base.embeddings, *layers[:start]]):
+        for i, module in enumerate([nn.ModuleList(_embedding(base)), *layers[:start]]):
             where = "the embeddings" if i == 0 else f"layer {i - 1}"
             if any(p.requires_grad for p in module.parameters()) or any(
                     isinstance(m, LoRALinear) for m in module.modules()):
@@ -161,7 +172,7 @@ def cache_key(model: nn.Module, data: Encoded, start: int, dtype: torch.dtype) -
     # The encoder's own weights outside its layers (MPNet's relative position bias) shape every layer's output.
     shared = [(n, t) for n, t in [*base.encoder.named_parameters(), *base.encoder.named_buffers()]
               if not n.startswith("layer.")]
-    for tensors in ([*m.named_parameters(), *m.named_buffers()] for m in (base.embeddings, *layers[:start])):
+    for tensors in ([*m.named_parameters(), *m.named_buffers()] for m in (*_embedding(base), *layers[:start])):
         shared += tensors
     for name, t in shared:
         key.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
@@ -176,7 +187,7 @@ def _run_prefix(model: nn.Module, data: Encoded, start: int, pad_id: int, amp: t
     """Fill `out` (total_tokens, h) with the embeddings + layers 0..start-1 output, in eval mode (no
     dropout) under inference_mode, batch by batch sorted by length so padding costs little."""
     base, layers, family = _encoder(model)
-    modules = [base.embeddings, *layers[:start]]
+    modules = [*_embedding(base), *layers[:start]]
     modes = [m.training for m in modules]
     device, lengths = next(model.parameters()).device, data.lengths
     try:
@@ -187,7 +198,7 @@ def _run_prefix(model: nn.Module, data: Encoded, start: int, pad_id: int, amp: t
                 batch = collate(data, rows, pad_id)
                 mask = batch["attention_mask"].to(device)
                 with torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext():
-                    x = base.embeddings(input_ids=batch["input_ids"].to(device))
+                    x = _embed(base, batch["input_ids"].to(device))
                     x = _run_layers(base, family, layers[:start], x, _extended_mask(base, mask, x))
                 x = x.to(out.dtype).cpu()
                 for row, (i, n) in enumerate(zip(rows, lengths[rows].tolist())):

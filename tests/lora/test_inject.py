@@ -121,8 +121,10 @@ def assert_untouched(model):
 
 
 @pytest.mark.parametrize("config, message", [
-    (LoRAConfig(targets=("nonexistent",)), r"no nn.Linear in the model matches targets \['nonexistent'\]"),
-    (LoRAConfig(targets=("attention",)), r"no nn.Linear in the model matches targets"),  # not a Linear
+    (LoRAConfig(targets=("nonexistent",)), r"no nn.Linear in the model matches target nonexistent$"),
+    (LoRAConfig(targets=("attention",)), r"no nn.Linear in the model matches target attention"),  # not a Linear
+    (LoRAConfig(targets=("query", "valu", "x")), r"matches targets valu, x$"),  # one idle target is enough
+    (LoRAConfig(targets=("query", "out_proj"), layers=(1,)), r"matches target out_proj in layers \[1\]"),
     (LoRAConfig(layers=(0, 5)), r"layers \[5\] are not in the model, which has layers \[0, 1\]"),
     (LoRAConfig(trainable_modules=("classifier", "head")), r"trainable_modules \['head'\] match no module"),
     (LoRAConfig(targets=("dense",)), r"classifier.dense is both a LoRA target and inside trainable_modules"),

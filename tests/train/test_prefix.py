@@ -11,7 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TINY
-from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+from transformers import (BertConfig, BertForSequenceClassification, ElectraConfig, ElectraForSequenceClassification,
+                          MPNetConfig, MPNetForSequenceClassification, RobertaConfig, RobertaForSequenceClassification,
+                          XLMRobertaConfig, XLMRobertaForSequenceClassification)
 
 import train.prefix as prefix
 from lora import LoRAConfig, inject_lora, merge_lora
@@ -21,8 +23,12 @@ from train.prefix import PrefixModel, build_prefix_cache, cache_bytes, start_lay
 
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
 KINDS = {"roberta": (RobertaConfig, RobertaForSequenceClassification, 1),  # (config, class, pad id)
-         "bert": (BertConfig, BertForSequenceClassification, 0)}
+         "bert": (BertConfig, BertForSequenceClassification, 0),
+         "mpnet": (MPNetConfig, MPNetForSequenceClassification, 1),
+         "electra": (ElectraConfig, ElectraForSequenceClassification, 0),
+         "xlm-roberta": (XLMRobertaConfig, XLMRobertaForSequenceClassification, 1)}
 TARGETS = ("query", "key", "value", "dense")  # all six linears of a layer
+MPNET_TARGETS = ("q", "k", "v", "o", "dense")  # the same six, in MPNet's names
 
 
 def make(kind: str, dtype=torch.float64, layers: int = 3, **overrides):
@@ -33,7 +39,8 @@ def make(kind: str, dtype=torch.float64, layers: int = 3, **overrides):
 
 def with_lora(model, start: int, randomize):
     layers = tuple(range(start, model.config.num_hidden_layers))
-    inject_lora(model, LoRAConfig(rank=2, targets=TARGETS, layers=layers))
+    targets = MPNET_TARGETS if model.config.model_type == "mpnet" else TARGETS
+    inject_lora(model, LoRAConfig(rank=2, targets=targets, layers=layers))
     return randomize(model)
 
 
@@ -55,7 +62,9 @@ def step(logits, labels, model):
 
 
 @pytest.mark.parametrize("kind,start,attention", [("roberta", 1, "sdpa"), ("roberta", 2, "sdpa"), ("bert", 1, "sdpa"),
-                                                   ("bert", 2, "sdpa"), ("roberta", 1, "eager"), ("bert", 2, "eager")])
+                                                   ("bert", 2, "sdpa"), ("roberta", 1, "eager"), ("bert", 2, "eager"),
+                                                   ("mpnet", 1, "eager"), ("mpnet", 2, "eager"),
+                                                   ("electra", 2, "sdpa"), ("xlm-roberta", 1, "sdpa")])
 def test_cached_run_equals_uncached(kind, start, attention, randomize, tmp_path):
     model = with_lora(make(kind, attn_implementation=attention, **NO_DROPOUT), start, randomize).train()
     assert model.config._attn_implementation == attention
