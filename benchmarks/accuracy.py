@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from transformers import AutoConfig
 
-    from train.errors import UserError
+    from train.cli import UserError
     try:
         lengths = Lengths(setup.model, corpus_args, args.max_train_samples, args.max_eval_samples)
     except UserError as e:

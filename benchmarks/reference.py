@@ -32,10 +32,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings; we
 import torch
 
 from benchmarks.common import write_json
-from train.data import Corpus, Split, load_corpus, stratified_subset
-from train.errors import UserError
+from train.data.corpus import Corpus, Split, load_corpus, stratified_subset
+from train.cli import UserError
 from train.metrics import classification_report  # the same metric code scores both contestants
-from train.device import avoid_cudnn_attention, cpu_has_bf16
+from train.model.device import avoid_cudnn_attention, cpu_has_bf16
 
 RECIPE = {"r": 4, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["query", "value"],
           "modules_to_save": ["classifier"], "learning_rate": 4e-4, "label_smoothing_factor": 0.1,
@@ -62,7 +62,7 @@ LOOP_INCLUDES = ("per optimizer step: collate the batch, move it to the device, 
 
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 is a real speedup here: CUDA with bf16 support, or a CPU with AVX512-BF16/AMX
-    (decided by train.device.cpu_has_bf16, the same check our app's --precision auto makes)."""
+    (decided by train.model.device.cpu_has_bf16, the same check our app's --precision auto makes)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and cpu_has_bf16()
@@ -87,7 +87,7 @@ def tuned_arguments(device: torch.device) -> dict:
 
 def tuned_kernels(device: torch.device) -> dict:
     """The tuned reference's kernel choices, process-wide: on CUDA, SDPA without cuDNN, as our app runs
-    (train.device.avoid_cudnn_attention says why). Returns what it set, for the result."""
+    (train.model.device.avoid_cudnn_attention says why). Returns what it set, for the result."""
     if device.type != "cuda":
         return {}
     avoid_cudnn_attention()

@@ -93,8 +93,8 @@ def child_build(data: Path, model: Path, cache: Path, max_length: int) -> dict:
     """Hash the rows, then build the cache: each timed, with this process's peak RSS."""
     from transformers import AutoTokenizer
 
-    from train.cache import build, cache_file, cache_key, token_chunks
-    from train.data import open_corpus
+    from train.data.cache import build, cache_file, cache_key, token_chunks
+    from train.data.corpus import open_corpus
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     rows = open_corpus(str(data)).train

@@ -6,8 +6,8 @@ backward; embeddings, the head, attention's quadratic term and precision are not
 through a frozen layer with LoRA is about as costly as its forward (activation gradients only), so
 the total weighs both alike.
 
-    ours       train.batches.epoch_batches (length-grouped), one evaluation per epoch
-               (train.batches.eval_batches: sorted by length). With LoRA only from layer s, no
+    ours       train.data.EpochBatches (length-grouped), one evaluation per epoch
+               (train.data.eval_windows: sorted by length): the planners the loop itself uses. With LoRA only from layer s, no
                backward runs below s; with the frozen-prefix cache layers 0..s-1 run once per
                example (train and eval), not per epoch.
     reference  uniformly shuffled batches, each padded to its longest row (DataCollatorWithPadding),
@@ -67,11 +67,11 @@ def ours_batches(train_lengths: Sequence[int], eval_lengths: Sequence[int], batc
     """(batches per epoch, batches per evaluation) exactly as python -m train draws them."""
     import torch
 
-    from train.batches import epoch_batches, eval_batches
+    from train.data import EpochBatches, eval_windows
 
-    train_t, eval_t = torch.tensor(list(train_lengths)), torch.tensor(list(eval_lengths))
-    return ([epoch_batches(train_t, batch_size, seed, epoch) for epoch in range(epochs)],
-            [eval_batches(eval_t, eval_batch_size)] * epochs)
+    train_o, eval_o = (torch.tensor([0, *lengths]).cumsum(0) for lengths in (train_lengths, eval_lengths))
+    return ([list(EpochBatches(train_o, batch_size, seed, epoch)) for epoch in range(epochs)],
+            [list(eval_windows(eval_o, eval_batch_size))] * epochs)
 
 
 def reference_batches(train_lengths: Sequence[int], eval_lengths: Sequence[int], batch_size: int,
@@ -106,7 +106,7 @@ class Lengths:
     def __init__(self, model: str, corpus_args: tuple, max_train: int | None, max_eval: int | None) -> None:
         from transformers import AutoTokenizer
 
-        from train.data import load_corpus
+        from train.data.corpus import load_corpus
 
         self.corpus = load_corpus(*corpus_args)
         self.max_train, self.max_eval = max_train, max_eval
@@ -116,7 +116,7 @@ class Lengths:
         self.of = {t: len(x) for t, x in zip(texts, ids)}
 
     def split(self, seed: int, max_length: int) -> tuple[list[int], list[int]]:
-        from train.data import stratified_subset
+        from train.data.corpus import stratified_subset
 
         subsets = (stratified_subset(self.corpus.train, self.max_train, seed),
                    stratified_subset(self.corpus.eval, self.max_eval, seed))

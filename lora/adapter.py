@@ -75,19 +75,11 @@ def file_state_dict(model: nn.Module, config: LoRAConfig) -> dict[str, torch.Ten
         if not _inside(name, stored):
             state[f"{_PREFIX}{name}.lora_A.weight"] = layer.lora_A.weight
             state[f"{_PREFIX}{name}.lora_B.weight"] = layer.lora_B.weight
-    merged = {f"{n}.weight": _merged_weight(m) for n, m in lora_layers(model) if _inside(n, stored)}
+    merged = {f"{n}.weight": m.merged_weight() for n, m in lora_layers(model) if _inside(n, stored)}
     for name, param in model.named_parameters():
         if _inside(name.rpartition(".")[0], stored) and ".lora_A." not in name and ".lora_B." not in name:
             state[_PREFIX + name] = merged.get(name, param)
     return state
-
-
-def _merged_weight(layer) -> torch.Tensor:
-    """W + ΔW of a LoRALinear, (out, in), in its dtype, whether it is merged now or not."""
-    if layer.merged:
-        return layer.weight
-    w = layer.weight.detach()
-    return (w.to(torch.promote_types(w.dtype, torch.float32)) + layer.delta_weight()).to(w.dtype)
 
 
 def _inside(name: str, modules: list[str]) -> bool:
@@ -154,7 +146,13 @@ def peft_config_dict(config: LoRAConfig, base_model_name: str | None) -> dict:
 def save_adapter(model: nn.Module, directory: str | os.PathLike, config: LoRAConfig,
                  base_model_name: str | None = None) -> Path:
     """Write the adapter to `directory`, each file atomically (temp file, then rename). With
-    `config.saved_modules`, in the form `file_config` describes (what PEFT can load)."""
+    `config.saved_modules`, in the form `file_config` describes (what PEFT can load). Returns the directory.
+
+    Args:
+        model: the model with LoRA, trained.
+        directory: where adapter_model.safetensors and adapter_config.json go (created if missing).
+        config: the LoRAConfig it was injected with; it must describe the model's LoRA layers exactly.
+        base_model_name: written as base_model_name_or_path, where PEFT looks for the base."""
     _check_layers_match(model, config)  # the JSON must describe the tensors actually written
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -192,7 +190,12 @@ def _umask() -> int:
 
 
 def read_adapter_config(directory: str | os.PathLike) -> tuple[LoRAConfig, dict]:
-    """The LoRAConfig stored in `directory` (ours or PEFT's), and the raw JSON."""
+    """The LoRAConfig stored in `directory` (ours or PEFT's), and the raw JSON.
+
+    Args:
+        directory: holds adapter_config.json.
+
+    Raises FileNotFoundError, or ValueError for an option we do not implement (DoRA, rank patterns, ...)."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
@@ -222,7 +225,12 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> tuple[nn.Mod
     must have the adapter's targets, rank and scaling) and load the adapter's weights.
 
     Every key and shape must match; the first one that does not (in sorted order) is named, and a
-    refused adapter leaves `model` as it was: everything is checked before anything is changed."""
+    refused adapter leaves `model` as it was: everything is checked before anything is changed.
+    Returns (model, the LoRAConfig loaded).
+
+    Args:
+        model: the base model (a fresh one, or one with LoRA of the same shape, merged or not).
+        directory: an adapter directory written by save_adapter or by PEFT (safetensors only: never pickle)."""
     config, _ = read_adapter_config(directory)
     # Keep only the trainable modules this model has ("score" is PEFT's guess for other architectures).
     present = tuple(t for t in config.trainable_modules

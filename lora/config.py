@@ -7,6 +7,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class LoRAConfig:
+    """What to adapt and how; invalid values raise one ValueError listing every problem.
+
+    Args:
+        rank, alpha, dropout, targets, layers, trainable_modules, saved_modules, use_rslora: as each field's
+        comment below says. `scaling` is the one formula for the factor in front of B·A.
+    """
     # rank r of the update B·A; the adapter adds r·(in + out) parameters per adapted Linear
     rank: int = 4
     # alpha: the update is scaled by alpha / rank (or alpha / sqrt(rank) with rsLoRA)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .config import LoRAConfig
-from .layer import LoRALinear, SharedInput
+from .layer import LoRALinear
 
 # PEFT's default layers_pattern: the index after "layer"/"layers"/"h"/"blocks" in a module path.
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|h|blocks)\.(\d+)(?:\.|$)")
@@ -26,8 +26,14 @@ def layer_index(name: str) -> int | None:
 
 
 def lora_targets(model: nn.Module, config: LoRAConfig) -> list[str]:
-    """Names of the nn.Linear modules that `config` adapts, in model order. Raises ValueError naming a target
-    that matches none (in `config.layers`, when given): a misspelt or foreign name never adapts silently less."""
+    """Names of the nn.Linear modules that `config` adapts, in model order, without changing `model`.
+
+    Args:
+        model: the model to look in.
+        config: its targets (PEFT's suffix rule) and layers (None: all) say which Linears.
+
+    Raises ValueError naming a target that matches none (in `config.layers`, when given): a misspelt or
+    foreign name never adapts silently less."""
     linears = {n: m for n, m in model.named_modules() if type(m) is nn.Linear}
     if config.layers is not None:
         present = {layer_index(n) for n in linears} - {None}
@@ -46,11 +52,15 @@ def lora_targets(model: nn.Module, config: LoRAConfig) -> list[str]:
     return names
 
 
-def inject_lora(model: nn.Module, config: LoRAConfig, *, fuse: bool = True) -> nn.Module:
+def inject_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
     """Replace each targeted nn.Linear with a LoRALinear, in place, and freeze all but LoRA and
-    `config.trainable_modules` (`saved_modules` stay frozen). With `fuse`, sibling layers that read one
-    input run as one (fuse_shared_inputs); the parameters and the adapter file are the same either way.
-    Returns the model."""
+    `config.trainable_modules` (`saved_modules` stay frozen). Returns the model.
+
+    Args:
+        model: a transformers model (or any nn.Module) without LoRA layers.
+        config: what to adapt (targets, layers), how (rank, alpha, dropout, rsLoRA), and what else trains.
+
+    Raises ValueError, leaving the model untouched, when a target, layer or module name matches nothing."""
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("model already has LoRA layers; inject into a fresh model")
     names = lora_targets(model, config)
@@ -75,53 +85,68 @@ def inject_lora(model: nn.Module, config: LoRAConfig, *, fuse: bool = True) -> n
         parent = model.get_submodule(parent_name)
         layer = LoRALinear.from_linear(getattr(parent, attr), config)
         setattr(parent, attr, layer)
-    if fuse:
-        fuse_shared_inputs(model)
     return model
 
 
-def fuse_shared_inputs(model: nn.Module) -> list[tuple[str, ...]]:
-    """Group the LoRALinears that are children of one module and have the same in_features (query, key
-    and value of an attention block) into a SharedInput, so that a model that calls them on one tensor
-    computes them at once. Regroups from scratch; returns the groups' layer names, in model order."""
-    siblings: dict[tuple[str, int], list[tuple[str, LoRALinear]]] = {}
-    for name, layer in lora_layers(model):
-        layer._group = None
-        siblings.setdefault((name.rpartition(".")[0], layer.in_features), []).append((name, layer))
-    groups = [members for members in siblings.values() if len(members) > 1]
-    for members in groups:
-        group = SharedInput([layer for _, layer in members])
-        for _, layer in members:
-            layer._group = group
-    return [tuple(name for name, _ in members) for members in groups]
-
-
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
-    """(name, layer) for every LoRALinear in `model`."""
+    """(name, layer) for every LoRALinear in `model`, in model order.
+
+    Args:
+        model: any module, with or without LoRA."""
     return ((n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear))
 
 
 def lora_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
-    """The A and B weights of every LoRALinear."""
+    """The A and B weights of every LoRALinear, layer by layer.
+
+    Args:
+        model: a model with LoRA layers."""
     for _, layer in lora_layers(model):
         yield layer.lora_A.weight
         yield layer.lora_B.weight
 
 
 def count_trainable(model: nn.Module) -> int:
-    """Number of scalars that require grad."""
+    """Number of scalars that require grad.
+
+    Args:
+        model: any module (after inject_lora: LoRA A/B plus the trainable modules)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Fold every LoRA update into its layer and put plain nn.Linear back, in place: the stock model, with
+    nothing of LoRA left (transformers, ONNX). Returns the same model, frozen.
+
+    Args:
+        model: a model with LoRA layers, merged or not (each keeps LoRALinear.merged_weight())."""
+    for name, layer in list(lora_layers(model)):
+        linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                           device=layer.weight.device, dtype=layer.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(layer.merged_weight())
+            if layer.bias is not None:
+                linear.bias.copy_(layer.bias)
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, linear.train(layer.training))
+    return model.requires_grad_(False)
+
+
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Merge every LoRALinear (idempotent). Returns the model."""
+    """Merge every LoRALinear (idempotent): W holds W + ΔW until unmerge_lora. Returns the model.
+
+    Args:
+        model: a model with LoRA layers; for inference, where one matmul per layer is faster."""
     for _, layer in lora_layers(model):
         layer.merge()
     return model
 
 
 def unmerge_lora(model: nn.Module) -> nn.Module:
-    """Unmerge every LoRALinear, restoring base weights exactly (idempotent). Returns the model."""
+    """Unmerge every LoRALinear, restoring base weights bit for bit (idempotent). Returns the model.
+
+    Args:
+        model: a model with LoRA layers, merged or not."""
     for _, layer in lora_layers(model):
         layer.unmerge()
     return model
@@ -138,7 +163,11 @@ def cast_frozen(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     Left as they are: LoRA A/B (the adapter is saved and updated in float32), everything trainable,
     LayerNorm (autocast runs layer_norm in float32 and would cast a low-precision weight back up at
     every call) and embeddings (a lookup is not cast by autocast, so a low-precision table would only
-    round the embeddings before the float32 LayerNorm and make nothing faster)."""
+    round the embeddings before the float32 LayerNorm and make nothing faster).
+
+    Args:
+        model: a model with LoRA injected, on its device.
+        dtype: the autocast dtype the model will run under (torch.bfloat16 or torch.float16)."""
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"cast_frozen needs a floating-point dtype, got {dtype!r}")
     adapters = {id(m) for _, layer in lora_layers(model) for m in (layer.lora_A, layer.lora_B)}

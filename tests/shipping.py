@@ -78,9 +78,10 @@ def make_adapter(root: Path, model_dir: Path, head: str, targets: tuple[str, ...
     """A run directory as python -m train leaves it (adapter/, eval.json), with random LoRA B and head weights.
     Returns (run directory, the live trained model in eval mode, its trainable count)."""
     from lora import save_adapter
-    from train.artifacts import ADAPTER_DIR, EVAL_REPORT, RUN_INFO
+    from train.rundir import ADAPTER as ADAPTER_DIR, EVAL as EVAL_REPORT, RUN_INFO
     from train.config import TrainConfig
-    from train.model import load_pretrained, prepare
+    from train.model.load import load_pretrained
+    from train.model.plan import prepare
 
     cfg = TrainConfig.from_flat(dict(model=str(model_dir), head=head, targets=targets, rank=4, alpha=8.0,
                                      max_length=32, output_dir=str(root), **overrides))

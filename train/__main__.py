@@ -12,9 +12,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .cli import Parser, csv_list, layer_list, rank_value, run_main
+from .cli import Diverged, Finished, Parser, Stopped, UserError, csv_list, layer_list, rank_value, run_main
 from .config import ATTENTIONS, HEADS, PRECISIONS, TRACKERS, TrainConfig
-from .errors import UserError
 from .recipes import DEFAULT_RECIPE, RECIPES, recipe
 
 DEFAULT_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "roberta-lora")
@@ -124,7 +123,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .loop import Diverged, Stopped
     from .rundir import CHECKPOINT, RunDir
 
     resume = getattr(args, "resume", None)
@@ -135,7 +133,7 @@ def _train(args: argparse.Namespace) -> int:
     if resume and resume != "auto" and RunDir(Path(out)).finished():
         print(f"{out} is a finished run (eval.json is written); nothing to resume")
         return 0
-    from .run import Finished, run
+    from .trainer import run
 
     try:
         run(cfg, resume="auto" if resume == "auto" else bool(resume), overwrite=getattr(args, "overwrite", False))

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import Callable
 
-from .errors import UserError
-
 DEBUG_ENV = "ROBERTA_LORA_DEBUG"
+
+
+class UserError(Exception):
+    """A mistake the user can fix: a bad flag, file, row or name. The message alone must tell them what to
+    fix; run_main prints it as one line and exits 2."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -75,3 +79,46 @@ def run_main(body: Callable[[], int], argv: list[str] | None = None) -> int:
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
         print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
+
+
+class Diverged(RuntimeError):
+    """The loss stopped being a finite number."""
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT arrived; the run checkpointed after the step in flight."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.step = signum, step
+
+
+class Finished(Exception):
+    """--resume auto found a finished run: nothing to do."""
+
+
+class StopSignals:
+    """While active, SIGTERM/SIGINT only set a flag, so the step in flight finishes and is checkpointed.
+    A second signal acts at once (the last checkpoint stays)."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._old: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum:  # asked twice: stop now
+            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+        self.signum = signum
+
+    def __enter__(self) -> "StopSignals":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay as they are
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

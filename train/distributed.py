@@ -1,13 +1,18 @@
-"""torchrun support: process group, batch shards, and gathering evaluation results."""
+"""torchrun support: process group, batch shards, reductions, rank 0's work shared with the others, a stop
+signal agreed by all, and DDP."""
 from __future__ import annotations
 
 import os
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Callable
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+from .cli import Finished, UserError
 
 
 @dataclass(frozen=True)
@@ -124,3 +129,42 @@ def broadcast_object_from_main(obj, d: Dist):
     box = [obj if d.main else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main(fn: Callable[[], object], d: Dist, share: bool = True):
+    """fn() run by rank 0 alone (the one process that must see the output directory); its result (on rank 0
+    only when not `share`), or the UserError it raised, on every process: so a multi-node run needs no
+    shared filesystem, and no process waits forever for one that refused."""
+    answer, result = None, None
+    if d.main:
+        try:
+            result = fn()
+            answer = ("ok", result if share else None)
+        except (UserError, Finished) as e:
+            answer = (type(e).__name__, str(e))
+    kind, value = broadcast_object_from_main(answer, d)
+    if kind != "ok":
+        raise (UserError if kind == "UserError" else Finished)(value)
+    return value if share else result
+
+
+def agreed_signal(signum: int, d: Dist, sync: bool) -> int:
+    """The signal to stop on now, or 0. One process: its own. Under torchrun, at a sync point (where every
+    process waits anyway: a loss read, a checkpoint), the largest any process got, in one all-reduce;
+    elsewhere 0, so a step never waits on the host to learn of a peer's signal."""
+    if d.world == 1:
+        return signum
+    if not sync:
+        return 0
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([signum], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
+def wrap(model: nn.Module, device: torch.device, d: Dist, compile: bool) -> nn.Module:
+    """`model` as a training step calls it: in DDP under torchrun, compiled with --compile."""
+    if d.world > 1:
+        # Only parameters that require grad are registered, so the frozen encoder costs no all-reduce.
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(model) if compile else model

@@ -1,71 +1,7 @@
-"""python -m train.evaluate --adapter DIR: re-score a saved adapter on any labelled data."""
-from __future__ import annotations
-
-import json
+"""python -m train.evaluate: kept where it is documented; the tool lives in train/ship/evaluate.py."""
 import sys
-import time
-from pathlib import Path
 
-from .batches import encode
-from .cli import Parser, positive, run_main
-from .config import PRECISIONS
-from .data import load_corpus, read_split, stratified_subset
-from .errors import UserError
-from .inference import predict
-from .metrics import classification_report, format_report
-from .device import pick_device, pick_precision
-from .model import load_for_inference
-
-
-def parser() -> Parser:
-    p = Parser(prog="python -m train.evaluate", description="Score a saved adapter on labelled data.")
-    p.add_argument("--adapter", required=True, help="adapter directory written by python -m train")
-    p.add_argument("--model", help="base model (default: the one the adapter was trained on)")
-    p.add_argument("--data", help="hub dataset or directory; its test/dev/validation split is scored")
-    p.add_argument("--eval-file", help="CSV/JSONL file to score")
-    p.add_argument("--max-eval-samples", type=int, help="stratified subset, drawn as the training run drew it")
-    p.add_argument("--seed", type=int, help="seed of the subset (default: the training run's seed)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--precision", choices=PRECISIONS, default="auto")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    return run_main(lambda: _evaluate(args), argv)
-
-
-def _evaluate(args) -> int:
-    positive("--batch-size", args.batch_size)
-    positive("--max-eval-samples", args.max_eval_samples)
-    device = pick_device(args.device)
-    model, tokenizer, info = load_for_inference(args.adapter, args.model, device)
-    cfg, labels = info["train"], info["labels"]
-    if args.eval_file:
-        split = read_split(Path(args.eval_file), labels)
-    else:
-        corpus = load_corpus(args.data or cfg.data, None if args.data else cfg.train_file,
-                             None if args.data else cfg.eval_file)
-        if corpus.label_names != labels:
-            raise UserError(f"the data's labels {corpus.label_names} differ from the adapter's {labels}")
-        split = corpus.eval
-    seed = cfg.seed if args.seed is None else args.seed
-    subset = stratified_subset(split, args.max_eval_samples, seed)
-    if args.max_eval_samples is not None and len(subset.labels) < len(split.labels):
-        # Same draw as the training run's --max-eval-samples with the same seed and data.
-        print(f"scoring a stratified subset of {len(subset.labels):,} of {len(split.labels):,} rows (seed {seed})",
-              file=sys.stderr)
-    data = encode(subset, tokenizer, cfg.max_length, None)
-    started = time.perf_counter()
-    probs = predict(model, data, tokenizer.pad_token_id or 0, args.batch_size, device,
-                    pick_precision(args.precision, device))
-    report = classification_report(probs.argmax(-1), data.labels, labels)
-    report["eval_seconds"] = time.perf_counter() - started
-    print(json.dumps(report) if args.json else format_report(report))
-    return 0
-
+from .ship.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,9 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import Parser, run_main
+from .cli import Parser, UserError, run_main
 from .config import TrainConfig
-from .errors import UserError
 from .recipes import DEFAULT_RECIPE, recipe
 from .rundir import CHECKPOINT, EVAL, write_json
 
@@ -60,7 +59,7 @@ def roberta_base_count(cfg: TrainConfig, num_labels: int) -> int:
     import torch
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    from .model import apply_head, plan
+    from .model.plan import apply_head, plan
 
     with torch.device("meta"):
         model = RobertaForSequenceClassification(RobertaConfig(num_labels=num_labels))
@@ -137,7 +136,7 @@ def _sweep(args) -> int:
 
 
 def run_sweep(base: dict, runs: list[dict], seeds: list[int], out: Path, only: set[str] | None) -> list[dict]:
-    from .run import run
+    from .trainer import run
 
     rows = []
     for spec in runs:

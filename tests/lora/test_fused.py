@@ -1,13 +1,14 @@
-"""The fused LoRA path (lora.functional, SharedInput) against the plain formula and the unfused layers."""
+"""The opt-in fused path (lora.fused: one autograd function, SharedInput groups) against the plain formula
+and the plain LoRALinear."""
 import copy
 
 import pytest
 import torch
 from torch import nn
 
-import lora.layer
-from lora import LoRAConfig, LoRALinear, fuse_shared_inputs, inject_lora, lora_layers, merge_lora
-from lora.functional import lora_linears
+import lora.fused
+from lora import LoRAConfig, LoRALinear, inject_lora, lora_layers, merge_lora
+from lora.fused import FusedLoRALinear, fuse, lora_linears, unfuse
 
 SIX = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
 
@@ -77,10 +78,10 @@ def test_dropout_needs_one_layer_per_call(seed):
 
 
 def twins(base, config, randomize):
-    """(fused, unfused) models: the same LoRA weights, injected with and without fuse_shared_inputs."""
+    """(fused, plain) models: the same LoRA weights, one with fuse() and one as inject_lora leaves it."""
     fused = randomize(inject_lora(copy.deepcopy(base), config))
-    unfused = inject_lora(copy.deepcopy(base), config, fuse=False)
-    unfused.load_state_dict(fused.state_dict())
+    unfused = copy.deepcopy(fused)
+    fuse(fused)
     return fused, unfused
 
 
@@ -90,7 +91,7 @@ def test_fused_model_equals_unfused_in_float64_values_and_grads(request, batch, 
     base = request.getfixturevalue(family)(torch.float64)
     fused, unfused = twins(base, LoRAConfig(rank=3, targets=targets), randomize)
     assert all(layer._group is not None for name, layer in lora_layers(fused) if name.endswith(("query", "value")))
-    assert all(layer._group is None for _, layer in lora_layers(unfused))
+    assert all(type(layer) is LoRALinear for _, layer in lora_layers(unfused))
     outs = []
     for model in (fused, unfused):
         torch.manual_seed(3)  # the encoder's own dropout draws the same masks in both
@@ -109,9 +110,9 @@ def test_fused_model_equals_unfused_in_float64_values_and_grads(request, batch, 
 def test_groups_are_the_siblings_that_share_an_input(tiny_roberta):
     model = inject_lora(tiny_roberta(), LoRAConfig(targets=SIX))
     attention = "roberta.encoder.layer.{}.attention.self."
-    assert fuse_shared_inputs(model) == [tuple(attention.format(i) + t for t in ("query", "key", "value"))
+    assert fuse(model) == [tuple(attention.format(i) + t for t in ("query", "key", "value"))
                                          for i in (0, 1)]
-    assert fuse_shared_inputs(inject_lora(tiny_roberta(), LoRAConfig(targets=("query", "value")))) == [
+    assert fuse(inject_lora(tiny_roberta(), LoRAConfig(targets=("query", "value")))) == [
         (attention.format(i) + "query", attention.format(i) + "value") for i in (0, 1)]
 
 
@@ -121,8 +122,10 @@ def test_a_group_runs_its_layers_in_one_call(tiny_roberta, batch, monkeypatch):
     def counting(x, weights, *args, **kwargs):
         calls.append(len(weights))
         return lora_linears(x, weights, *args, **kwargs)
-    monkeypatch.setattr(lora.layer, "lora_linears", counting)
-    inject_lora(tiny_roberta(), LoRAConfig(targets=SIX))(input_ids=batch["input_ids"])
+    monkeypatch.setattr(lora.fused, "lora_linears", counting)
+    model = inject_lora(tiny_roberta(), LoRAConfig(targets=SIX))
+    fuse(model)
+    model(input_ids=batch["input_ids"])
     assert calls == [3, 1, 1, 1] * 2  # per layer: query+key+value at once, then the three others alone
 
 
@@ -132,7 +135,8 @@ class Attention(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         config = LoRAConfig(rank=2)
-        self.query, self.key, self.value = (LoRALinear.from_linear(nn.Linear(6, 6).double(), config) for _ in range(3))
+        self.query, self.key, self.value = (LoRALinear.from_linear(nn.Linear(6, 6).double(), config)
+                                            for _ in range(3))
         for layer in (self.query, self.key, self.value):
             nn.init.normal_(layer.lora_B.weight)
 
@@ -143,7 +147,7 @@ class Attention(nn.Module):
 def test_a_group_called_on_different_inputs_stops_fusing_and_stays_correct(seed):
     fused = Attention()
     unfused = copy.deepcopy(fused)
-    assert len(fuse_shared_inputs(fused)) == 1
+    assert len(fuse(fused)) == 1
     x, memory = torch.randn(4, 6, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64)
     for _ in range(2):
         torch.testing.assert_close(fused(x, memory), unfused(x, memory), rtol=0, atol=1e-12)
@@ -153,7 +157,7 @@ def test_a_group_called_on_different_inputs_stops_fusing_and_stays_correct(seed)
 
 def test_an_input_changed_in_place_between_calls_is_recomputed(seed):
     model = Attention()
-    fuse_shared_inputs(model)
+    fuse(model)
     x = torch.randn(4, 6, dtype=torch.float64)
     with torch.no_grad():
         q = model.query(x)
@@ -174,6 +178,7 @@ def test_dropout_in_training_runs_the_layers_alone_with_their_own_masks(tiny_rob
 
 def test_merged_fused_model_matches_unmerged_and_deepcopies_mid_forward(tiny_roberta, batch, randomize):
     model = randomize(inject_lora(tiny_roberta(torch.float64), LoRAConfig(rank=2, targets=SIX)))
+    fuse(model)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     query = model.roberta.encoder.layer[0].attention.self.query
     query(torch.randn(2, 3, 32, dtype=torch.float64))  # key and value outputs now wait in the group
@@ -198,3 +203,14 @@ def test_bf16_autocast_fused_is_close_to_unfused_and_grads_stay_float32(tiny_rob
     for name, grad in results[0][1].items():
         assert grad.dtype == torch.float32, name
         torch.testing.assert_close(grad, results[1][1][name], rtol=0.1, atol=0.02, msg=name)
+
+
+def test_unfuse_gives_back_plain_layers_with_the_same_state(tiny_roberta, randomize):
+    model = randomize(inject_lora(tiny_roberta(torch.float64), LoRAConfig(rank=2, targets=SIX)))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    fuse(model)
+    assert all(type(layer) is FusedLoRALinear for _, layer in lora_layers(model))
+    assert model.state_dict().keys() == state.keys()
+    unfuse(model)
+    assert all(type(layer) is LoRALinear and "_group" not in vars(layer) for _, layer in lora_layers(model))
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

@@ -8,7 +8,7 @@ import pytest
 from tiny import train_args
 from train.__main__ import config_from_args, main, parser
 from train.config import TrainConfig
-from train.errors import UserError
+from train.cli import UserError
 from train.recipes import DEFAULT_RECIPE, RECIPES
 
 
@@ -94,7 +94,7 @@ def test_top_layers_resolve_to_the_last_k_layers_of_the_model_and_are_written_re
     import torch
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    from train.model import apply_head, plan
+    from train.model.plan import apply_head, plan
 
     with torch.device("meta"):
         base = RobertaForSequenceClassification(RobertaConfig(num_labels=4))
@@ -113,8 +113,8 @@ def test_top_layers_resolve_to_the_last_k_layers_of_the_model_and_are_written_re
 
 
 def test_holdout_scores_on_fixed_training_rows_never_on_the_eval_file(tiny_model_dir, tiny_data_dir, tmp_path):
-    from train.data import Split
-    from train.inputs import carve_holdout
+    from train.data.corpus import Split
+    from train.data.corpus import carve_holdout
 
     split = Split([f"t{i}" for i in range(40)], [i % 4 for i in range(40)])
     rest, held = carve_holdout(split, 8)

@@ -13,9 +13,9 @@ from train.distributed import Dist, all_reduce_confusion, broadcast_object_from_
 WORKER = r"""
 import json, sys, time
 import torch, torch.distributed as dist
-from train.batches import encode
+from train.data.batches import encode
 from train.distributed import Dist, all_reduce_confusion, broadcast_object_from_main
-from train.sources import Rows
+from train.data.sources import Rows
 
 rank, init, cache = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)

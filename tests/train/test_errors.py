@@ -135,7 +135,7 @@ def test_empty_datasets(train, message, tmp_path, capsys):
 
 
 def test_unknown_models(tiny_data_dir, tmp_path, monkeypatch, capsys):
-    import train.run  # noqa: F401  (import cost is not the failure's)
+    import train.trainer  # noqa: F401  (import cost is not the failure's)
 
     missing = tmp_path / "no-model-here"
     assert f"model not found: {missing}" in refused(["--model", missing, "--data", tiny_data_dir], capsys)
@@ -189,8 +189,8 @@ def test_over_budget_is_refused_before_training_with_the_count(tiny_model_dir, t
 
 
 def test_evaluate_and_predict_refuse_bad_input(tmp_path, capsys):
-    from train.evaluate import main as evaluate
-    from train.predict import main as predict
+    from train.ship.evaluate import main as evaluate
+    from train.ship.predict import main as predict
 
     line = refused(["--adapter", tmp_path, "--eval-file", "x.csv"], capsys, evaluate)
     assert f"{tmp_path} is not an adapter written by python -m train" in line
@@ -211,14 +211,14 @@ def test_real_process_exits_2_with_one_line_and_no_traceback(tmp_path):
 
 @pytest.mark.parametrize("offline", ["1", "true", "ON", " yes "])
 def test_offline_env_means_unreachable_without_touching_the_network(offline, monkeypatch):
-    import train.hub
+    import train.data.hub
 
     def no_network(*args, **kwargs):
         raise AssertionError("connected although HF_HUB_OFFLINE is set")
 
-    monkeypatch.setattr(train.hub.socket, "create_connection", no_network)
+    monkeypatch.setattr(train.data.hub.socket, "create_connection", no_network)
     monkeypatch.setenv("HF_HUB_OFFLINE", offline)
-    assert train.hub.hub_reachable() is False
+    assert train.data.hub.hub_reachable() is False
 
 
 @pytest.mark.parametrize("endpoint, address", [
@@ -230,14 +230,14 @@ def test_offline_env_means_unreachable_without_touching_the_network(offline, mon
 def test_hub_probe_dials_the_endpoint_port(endpoint, address, monkeypatch):
     import contextlib
 
-    import train.hub
+    import train.data.hub
 
     dialled = []
-    monkeypatch.setattr(train.hub.socket, "create_connection",
+    monkeypatch.setattr(train.data.hub.socket, "create_connection",
                         lambda addr, timeout: dialled.append(addr) or contextlib.nullcontext())
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
-    assert train.hub.hub_reachable() is (address is not None)
+    assert train.data.hub.hub_reachable() is (address is not None)
     assert dialled == ([address] if address else [])
 
 

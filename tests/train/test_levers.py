@@ -9,7 +9,7 @@ from lora import LoRAConfig, inject_lora
 from tiny import train_args
 from train.__main__ import main
 from train.config import TrainConfig
-from train.run import param_groups
+from train.trainer import param_groups
 
 
 def test_lora_plus_gives_b_its_own_learning_rate_and_decay_skips_biases(tiny_roberta):
@@ -39,16 +39,16 @@ def test_warmup_rises_then_decays(tiny_model_dir, tiny_data_dir, tmp_path):
 
 
 def test_ema_weights_are_the_ones_evaluated_and_saved(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
-    import train.loop
+    import train.trainer
 
     seen = []  # the trained weights as evaluation saw them, one dict per epoch
-    real_predict = train.loop.predict_rows
+    real_predict = train.trainer.predict_rows
 
     def spy(model, *args, **kwargs):
         seen.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
         return real_predict(model, *args, **kwargs)
 
-    monkeypatch.setattr(train.loop, "predict_rows", spy)
+    monkeypatch.setattr(train.trainer, "predict_rows", spy)
     plain, _ = run(tiny_model_dir, tiny_data_dir, tmp_path / "plain")
     ema, _ = run(tiny_model_dir, tiny_data_dir, tmp_path / "ema", "--ema-decay", "0.9")
     a = load_file(str(tmp_path / "plain/adapter/adapter_model.safetensors"))

@@ -56,8 +56,8 @@ def test_resume_mid_epoch_equals_uninterrupted(full_run, tiny_model_dir, tiny_da
 
 
 def test_evaluate_and_predict_use_the_saved_adapter(full_run, tiny_data_dir, capsys):
-    from train.evaluate import main as evaluate
-    from train.predict import main as predict
+    from train.ship.evaluate import main as evaluate
+    from train.ship.predict import main as predict
 
     assert evaluate(["--adapter", str(full_run / "adapter"), "--eval-file", str(tiny_data_dir / "test.csv"),
                      "--json"]) == 0
@@ -72,16 +72,16 @@ def test_evaluate_and_predict_use_the_saved_adapter(full_run, tiny_data_dir, cap
 
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch,
                                                           capsys):
-    import train.loop
+    import train.trainer
 
-    real, calls = train.loop.F.cross_entropy, []
+    real, calls = train.trainer.F.cross_entropy, []
 
     def poisoned(*args, **kwargs):
         calls.append(1)
         loss = real(*args, **kwargs)
         return loss * float("nan") if len(calls) == 5 else loss
 
-    monkeypatch.setattr(train.loop.F, "cross_entropy", poisoned)
+    monkeypatch.setattr(train.trainer.F, "cross_entropy", poisoned)
     out = tmp_path / "nan"
     assert main(train_args(tiny_model_dir, tiny_data_dir, out, "--save-every", "2")) == 1
     err = capsys.readouterr().err.strip()

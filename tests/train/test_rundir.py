@@ -47,7 +47,7 @@ def test_resume_of_a_finished_run_changes_nothing(finished, capsys):
 
 
 def test_evaluate_redraws_the_runs_subset_and_says_so(finished, capsys):
-    from train.evaluate import main as evaluate
+    from train.ship.evaluate import main as evaluate
 
     assert evaluate(["--adapter", str(finished / "adapter"), "--max-eval-samples", "20", "--json"]) == 0
     out, err = capsys.readouterr()
@@ -57,7 +57,7 @@ def test_evaluate_redraws_the_runs_subset_and_says_so(finished, capsys):
 
 
 def test_corrupt_and_foreign_files_end_in_one_line(finished, tmp_path, capsys):
-    from train.evaluate import main as evaluate
+    from train.ship.evaluate import main as evaluate
 
     run = tmp_path / "run"
     os.system(f"cp -r {finished} {run}")
@@ -104,7 +104,7 @@ def test_fp16_on_a_cpu_is_refused_with_the_alternative(tiny_model_dir, tiny_data
 
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):
-    from train.errors import UserError
+    from train.cli import UserError
 
     monkeypatch.setenv("ROBERTA_LORA_DEBUG", "1")
     with pytest.raises(UserError, match="nothing to resume"):

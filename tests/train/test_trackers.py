@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from train.errors import UserError
+from train.cli import UserError
 from train.trackers import metrics, open_tracker
 
 CONFIG = {"model": "roberta-base", "rank": 6, "targets": ["query", "value"], "layers": None, "lr": 5e-4}

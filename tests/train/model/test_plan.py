@@ -1,0 +1,131 @@
+"""The run's plan: LoRA rank and trainable-parameter budget on roberta-base shapes (built on the meta
+device, so no weights are allocated), the plan as printed by a real run, and the learning-rate schedule."""
+import re
+
+import pytest
+import torch
+from transformers import RobertaConfig, RobertaForSequenceClassification
+
+from lora import LoRALinear, count_trainable, lora_layers
+from tiny import train_args
+from train.config import TrainConfig
+from train.cli import UserError
+from train.trainer import lr_at
+from train.model.plan import plan, prepare
+from train.recipes import recipe
+
+
+def ref(**settings) -> TrainConfig:
+    """The reference recipe (query,value; full head) with `settings` changed, flat as on the command line."""
+    return TrainConfig.from_flat({**recipe("reference"), **settings})
+
+H, LAYERS, K = 768, 12, 4  # roberta-base, AG News
+FULL_HEAD = (H * H + H) + (H * K + K)  # classifier.dense + classifier.out_proj = 593,668
+LINEAR_HEAD = H * K + K  # 3,076
+
+
+@pytest.fixture
+def base():
+    with torch.device("meta"):
+        return RobertaForSequenceClassification(RobertaConfig(num_labels=K))
+
+
+def test_auto_rank_with_query_value_and_full_head_is_11(base):
+    config, rows, total = prepare(ref(rank="auto"), base)
+    assert config.rank == 11
+    assert total == 11 * LAYERS * 2 * (H + H) + FULL_HEAD == 999_172
+    assert count_trainable(base) == total  # the plan counts what really trains
+    assert sum(count for _, count in rows) == total
+    assert len(list(lora_layers(base))) == 2 * LAYERS
+
+
+def test_rank_12_is_refused_with_the_count(base):
+    with pytest.raises(UserError, match=r"1,036,036 trainable parameters reach the budget of 1,000,000; "
+                                        r"fit it with a lower --rank .*fewer --targets"):
+        prepare(ref(rank=12), base)
+    assert not list(lora_layers(base))  # refused before anything was injected
+
+
+def test_linear_head_has_3076_parameters_and_buys_a_larger_rank(base):
+    config, rows, total = prepare(ref(rank="auto", head="linear"), base)
+    assert rows[-1] == ("trained classifier.out_proj", LINEAR_HEAD)
+    assert config.rank == (1_000_000 - 1 - LINEAR_HEAD) // (LAYERS * 2 * (H + H)) == 27
+    assert total == count_trainable(base) < 1_000_000
+    assert {n for n, p in base.named_parameters() if p.requires_grad and "lora_" not in n} == {
+        "classifier.out_proj.weight", "classifier.out_proj.bias"}
+    # The stock head stays: dense -> tanh -> out_proj, dense frozen (as the identity) and stored in the adapter.
+    assert type(base.classifier).__name__ == "RobertaClassificationHead"
+    assert not base.classifier.dense.weight.requires_grad
+    assert (config.trainable_modules, config.saved_modules) == (("classifier.out_proj",), ("classifier",))
+
+
+def test_lora_head_adapts_the_dense_layer_and_trains_out_proj_only(base):
+    config, rows, total = prepare(ref(rank=4, head="lora"), base)
+    assert isinstance(base.classifier.dense, LoRALinear)
+    assert not isinstance(base.classifier.out_proj, LoRALinear)
+    trained = {n for n, p in base.named_parameters() if p.requires_grad and "lora_" not in n}
+    assert trained == {"classifier.out_proj.weight", "classifier.out_proj.bias"}
+    assert not base.classifier.dense.weight.requires_grad and base.classifier.dense.lora_A.weight.requires_grad
+    assert dict(rows)["LoRA classifier.dense"] == 4 * (H + H)
+    assert total == 4 * (LAYERS * 2 + 1) * (H + H) + LINEAR_HEAD == count_trainable(base)
+
+
+def test_six_targets_with_linear_head_and_auto_rank_stay_under_budget(base):
+    targets = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
+    config, rows, total = prepare(ref(rank="auto", head="linear", targets=targets), base)
+    per_rank = LAYERS * (3 * (H + H) + (H + H) + (H + 4 * H) + (4 * H + H))  # q k v, attn out, ffn in, ffn out
+    assert config.rank == (1_000_000 - 1 - LINEAR_HEAD) // per_rank
+    assert total == config.rank * per_rank + LINEAR_HEAD == count_trainable(base) < 1_000_000
+    assert len(list(lora_layers(base))) == 6 * LAYERS
+    with pytest.raises(UserError, match=r"fewer --targets"):
+        with torch.device("meta"):
+            prepare(ref(rank=config.rank + 1, head="linear", targets=targets),
+                    RobertaForSequenceClassification(RobertaConfig(num_labels=K)))
+
+
+def test_a_layer_subset_scales_the_lora_count(base):
+    every = plan(ref(rank=8), base)[2]
+    some = plan(ref(rank=8, layers=(0, 5, 11)), base)[2]
+    lora_every = sum(c for n, c in every if n.startswith("LoRA"))
+    lora_some = sum(c for n, c in some if n.startswith("LoRA"))
+    assert lora_some * LAYERS == lora_every * 3
+    assert every[-1] == some[-1]  # the head does not depend on the layers
+    with pytest.raises(UserError, match=r"layers \[12\] are not in the model"):
+        plan(ref(rank=8, layers=(11, 12)), base)
+
+
+def test_printed_plan_rows_sum_to_the_printed_total(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
+    from train.__main__ import main
+
+    argv = train_args(tiny_model_dir, tiny_data_dir, tmp_path / "o", "--targets", "query,key,value",
+                      "--head", "lora", "--epochs", "1", "--stop-after", "1")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [int(m.group(1).replace(",", "")) for m in re.finditer(r"^ +([\d,]+)  \S", out, re.M)]
+    total = int(re.search(r"^trainable +([\d,]+) parameters", out, re.M).group(1).replace(",", ""))
+    assert len(rows) == 5  # LoRA on query, key, value and classifier.dense; classifier.out_proj trained
+    assert sum(rows) == total == 8 * (2 * 3 + 1) * (64 + 64) + (64 * 4 + 4)
+
+
+def test_lr_schedule_warms_up_linearly_then_decays_by_cosine_to_zero():
+    total, warmup = 100, 10
+    lrs = [lr_at(s, total, warmup) for s in range(total + 1)]
+    rises = lrs[:warmup + 1]
+    steps = [b - a for a, b in zip(rises, rises[1:])]
+    assert all(d == pytest.approx(steps[0]) and d > 0 for d in steps)  # linear rise
+    assert lrs[warmup] == 1.0 and max(lrs) == 1.0
+    assert all(b <= a for a, b in zip(lrs[warmup:], lrs[warmup + 1:]))  # never rises again
+    assert lrs[warmup + (total - warmup) // 2] == pytest.approx(0.5)  # cosine: half-way is half
+    assert lrs[total - 1] < 0.001 and lrs[total] == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(0, total, 0) == 1.0 and lr_at(0, total, warmup) > 0
+
+
+def test_linear_head_dense_starts_as_the_identity(tiny_roberta):
+    """Frozen at HF's random init (std 0.02) the dense layer shrinks the features and the default recipe learned
+    slower; as the identity, out_proj sees tanh(features) at their own scale."""
+    model = tiny_roberta()
+    prepare(ref(rank=2, head="linear"), model)
+    assert torch.equal(model.classifier.dense.weight, torch.eye(32)) and not model.classifier.dense.bias.any()
+    untouched = tiny_roberta()
+    prepare(ref(rank=2, head="lora"), untouched)  # the lora head keeps its random init, as before
+    assert not torch.equal(untouched.classifier.dense.weight, torch.eye(32))

@@ -1,0 +1,199 @@
+"""python -m train.export: for every head and target set, PEFT, plain transformers (pipeline) and ONNX Runtime
+reproduce our model; the model cards' snippets run; every bad input is one line and exit 2."""
+import json
+import re
+
+import pytest
+import torch
+
+from shipping import SIX, TEXTS, logits, make_adapter, make_encoder_dir
+from tiny import CLASSES, train_args
+from train.ship.export import main as export
+
+# PEFT and transformers' notes (modules_to_save, deprecations) are not what is tested here.
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.filterwarnings("ignore::FutureWarning")]
+COMBOS = [(head, targets) for head in ("full", "lora", "linear") for targets in (("query", "value"), SIX)]
+IDS = [f"{h}-{'qv' if len(t) == 2 else 'six'}" for h, t in COMBOS]
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    return make_encoder_dir(tmp_path_factory.mktemp("encoder"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(encoder):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(encoder)
+
+
+def base_with_new_head(directory, seed=123):
+    """The base as a PEFT user loads it: its classification head freshly (and differently) initialised."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_pretrained(
+        directory, num_labels=len(CLASSES), id2label=dict(enumerate(CLASSES)),
+        label2id={c: i for i, c in enumerate(CLASSES)}).eval()
+
+
+def our_predictions(adapter, capsys):
+    from train.ship.predict import main as predict
+
+    capsys.readouterr()
+    assert predict(["--adapter", str(adapter), "--json", "--precision", "fp32", "--device", "cpu", *TEXTS]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+@pytest.mark.parametrize("head, targets", COMBOS, ids=IDS)
+def test_peft_and_hf_exports_reproduce_ours(encoder, tokenizer, tmp_path, capsys, head, targets):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    run, ours, _ = make_adapter(tmp_path / "run", encoder, head, targets)
+    expected = logits(ours, tokenizer)
+    assert export([str(run), "--out", str(tmp_path / "peft"), "--format", "peft"]) == 0
+    theirs = PeftModel.from_pretrained(base_with_new_head(encoder), str(tmp_path / "peft")).eval()
+    assert (logits(theirs, tokenizer) - expected).abs().max() < 1e-5
+    assert not torch.allclose(logits(base_with_new_head(encoder), tokenizer), expected, atol=1e-3)
+
+    assert export([str(run / "adapter"), "--out", str(tmp_path / "hf"), "--format", "hf"]) == 0
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    stock = type(plain)(plain.config)  # nothing but the stock class's own modules, each with its own shape
+    assert type(plain).__name__ == "RobertaForSequenceClassification" and {
+        k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in stock.state_dict().items()}
+    assert plain.config.id2label == dict(enumerate(CLASSES)) and plain.config.label2id["Sports"] == 1
+    assert (logits(plain, tokenizer) - expected).abs().max() < 1e-4  # merged in fp32 vs unmerged: rounding
+    mine = our_predictions(run / "adapter", capsys)
+    scores = pipeline("text-classification", model=str(tmp_path / "hf"), top_k=None, truncation=True)(TEXTS)
+    for row, theirs_row in zip(mine, scores):
+        assert max(theirs_row, key=lambda s: s["score"])["label"] == row["label"]
+        assert {s["label"]: pytest.approx(row["probabilities"][s["label"]], abs=1e-5) for s in theirs_row} == {
+            s["label"]: s["score"] for s in theirs_row}
+
+
+# Every head × target combination is exported and checked (each ONNX export costs ~6 CPU-seconds).
+ONNX_COMBOS = [pytest.param(*c, id=i) for c, i in zip(COMBOS, IDS)]
+
+
+@pytest.mark.parametrize("head, targets", ONNX_COMBOS)
+def test_onnx_export_matches_ours_with_any_batch_and_length(encoder, tokenizer, tmp_path, head, targets):
+    import onnxruntime
+
+    run, ours, _ = make_adapter(tmp_path / "run", encoder, head, targets)
+    assert export([str(run), "--out", str(tmp_path / "onnx"), "--format", "onnx"]) == 0
+    session = onnxruntime.InferenceSession(str(tmp_path / "onnx/model.onnx"))
+    for texts in (TEXTS, TEXTS[:1], [" ".join(TEXTS)] * 3):  # other batch sizes and lengths than traced
+        batch = tokenizer(texts, padding=True, truncation=True, return_tensors="np")
+        got = session.run(["logits"], {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
+        assert (torch.from_numpy(got[0]) - logits(ours, tokenizer, texts)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("head", ["full", "lora", "linear"])
+def test_bert_heads_are_unchanged_and_export(tmp_path, capsys, head):
+    """BERT's head is stock already (pretrained pooler -> classifier): nothing extra is stored or merged."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lora.adapter import file_config
+    from train.config import TrainConfig
+    from train.model.load import load_pretrained
+    from train.model.plan import lora_config
+
+    encoder = make_encoder_dir(tmp_path / "bert", arch="bert")
+    cfg = TrainConfig.from_flat({"targets": ("query", "value"), "head": head})
+    config = lora_config(cfg, load_pretrained(str(encoder), 4, CLASSES)[0], 4)
+    assert (config.targets, config.trainable_modules, config.saved_modules) == (
+        ("query", "value", *(("bert.pooler.dense",) if head == "lora" else ())), ("classifier",), ())
+    run, ours, total = make_adapter(tmp_path / "run", encoder, head, ("query", "value"))
+    assert file_config(ours, config) is config  # written exactly as before the head change
+    assert total == 1 * 2 * 4 * 128 + (64 * 4 + 4) + (4 * 128 if head == "lora" else 0)  # 1 layer, q and v
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    expected = logits(ours, tokenizer)
+    assert export([str(run), "--out", str(tmp_path / "peft"), "--format", "peft"]) == 0
+    theirs = PeftModel.from_pretrained(base_with_new_head(encoder), str(tmp_path / "peft")).eval()
+    assert (logits(theirs, tokenizer) - expected).abs().max() < 1e-5
+    assert export([str(run), "--out", str(tmp_path / "hf"), "--format", "hf"]) == 0
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    assert (logits(plain, tokenizer) - expected).abs().max() < 1e-4
+
+
+def snippet(card: str) -> str:
+    return re.search(r"```python\n(.*?)```", card, re.S).group(1)
+
+
+def test_real_run_exports_with_cards_whose_snippets_run(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
+    """A run of python -m train (the default recipe) -> each format, and each card's snippet, run as written."""
+    from train.__main__ import main as train
+
+    run = tmp_path / "run"
+    assert train([*train_args(tiny_model_dir, tiny_data_dir, run, "--epochs", "1"), "--recipe", "all-linear"]) == 0
+    report = json.loads((run / "eval.json").read_text())
+    for fmt in ("peft", "hf", "onnx"):
+        out = tmp_path / f"export-{fmt}"
+        assert export([str(run), "--out", str(out), "--format", fmt]) == 0
+        card = (out / "README.md").read_text()
+        front = card.split("---")[1]
+        for line in ("pipeline_tag: text-classification", f'base_model: "{tiny_model_dir}"', "license: other",
+                     "- accuracy", "- f1", f"library_name: {dict(peft='peft', hf='transformers', onnx='onnx')[fmt]}"):
+            assert line in front, line
+        assert f"**{report['trainable_params']:,}**" in card and "| linear: the stock head" in card
+        assert f"| {report['accuracy']:.4f} | {report['macro_f1']:.4f} |" in card
+        assert all(f"| {c['label']} | {c['precision']:.4f} |" in card for c in report["per_class"])
+        capsys.readouterr()
+        exec(compile(snippet(card), f"{fmt}/README.md", "exec"), {})
+        printed = capsys.readouterr().out
+        assert any(label in printed for label in CLASSES), printed
+
+
+def refused(argv, capsys) -> str:
+    try:
+        code = export([str(a) for a in argv])
+    except SystemExit as e:  # argparse's own refusals
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def test_every_bad_input_is_one_line(encoder, tmp_path, capsys, monkeypatch):
+    run, _, _ = make_adapter(tmp_path / "run", encoder, "linear", ("query", "value"))
+    out = tmp_path / "out"
+    assert "does not exist" in refused([tmp_path / "nope", "--out", out, "--format", "hf"], capsys)
+    assert "is neither a run directory" in refused([tmp_path, "--out", out, "--format", "hf"], capsys)
+    assert "invalid choice: 'tf'" in refused([run, "--out", out, "--format", "tf"], capsys)
+    assert "would overwrite the run it exports" in refused([run, "--out", run / "adapter", "--format", "peft"], capsys)
+    (out / "data.txt").parent.mkdir()
+    (out / "data.txt").write_text("keep me")
+    assert "already exists and is not empty" in refused([run, "--out", out, "--format", "hf"], capsys)
+    assert "is not an export" in refused([run, "--out", out, "--format", "hf", "--overwrite"], capsys)
+    assert (out / "data.txt").read_text() == "keep me"
+    monkeypatch.setitem(__import__("sys").modules, "onnxscript", None)  # as if the onnx extra were missing
+    line = refused([run, "--out", tmp_path / "o2", "--format", "onnx"], capsys)
+    assert "--format onnx needs onnxscript: pip install 'roberta-lora[onnx]'" in line
+    assert not (tmp_path / "o2").exists() and not list(tmp_path.glob(".o2.*"))  # nothing half-written
+
+
+def test_overwrite_replaces_an_earlier_export(encoder, tmp_path, capsys):
+    run, _, _ = make_adapter(tmp_path / "run", encoder, "full", ("query", "value"))
+    out = tmp_path / "out"
+    assert export([str(run), "--out", str(out), "--format", "hf"]) == 0
+    assert export([str(run), "--out", str(out), "--format", "peft", "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
+                                                     "eval.json", "train_config.json"]
+
+
+def test_legacy_lean_head_adapter_still_predicts_but_is_not_exported(encoder, tmp_path, capsys):
+    """An adapter saved before the stock-head change: a bare Linear on the first token, no classifier.dense."""
+    from safetensors.torch import load_file, save_file
+
+    run, _, _ = make_adapter(tmp_path / "run", encoder, "linear", ("query", "value"))
+    weights = run / "adapter/adapter_model.safetensors"
+    tensors = {k: v for k, v in load_file(str(weights)).items() if "classifier.dense" not in k}
+    save_file(tensors, str(weights))
+    line = refused([run, "--out", tmp_path / "out", "--format", "hf"], capsys)
+    assert "lean linear head (from before heads were stock) has no place in the stock classifier" in line
+    rows = our_predictions(run / "adapter", capsys)
+    assert len(rows) == len(TEXTS) and all(r["label"] in CLASSES for r in rows)

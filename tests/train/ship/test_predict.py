@@ -1,0 +1,143 @@
+"""python -m train.predict on files: CSV and JSONL in, JSONL and CSV out, malformed rows stopped or skipped
+with their line numbers, an adapter, a run directory or a merged export as the model."""
+import csv
+import json
+
+import pytest
+
+from shipping import TEXTS, make_adapter, make_encoder_dir
+from tiny import CLASSES
+from train.ship.export import main as export
+from train.ship.predict import main as predict
+
+FP32 = ["--precision", "fp32", "--device", "cpu", "--batch-size", "2"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    run, _, _ = make_adapter(root / "run", make_encoder_dir(root / "encoder"), "lora", ("query", "value"))
+    assert export([str(run), "--out", str(root / "merged"), "--format", "hf"]) == 0
+    return run
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def jsonl(tmp_path):
+    """Line 3 is not JSON, line 4 blank (ignored), line 5 has no text, line 7 an empty one."""
+    lines = [json.dumps({"id": "a", "text": TEXTS[0]}), json.dumps({"text": TEXTS[1]}), "{not json", "",
+             json.dumps({"title": "no text"}), json.dumps({"id": 7, "text": TEXTS[2]}), json.dumps({"text": " "})]
+    return write(tmp_path / "rows.jsonl", "\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def csv_rows(tmp_path):
+    """A quoted text spanning two lines (lines 3-4), line 5 with a field too many."""
+    return write(tmp_path / "rows.csv", f'id,text\nx1,{TEXTS[0]}\nx2,"{TEXTS[1]}\nsecond line"\nx3,a,b\n'
+                                        f'x4,"{TEXTS[3]}, with a comma"\n')
+
+
+def score(*argv, capsys):
+    code = predict([str(a) for a in argv] + FP32)
+    return code, capsys.readouterr().err
+
+
+def test_malformed_row_stops_by_default_naming_its_line(run, jsonl, csv_rows, tmp_path, capsys):
+    code, err = score("--adapter", run / "adapter", "--input", jsonl, "--output", tmp_path / "p.jsonl", capsys=capsys)
+    assert code == 2 and err == f"error: {jsonl} line 3: not valid JSON (Expecting property name enclosed in " \
+                                "double quotes); --on-bad-row skip scores the other rows\n"
+    code, err = score("--adapter", run, "--input", csv_rows, "--output", tmp_path / "p.csv", capsys=capsys)
+    assert code == 2 and err.startswith(f"error: {csv_rows} line 5: expected 2 fields (id,text), got 3;")
+    assert not (tmp_path / "p.jsonl").exists() and not (tmp_path / "p.csv").exists()
+
+
+def test_skip_reports_each_malformed_row_and_scores_the_rest(run, jsonl, tmp_path, capsys):
+    out = tmp_path / "p.jsonl"
+    code, err = score("--adapter", run / "adapter", "--input", jsonl, "--output", out, "--on-bad-row", "skip",
+                      capsys=capsys)
+    assert code == 0
+    assert err.splitlines() == [f"skipped {jsonl} line 3: not valid JSON (Expecting property name enclosed in "
+                                "double quotes)", f'skipped {jsonl} line 5: needs a "text" field',
+                                f"skipped {jsonl} line 7: empty text",
+                                f"scored 3 rows of {jsonl} into {out}; skipped 3 malformed"]
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [{k: r[k] for k in r if k in ("id", "line")} for r in rows] == [{"id": "a"}, {"line": 2}, {"id": 7}]
+    expected = expected_rows(run, [TEXTS[0], TEXTS[1], TEXTS[2]], capsys)
+    for row, want in zip(rows, expected):
+        assert row["label"] == want["label"] and set(row["probabilities"]) == set(CLASSES)
+        assert row["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)
+        assert row["probability"] == max(row["probabilities"].values())
+
+
+def expected_rows(run, texts, capsys):
+    """What predict says for the same texts given on the command line."""
+    assert predict(["--adapter", str(run / "adapter"), "--json", *texts] + FP32) == 0
+    return [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+
+
+def test_csv_in_csv_out_keeps_ids_order_and_every_probability(run, csv_rows, tmp_path, capsys):
+    out = tmp_path / "p.csv"
+    code, err = score("--adapter", run, "--input", csv_rows, "--output", out, "--on-bad-row", "skip", capsys=capsys)
+    assert code == 0 and f"skipped {csv_rows} line 5: expected 2 fields" in err
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["id", "label", *(f"prob_{c}" for c in CLASSES)]
+    assert [r["id"] for r in rows] == ["x1", "x2", "x4"]
+    texts = [TEXTS[0], f"{TEXTS[1]}\nsecond line", f"{TEXTS[3]}, with a comma"]
+    for row, want in zip(rows, expected_rows(run, texts, capsys)):
+        assert row["label"] == want["label"]
+        assert [float(row[f"prob_{c}"]) for c in CLASSES] == pytest.approx(
+            [want["probabilities"][c] for c in CLASSES], abs=1e-6)
+
+
+def test_merged_export_scores_without_an_adapter_like_the_adapter(run, jsonl, tmp_path, capsys):
+    args = ["--input", jsonl, "--on-bad-row", "skip"]
+    assert score("--adapter", run, *args, "--output", tmp_path / "a.jsonl", capsys=capsys)[0] == 0
+    assert score("--model", run.parent / "merged", *args, "--output", tmp_path / "m.jsonl", capsys=capsys)[0] == 0
+    a, m = ([json.loads(x) for x in (tmp_path / f).read_text().splitlines()] for f in ("a.jsonl", "m.jsonl"))
+    assert [r["label"] for r in a] == [r["label"] for r in m]
+    for x, y in zip(a, m):
+        assert x["probabilities"] == pytest.approx(y["probabilities"], abs=1e-5)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--input", "{jsonl}"], "--input needs --output (a .jsonl or .csv file)"),
+    (["--input", "{jsonl}", "--output", "p.txt"], "--output p.txt: expected a .csv or .jsonl file"),
+    (["--input", "rows.tsv", "--output", "p.csv"], "--input rows.tsv: file not found"),
+    (["--input", "{jsonl}", "--output", "p.csv", "some text"], "give texts or --input, not both"),
+    (["--output", "p.csv", "some text"], "--output goes with --input"),
+])
+def test_bad_flags_are_one_line(run, jsonl, capsys, argv, message):
+    code, err = score("--adapter", run, *[a.format(jsonl=jsonl) for a in argv], capsys=capsys)
+    assert code == 2 and err == f"error: {message}\n"
+
+
+def test_model_alone_must_be_a_merged_export(run, capsys):
+    code, err = score("--model", run, "some text", capsys=capsys)
+    assert code == 2 and err == f"error: {run} is not a merged model directory (config.json and model.safetensors)\n"
+    code, err = score("some text", capsys=capsys)
+    assert code == 2 and "pass --adapter DIR (a trained adapter or run), or --model DIR" in err
+
+
+def test_csv_without_text_column_and_no_rows_left(run, tmp_path, capsys):
+    bad = write(tmp_path / "bad.csv", "id,body\n1,hello\n")
+    code, err = score("--adapter", run, "--input", bad, "--output", tmp_path / "p.csv", capsys=capsys)
+    assert code == 2 and err == (f"error: {bad}: the header needs a 'text' column (or rows of AG News' class,title,"
+                                 "description), has ['id', 'body']\n")
+    empty = write(tmp_path / "empty.jsonl", '{"text": ""}\n')
+    code, err = score("--adapter", run, "--input", empty, "--output", tmp_path / "p.csv", "--on-bad-row", "skip",
+                      capsys=capsys)
+    assert code == 2 and err.splitlines()[-1] == f"error: {empty} has no rows to score (1 skipped)"
+
+
+def test_ag_news_layout_is_scored_by_line(run, tmp_path, capsys):
+    rows = write(tmp_path / "test.csv", f'"3","market shares","{TEXTS[2]}"\n"2","goal"\n"1","war","border"\n')
+    out = tmp_path / "p.jsonl"
+    code, err = score("--adapter", run, "--input", rows, "--output", out, "--on-bad-row", "skip", capsys=capsys)
+    assert code == 0 and f"skipped {rows} line 2: expected 3 fields (class,title,description), got 2" in err
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    want = expected_rows(run, [f"market shares {TEXTS[2]}", "war border"], capsys)
+    assert [r["line"] for r in got] == [1, 3] and [r["label"] for r in got] == [w["label"] for w in want]

@@ -1,0 +1,222 @@
+"""Tokenize once (cached on disk and memory-mapped), then cut into dynamically padded batches: one planner
+for training (EpochBatches: length-grouped, shuffled, a window at a time) and one for evaluation
+(eval_windows: sorted by length, a window at a time), so no planner holds more than a window of row indices.
+Both read a batch source, token rows (Encoded) or frozen-prefix rows (train.model.prefix.PrefixCache) alike:
+`len(source)`, `source.offsets_range(start, stop)` and `source.batch(rows)`."""
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .cache import CacheReader, cache_file, cache_key, open_cached, token_chunks
+from .cache import build as build_cache
+from ..cli import UserError
+from ..distributed import Dist, barrier, broadcast_object_from_main
+from .sources import Rows
+
+
+@dataclass
+class Encoded:
+    """Token ids of a split, flat: row i is ids[offsets[i]:offsets[i + 1]]. From the cache, all three
+    are views of one read-only memory mapping, and `reader` reads rows by pread, which collate,
+    EpochBatches and eval_windows use so that a process holds only the bytes of its batches."""
+    ids: torch.Tensor  # (total_tokens,) int32
+    offsets: torch.Tensor  # (n + 1,) int64
+    labels: torch.Tensor  # (n,) int64
+    pad_id: int = 0  # the tokenizer's padding id, which batch() pads with
+    reader: CacheReader | None = field(default=None, repr=False, compare=False)  # set when from the cache
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(n,) int64, computed afresh from every offset: per-batch code should not call it."""
+        out = self.offsets[1:] - self.offsets[:-1]
+        self.release()
+        return out
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def release(self) -> None:
+        """Unmap the pages of the cache this process has read through the tensors; they stay in the
+        page cache, shared, and a later read maps them again. Without it, reading all offsets (for
+        lengths, say) would leave the whole offsets array resident in every process."""
+        if self.reader is not None and hasattr(mmap, "MADV_DONTNEED"):
+            self.reader.mapping.madvise(mmap.MADV_DONTNEED)  # safe: the mapping is only ever read
+
+    def offsets_range(self, start: int, stop: int) -> torch.Tensor:
+        """offsets[start:stop], read without mapping the file."""
+        return self.reader.offsets(start, stop) if self.reader is not None else self.offsets[start:stop]
+
+    def batch(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        """Rows as a padded batch: input_ids, attention_mask (b, longest row) and labels (b,)."""
+        return collate(self, rows, self.pad_id)
+
+
+def encode(rows: Iterable[tuple[str, int]], tokenizer, max_length: int, cache_dir: str | os.PathLike | None,
+           d: Dist = Dist()) -> Encoded:
+    """Tokenize a split (a Split, a Rows stream, or any re-iterable of (text, label)), truncated and
+    unpadded, a chunk of rows at a time.
+
+    Without cache_dir the result is built in memory. With it, this machine's local rank 0 finds the
+    entry or builds it while every other rank waits at a barrier; all then take rank 0's key and
+    memory-map the entry, so no rank's memory grows with the corpus and non-zero local ranks never
+    read it. Under torchrun pass the run's Dist: every rank must call this, in the same order."""
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    pad_id = 0 if pad_id is None else pad_id
+    if not cache_dir:
+        return _in_memory(rows, tokenizer, max_length, pad_id)
+    key = None
+    if d.local_rank == 0:
+        key = cache_key(rows, tokenizer, max_length)
+        path = cache_file(cache_dir, key)
+        if open_cached(path) is None:  # missing, torn or of an older format
+            build_cache(path, token_chunks(rows, tokenizer, max_length))
+    barrier(d)  # every machine's local rank 0 has its entry
+    main_key = broadcast_object_from_main(key, d)
+    if key is not None and key != main_key:
+        raise UserError(f"rank {d.rank} sees other data or another tokenizer than rank 0; every machine needs "
+                        "the same files")
+    opened = open_cached(cache_file(cache_dir, main_key))
+    if opened is None:
+        raise UserError(f"rank {d.rank}: the token cache {cache_file(cache_dir, main_key)} is missing or torn "
+                        "on this machine; is --cache-dir the same path on every machine?")
+    return _checked(Encoded(**opened[0], pad_id=pad_id, reader=opened[1]), rows)
+
+
+def _in_memory(rows: Iterable[tuple[str, int]], tokenizer, max_length: int, pad_id: int) -> Encoded:
+    parts = list(token_chunks(rows, tokenizer, max_length))
+    ids, lengths, labels = (torch.from_numpy(np.concatenate([np.zeros(0, dtype), *(p[i] for p in parts)]))
+                            for i, dtype in enumerate((np.int32, np.int64, np.int64)))
+    offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(lengths, 0)
+    return _checked(Encoded(ids, offsets, labels, pad_id), rows)
+
+
+def _checked(data: Encoded, rows) -> Encoded:
+    if len(data) == 0 and isinstance(rows, Rows):  # a file or dataset with no rows is a mistake
+        raise UserError(f"{rows.name} has no rows")
+    return data
+
+
+def _seed(*parts: int) -> int:
+    """A generator seed from integers, the same in every process (unlike hash())."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+class EpochBatches:
+    """One epoch's length-grouped batches, made a window at a time so that at most `buffer_rows` row
+    indices are held at once, whatever the corpus size.
+
+    Consecutive rows form blocks of batch_size × mega, and the block order is shuffled. Each window
+    of blocks (buffer_rows // block of them) is shuffled row by row, sorted by length inside each run
+    of batch_size × mega rows, cut into batches, and those batches are shuffled within the window.
+    A corpus of at most buffer_rows rows is one window: a full shuffle. Window w
+    draws from its own generator seeded by (seed, epoch, w), so batch k is reached without making the
+    batches before it, and the order is a pure function of (lengths, batch_size, seed, epoch, mega,
+    buffer_rows): a resumed run and every rank compute the very same batches. At most one batch,
+    the one holding the corpus's last rows, is short."""
+
+    def __init__(self, data, batch_size: int, seed: int, epoch: int, mega: int = 50, buffer_rows: int = 1 << 17):
+        """data: a batch source (Encoded, read by pread when it comes from the cache, or a PrefixCache), or
+        offsets (n + 1,)."""
+        self.data = _source(data)
+        self.batch_size, self.seed, self.epoch = batch_size, seed, epoch
+        self.n, self.block = len(self.data), batch_size * mega
+        blocks = -(-self.n // self.block)
+        order = torch.randperm(blocks, generator=torch.Generator().manual_seed(_seed(seed, epoch)))
+        self.windows = order.split(max(1, buffer_rows // self.block))
+        sizes = torch.full((blocks,), self.block)
+        if blocks:
+            sizes[-1] = self.n - self.block * (blocks - 1)  # only the last block may be short
+        self.counts = [-(-int(sizes[w].sum()) // batch_size) for w in self.windows]
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start: int) -> Iterator[list[int]]:
+        """Batches start, start + 1, ... of the epoch; only the window holding `start` is made early."""
+        if not 0 <= start <= len(self):
+            raise ValueError(f"start {start} is outside 0..{len(self)}")
+        for w, count in enumerate(self.counts):
+            if start >= count:
+                start -= count
+                continue
+            yield from self._window(w)[start:]
+            start = 0
+
+    def _window(self, w: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(_seed(self.seed, self.epoch, w + 1))
+        spans = [(b * self.block, min((b + 1) * self.block, self.n)) for b in self.windows[w].tolist()]
+        rows = torch.cat([torch.arange(a, b) for a, b in spans])
+        lengths = torch.cat([_lengths(self.data, a, b) for a, b in spans])  # read a block at a time
+        perm = torch.randperm(len(rows), generator=g)
+        rows, lengths = rows[perm], lengths[perm]
+        batches = []
+        for chunk, size in zip(rows.split(self.block), lengths.split(self.block)):
+            order = chunk[torch.argsort(size, descending=True, stable=True)]
+            batches += [b.tolist() for b in order.split(self.batch_size)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+
+class _Offsets:
+    """Bare offsets (n + 1,) as a batch source the planners can read (tests, benchmarks/work.py)."""
+
+    def __init__(self, offsets: torch.Tensor) -> None:
+        self.offsets = offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def offsets_range(self, start: int, stop: int) -> torch.Tensor:
+        return self.offsets[start:stop]
+
+
+def _source(data):
+    return _Offsets(data) if isinstance(data, torch.Tensor) else data
+
+
+def _lengths(data, start: int, stop: int) -> torch.Tensor:
+    """Lengths of rows start..stop-1 of a batch source."""
+    offsets = data.offsets_range(start, stop + 1)
+    return offsets[1:] - offsets[:-1]
+
+
+def eval_windows(data, batch_size: int, buffer_rows: int = 1 << 17) -> Iterator[list[int]]:
+    """Evaluation batches for corpora of any size: rows sorted by length (longest first) within each run of
+    buffer_rows consecutive rows, so padding stays small while only buffer_rows indices are held. data: a
+    batch source or its offsets. Deterministic; shard it with itertools.islice(..., rank, None, world)."""
+    data = _source(data)
+    n = len(data)
+    for start in range(0, n, buffer_rows):
+        stop = min(start + buffer_rows, n)
+        order = torch.argsort(_lengths(data, start, stop), descending=True, stable=True) + start
+        yield from (b.tolist() for b in order.split(batch_size))
+
+
+def collate(data: Encoded, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask (b, longest row in the batch), labels (b,). Reads only the
+    batch's own offsets, tokens and labels, so its cost does not grow with the corpus."""
+    index = torch.as_tensor(indices, dtype=torch.int64)
+    if data.reader is not None:
+        starts, lengths = data.reader.spans(indices)
+    else:
+        starts = data.offsets[index]
+        lengths = data.offsets[index + 1] - starts
+    width = int(lengths.max()) if len(indices) else 1
+    mask = torch.arange(width) < lengths[:, None]  # (b, width)
+    if data.reader is not None:
+        ids, labels = data.reader.tokens(starts, lengths, width), data.reader.labels(indices)
+    else:
+        positions = torch.where(mask, starts[:, None] + torch.arange(width), 0)
+        ids = data.ids[positions].to(torch.int64) if len(data.ids) else torch.zeros(mask.shape, dtype=torch.int64)
+        labels = data.labels[index]
+    return {"input_ids": ids.masked_fill_(~mask, pad_id), "attention_mask": mask.to(torch.int64), "labels": labels}

@@ -1,0 +1,263 @@
+"""A run's labelled data: where it is (files, globs, a directory, a hub dataset), its class names, its
+splits as row streams (sources.Rows, never held whole) or in memory, stratified subsets, a held-out
+evaluation set carved from the training rows (--holdout), and the checks made before training."""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..cli import UserError
+from ..config import TrainConfig
+from .hub import hub_corpus
+from .sources import EXTENSIONS, Rows, expand, file_kind, file_rows, raw_labels, raw_rows
+
+EVAL_NAMES = ("test", "dev", "validation")
+
+
+@dataclass
+class Split:
+    texts: list[str]
+    labels: list[int]  # 0..K-1
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        """(text, label) per row: a Split is a row source like Rows."""
+        return zip(self.texts, self.labels)
+
+
+@dataclass
+class Corpus:
+    train: Split
+    eval: Split
+    label_names: list[str]
+
+
+@dataclass
+class RowCorpus:
+    """Like Corpus, but each split is read from its source whenever it is iterated."""
+    train: Rows
+    eval: Rows
+    label_names: list[str]
+
+
+def open_corpus(data: str, train_file: str | None = None, eval_file: str | None = None,
+                streaming: bool = False) -> RowCorpus:
+    """Explicit files (or globs) win; else `data` is a local directory or a hub dataset name.
+    Reads no more than the first record of each file, plus the training labels when no
+    classes.txt names them. `streaming` applies to hub datasets: rows arrive as they download."""
+    if train_file or eval_file:
+        if not (train_file and eval_file):
+            raise UserError("--train-file and --eval-file go together")
+        return _file_corpus(expand(train_file), expand(eval_file), train_file, eval_file)
+    path = Path(data)
+    if path.is_dir():
+        train = _find(path, ("train",))
+        if train is None:
+            raise UserError(f"{path} has no train.csv, train.jsonl or train.parquet")
+        evalf = _find(path, EVAL_NAMES)
+        if evalf is None:
+            raise UserError(f"{path} has none of test/dev/validation .csv, .jsonl or .parquet")
+        return _file_corpus(train[0], evalf[0], train[1], evalf[1])
+    # A hub id is NAME or ORG/NAME; anything else that is not a directory was meant as a local path.
+    if (path.suffix in EXTENSIONS or glob.has_magic(data) or path.is_absolute() or data.count("/") > 1
+            or data.startswith((".", "~")) or (os.sep != "/" and os.sep in data)):
+        raise UserError(f"data not found: {data}")
+    return RowCorpus(*hub_corpus(data, streaming, EVAL_NAMES))
+
+
+def load_corpus(data: str, train_file: str | None = None, eval_file: str | None = None) -> Corpus:
+    """open_corpus, read into memory: for corpora that fit."""
+    c = open_corpus(data, train_file, eval_file)
+    return Corpus(to_split(c.train), to_split(c.eval), c.label_names)
+
+
+def to_split(rows: Rows) -> Split:
+    texts, labels = [], []
+    for text, label in rows:
+        texts.append(text)
+        labels.append(label)
+    if not texts:
+        raise UserError(f"{rows.name} has no rows")
+    return Split(texts, labels)
+
+
+def _find(directory: Path, stems: tuple[str, ...]) -> tuple[list[Path], str] | None:
+    """STEM.EXT, else shards STEM-*.EXT (the hub's train-00000-of-00004.parquet layout), and their name."""
+    for stem in stems:
+        for ext in EXTENSIONS:
+            if (directory / f"{stem}{ext}").is_file():
+                return [directory / f"{stem}{ext}"], str(directory / f"{stem}{ext}")
+            shards = sorted(p for p in directory.glob(f"{stem}-*{ext}") if p.is_file())
+            if shards:
+                return shards, str(directory / f"{stem}-*{ext}")
+    return None
+
+
+def _file_corpus(train: list[Path], evalf: list[Path], train_name: str, eval_name: str) -> RowCorpus:
+    names = class_names(train[0])
+    kind, eval_kind = file_kind(train), file_kind(evalf)
+    if kind != eval_kind:
+        raise UserError(f"{train[0]} and {evalf[0]} are in different formats ({kind} vs {eval_kind})")
+    by_name = False
+    if names is None:
+        names, by_name = _infer_names(train, kind, train_name)
+    return RowCorpus(file_rows(train, names, kind, train_name, by_name),
+                     file_rows(evalf, names, kind, eval_name, by_name), names)
+
+
+def _infer_names(paths: list[Path], kind: str, name: str) -> tuple[list[str], bool]:
+    """Class names from the training labels (one pass, holding only the distinct labels), and
+    whether labels are looked up by name. AG News classes are 1..K; text/label files use 0..K-1."""
+    top, numeric, seen = None, True, set()
+    for label in raw_labels(paths):
+        seen.add(str(label))
+        if numeric and isinstance(label, int) and not isinstance(label, bool):
+            top = label if top is None else max(top, label)
+        else:
+            numeric = False  # names; numbers mixed in among them are names too
+    if not seen:
+        raise UserError(f"{name} has no rows")
+    if numeric:
+        base = 1 if kind == "agnews" else 0
+        return [str(i) for i in range(base, max(top, base) + 1)], False
+    return sorted(seen), True
+
+
+def class_names(train_path: Path) -> list[str] | None:
+    classes = train_path.parent / "classes.txt"
+    if not classes.is_file():
+        return None
+    try:
+        names = [line.strip() for line in classes.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise UserError(f"{classes} is not UTF-8 text") from None
+    if not names:
+        raise UserError(f"{classes} lists no class names (one per line)")
+    if len(set(names)) != len(names):
+        raise UserError(f"{classes} lists a class name twice")
+    return names
+
+
+def read_split(path: Path, names: list[str]) -> Split:
+    """One file, with labels mapped onto known class names (1..K for AG News, 0..K-1 or names otherwise)."""
+    if not path.is_file():
+        raise UserError(f"file not found: {path}")
+    return to_split(file_rows([path], names, raw_rows(path)[1], str(path)))
+
+
+def stratified_subset(split: Split, n: int | None, seed: int) -> Split:
+    """Exactly n rows (all of them if n is None or larger) with the class mix of `split`: each class
+    gets its share rounded by largest remainder, and at least one row while n allows. Rows keep
+    their order; which rows is a pure function of (split, n, seed)."""
+    if n is None or n >= len(split.labels):
+        return split
+    keep = _stratified_keep(np.asarray(split.labels), n, seed).tolist()
+    return Split([split.texts[i] for i in keep], [split.labels[i] for i in keep])
+
+
+def subset_rows(rows: Rows, n: int | None, seed: int) -> Rows:
+    """The rows stratified_subset would keep, as a stream. The pick is made on first use (one pass
+    that holds the labels, 8 bytes a row), so a process that only opens a cache built elsewhere
+    never reads the corpus."""
+    if n is None:
+        return rows
+    if n < 1:
+        raise UserError(f"a subset needs at least 1 row, got {n}")
+    picked: list[np.ndarray] = []
+
+    def mask() -> np.ndarray:
+        if not picked:
+            labels = np.fromiter((y for _, y in rows), dtype=np.int64)
+            keep = np.ones(len(labels), bool)
+            if n < len(labels):
+                keep[:] = False
+                keep[_stratified_keep(labels, n, seed)] = True
+            picked.append(keep)
+        return picked[0]
+
+    def read() -> Iterator[tuple[str, int]]:
+        keep = mask()
+        return (row for i, row in enumerate(rows) if keep[i])
+
+    def key() -> str:
+        return f"{rows.key()}:subset:{hashlib.sha256(np.packbits(mask()).tobytes()).hexdigest()}"
+    return Rows(read, rows.name, key if rows.key else None)
+
+
+def _stratified_keep(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted row indices of the stratified subset; labels: (rows,) ints."""
+    if n < 1:
+        raise UserError(f"a subset needs at least 1 row, got {n}")
+    by_class = {int(y): np.flatnonzero(labels == y) for y in np.unique(labels)}
+    total = len(labels)
+    quota = {y: n * len(idx) // total for y, idx in by_class.items()}
+    by_remainder = sorted(by_class, key=lambda y: (-(n * len(by_class[y]) % total), y))
+    for y in by_remainder[: n - sum(quota.values())]:
+        quota[y] += 1
+    if n >= len(by_class):  # no class present in the data vanishes from the subset
+        for y in sorted(by_class):
+            if quota[y] == 0:
+                quota[max(quota, key=lambda c: (quota[c], -c))] -= 1
+                quota[y] = 1
+    rng = random.Random(seed)
+    # Sampling positions in range(len(idx)) draws exactly what sampling the list idx itself would.
+    keep = [idx[rng.sample(range(len(idx)), quota[y])] for y, idx in sorted(by_class.items())]
+    return np.sort(np.concatenate(keep))
+
+
+def check_classes(labels: torch.Tensor, names: list[str], cfg: TrainConfig) -> None:
+    """Every class must have training rows (labels: the training labels, (n,)), and the evaluation file
+    must name the same classes."""
+    counts = torch.bincount(labels.long(), minlength=len(names))
+    empty = [n for n, c in zip(names, counts.tolist()) if c == 0]
+    if empty and not cfg.allow_empty_classes:
+        raise UserError(f"{len(empty)} of {len(names)} classes have no training row "
+                        f"({', '.join(empty[:5])}{', …' if len(empty) > 5 else ''}): they can never be learned; "
+                        "give the class names in a classes.txt beside the training file, fix the labels, "
+                        "or pass --allow-empty-classes")
+    if cfg.eval_file and not cfg.holdout:
+        theirs = class_names(Path(cfg.eval_file))
+        if theirs is not None and theirs != names:
+            raise UserError(f"the evaluation file's classes.txt lists {theirs}, but training has "
+                            f"{names}; both files must use the same classes")
+
+
+HOLDOUT_SEED = 0  # not the run's seed: every run of a sweep must be scored on the same held-out rows
+
+
+def carve_holdout(split: Split, n: int) -> tuple[Split, Split]:
+    """(the rest, n held-out rows): stratified by class, the same rows whatever the run's seed."""
+    if n >= len(split.labels):
+        raise UserError(f"--holdout {n} leaves no training rows (the training data has {len(split.labels)})")
+    tagged = Split([str(i) for i in range(len(split.labels))], split.labels)
+    held = {int(t) for t in stratified_subset(tagged, n, HOLDOUT_SEED).texts}
+    pick = lambda keep: Split([t for i, t in enumerate(split.texts) if (i in held) == keep],  # noqa: E731
+                              [y for i, y in enumerate(split.labels) if (i in held) == keep])
+    return pick(False), pick(True)
+
+
+def load_data(cfg: TrainConfig) -> RowCorpus:
+    """The splits as row streams (read again whenever iterated, never all held), subsets applied.
+    --holdout reads the training data into memory to carve its evaluation rows out of it."""
+    if cfg.holdout:  # in memory: carved first, then subsets of the rest and of the held-out rows
+        corpus = load_corpus(cfg.data, cfg.train_file, cfg.train_file)
+        train, held = carve_holdout(corpus.train, cfg.holdout)
+        return RowCorpus(stratified_subset(train, cfg.max_train_samples, cfg.seed),
+                         stratified_subset(held, cfg.max_eval_samples, cfg.seed), corpus.label_names)
+    else:
+        corpus = open_corpus(cfg.data, cfg.train_file, cfg.eval_file, streaming=cfg.streaming)
+    return RowCorpus(subset_rows(corpus.train, cfg.max_train_samples, cfg.seed),
+                     subset_rows(corpus.eval, cfg.max_eval_samples, cfg.seed), corpus.label_names)
+
+
+def check_rows(corpus: RowCorpus) -> tuple[int, int]:
+    """Read every row once (a streaming pass, nothing held) so that a malformed row is reported before
+    the slow model loading, not after it. Returns the numbers of training and evaluation rows."""
+    return sum(1 for _ in corpus.train), sum(1 for _ in corpus.eval)

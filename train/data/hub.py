@@ -1,0 +1,82 @@
+"""The Hugging Face hub: whether it answers (fail fast, instead of a minute of retries), and a hub dataset's
+splits as row streams."""
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+from ..cli import UserError
+from .sources import Rows
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True if the hub endpoint accepts a TCP connection within `timeout` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    if not url.hostname:
+        return False
+    try:
+        port = url.port or (80 if url.scheme == "http" else 443)
+    except ValueError:  # a port that is not a number
+        return False
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def unreachable(what: str, name: str, local_flag: str) -> UserError:
+    return UserError(
+        f"cannot fetch {what} '{name}': the Hugging Face hub is unreachable and it is not in the local cache; "
+        f"pass a local directory instead with {local_flag}"
+    )
+
+
+def hub_corpus(name: str, streaming: bool, eval_names: tuple[str, ...]) -> tuple[Rows, Rows, list[str]]:
+    """(train rows, evaluation rows, class names) of hub dataset `name`: its train split and the first of
+    `eval_names` it has."""
+    import datasets
+
+    if not hub_reachable():
+        datasets.config.HF_HUB_OFFLINE = True  # the cache may still have it
+    try:
+        ds = datasets.load_dataset(name, streaming=streaming)
+    except Exception as e:  # datasets raises many types; all mean "cannot get it"
+        if datasets.config.HF_HUB_OFFLINE:
+            raise unreachable("dataset", name,
+                              "--data DIR (train.csv + test.csv) or --train-file/--eval-file") from None
+        raise UserError(f"cannot load dataset '{name}': {str(e).splitlines()[0]}") from None
+    evalname = next((s for s in eval_names if s in ds), None)
+    features = ds["train"].features if "train" in ds else None  # a streaming dataset may not know them
+    if "train" not in ds or evalname is None or (features is not None and not {"text", "label"} <= set(features)):
+        raise UserError(f"dataset '{name}' needs a train split, a test/validation split and text/label columns")
+    names = getattr(features.get("label") if features else None, "names", None)
+    index = None
+    if not names:  # no ClassLabel: the distinct labels, sorted, from one pass over the training split
+        values = sorted({y for _, y in _hub_read(ds["train"], f"{name}[train]")})
+        names, index = [str(v) for v in values], {v: i for i, v in enumerate(values)}
+    train, evaluation = (_hub_rows(ds[s], f"{name}[{s}]", names, index) for s in ("train", evalname))
+    return train, evaluation, [str(n) for n in names]
+
+
+def _hub_read(split, name: str) -> Iterator[tuple[str, object]]:
+    for batch in split.iter(batch_size=1000):
+        if "text" not in batch or "label" not in batch:
+            raise UserError(f"{name} needs text and label columns, has {sorted(batch)}")
+        yield from zip(batch["text"], batch["label"])
+
+
+def _hub_rows(split, name: str, names: list[str], index: dict | None) -> Rows:
+    def read() -> Iterator[tuple[str, int]]:
+        for row, (text, label) in enumerate(_hub_read(split, name), start=1):
+            y = index.get(label, -1) if index is not None else int(label)
+            if not isinstance(text, str) or not 0 <= y < len(names):
+                raise UserError(f"{name} row {row}: needs a string text and a label in {', '.join(names)}, "
+                                f"got {type(text).__name__} and {label!r}")
+            yield text, y
+    fingerprint = getattr(split, "_fingerprint", None)  # a downloaded dataset's content id; not when streaming
+    return Rows(read, name, (lambda: f"hub:{name}:{fingerprint}") if fingerprint else None)

@@ -1,0 +1,180 @@
+"""What trains: the head for --head, the LoRA targets in this family's names, the rank under the budget, the
+count per module group (printed as the plan), the optimizer's parameter groups, and the EMA of the weights."""
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from lora import LoRAConfig, inject_lora, lora_layers, lora_targets
+from lora.fused import fuse
+
+from ..cli import UserError
+from ..config import TrainConfig
+from .families import family_of, matches, resolve_targets
+
+
+def head_modules(model: nn.Module) -> tuple[str, str | None, tuple[str, ...], tuple[str, ...]]:
+    """(output layer, hidden dense layer or None, what `--head full` trains, what is stored though frozen) of
+    the classification head: from the family table, else guessed from RoBERTa's and BERT's layouts."""
+    family = family_of(model)
+    names = dict(model.named_modules())
+    if family is not None:  # the dense layer by its full name (BERT's is bert.pooler.dense)
+        dense = next((n for n in names if family.head_dense and matches(n, family.head_dense)), None)
+        return family.head_out, dense, family.head_full, family.head_saved
+    if "classifier.out_proj" in names:  # RoBERTa-like: classifier = dense -> tanh -> out_proj
+        dense = "classifier.dense" if "classifier.dense" in names else None
+        return "classifier.out_proj", dense, ("classifier",), ("classifier",) if dense else ()
+    dense = next((n for n in names if n.endswith("pooler.dense")), None)  # BERT-like: pooler -> classifier
+    return "classifier", dense, ("classifier",), ()
+
+
+def lora_config(cfg: TrainConfig, model: nn.Module, rank: int) -> LoRAConfig:
+    """The LoRAConfig that `cfg` implies for this model: its targets resolved to this family's module names
+    (train.families), and what trains and is stored for `cfg.head`; every head is the model's stock one.
+
+    full: the whole head trains. linear: only the output layer trains. lora: the output layer trains and the
+    hidden dense layer gets LoRA. A head layer that a pretrained checkpoint lacks (RoBERTa's classifier.dense)
+    stays frozen at its init under linear and lora, so it is stored in the adapter (saved_modules). BERT's
+    dense layer is the pretrained pooler: nothing extra is stored, and linear equals full."""
+    out, dense, full, saved = head_modules(model)
+    try:
+        targets = resolve_targets(model, cfg.lora.targets, cfg.lora.layers)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    trainable, stored = full, ()
+    if cfg.head in ("linear", "lora"):
+        trainable, stored = (out,), saved
+    if cfg.head == "lora":
+        if dense is None:
+            raise UserError("--head lora needs a head with a hidden dense layer; this model has none")
+        targets = (*targets, dense)
+    return replace(cfg.lora, rank=rank, targets=targets, trainable_modules=trainable, saved_modules=stored)
+
+
+def apply_head(cfg: TrainConfig, model: nn.Module) -> None:
+    """Initialise the stock head for `cfg.head` (lora_config says what trains). With head='linear', a hidden
+    dense layer that the checkpoint lacks (RoBERTa's) starts as the identity, so out_proj sees tanh(features) at
+    their own scale: at its random init (std 0.02) the dense layer shrinks them (6x at hidden 64, 2x on
+    roberta-base) and the same recipe learns slower. The identity is stored in the adapter like any other head
+    weight."""
+    _, dense, _, saved = head_modules(model)
+    if cfg.head == "linear" and dense is not None and saved:
+        layer = model.get_submodule(dense)
+        with torch.no_grad():
+            nn.init.eye_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+
+def resolve_top_layers(cfg: TrainConfig, model: nn.Module) -> TrainConfig:
+    """top_layers=K becomes lora.layers = the last K encoder layers of this model."""
+    if cfg.top_layers is None:
+        return cfg
+    total = model.config.num_hidden_layers
+    if cfg.top_layers > total:
+        raise UserError(f"--top-layers {cfg.top_layers}: {cfg.model} has only {total} encoder layers")
+    return replace(cfg, top_layers=None, lora=replace(cfg.lora, layers=tuple(range(total - cfg.top_layers, total))))
+
+
+def plan(cfg: TrainConfig, model: nn.Module) -> tuple[int, LoRAConfig, list[tuple[str, int]]]:
+    """Choose the rank (largest under the budget for 'auto') and count what will train, per module group.
+    Counts come from the model as loaded, before injection, so nothing is modified."""
+    cfg = resolve_top_layers(cfg, model)
+    probe = lora_config(cfg, model, 1)
+    try:
+        names = lora_targets(model, probe)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    modules = dict(model.named_modules())
+    per_rank = sum(modules[n].in_features + modules[n].out_features for n in names)
+    head = sum(p.numel() for n, p in model.named_parameters()
+               if any(n.startswith(t + ".") or f".{t}." in f".{n}" for t in probe.trainable_modules))
+    rank = cfg.lora.rank
+    if cfg.auto_rank:
+        rank = (cfg.max_trainable_params - 1 - head) // per_rank
+        if rank < 1:
+            raise UserError(f"no rank fits under {cfg.max_trainable_params:,} trainable parameters: the head alone "
+                            f"has {head:,}; use --head linear or fewer targets")
+    groups: dict[str, int] = {}
+    for n in names:
+        key = re.sub(r"\.\d+\.", ".*.", n)
+        groups[key] = groups.get(key, 0) + rank * (modules[n].in_features + modules[n].out_features)
+    rows = [(f"LoRA {k}", v) for k, v in groups.items()] + [(f"trained {', '.join(probe.trainable_modules)}", head)]
+    return rank, lora_config(cfg, model, rank), rows
+
+
+def prepare(cfg: TrainConfig, model: nn.Module) -> tuple[LoRAConfig, list[tuple[str, int]], int]:
+    """Apply the head choice, plan, enforce the budget and inject LoRA. Returns (config, plan rows, total)."""
+    apply_head(cfg, model)
+    _, config, rows = plan(cfg, model)
+    total = sum(v for _, v in rows)
+    if total >= cfg.max_trainable_params:
+        raise UserError(f"{total:,} trainable parameters reach the budget of {cfg.max_trainable_params:,}; "
+                        f"fit it with a lower --rank (or --rank auto), fewer --targets or --layers, or --head linear")
+    inject_lora(model, config)
+    fuse(model)  # lora.fused: the same formula, one autograd function per layer group, ~10% off a step
+    return config, rows, total
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: LoRA B gets lr × lora_plus_ratio (LoRA+); biases and norms get no weight decay."""
+    b_ids = {id(layer.lora_B.weight) for _, layer in lora_layers(model)}
+    groups: dict[tuple[bool, bool], list] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups.setdefault((id(p) in b_ids, p.ndim >= 2), []).append(p)
+    return [{"params": ps, "lr": cfg.lr * (cfg.lora_plus_ratio if is_b else 1.0),
+             "weight_decay": cfg.weight_decay if decays else 0.0}
+            for (is_b, decays), ps in sorted(groups.items())]
+
+
+def describe_plan(say, cfg: TrainConfig, model: nn.Module, labels: list[str], rows: list[tuple[str, int]],
+                  trainable: int, counts: tuple[int, int], amp, device, d, total_steps: int, warmup: int) -> None:
+    """Print what will run, before the slow parts (tokenizing, the frozen prefix, training)."""
+    layers = model.config.num_hidden_layers
+    adapted = ("all" if cfg.lora.layers is None
+               else f"{min(cfg.lora.layers)}–{max(cfg.lora.layers)}" if len(cfg.lora.layers) > 1
+               and list(cfg.lora.layers) == list(range(min(cfg.lora.layers), max(cfg.lora.layers) + 1))
+               else ", ".join(map(str, cfg.lora.layers)))
+    say(f"model      {cfg.model}  ({type(model).__name__}, {layers} layers, precision {amp or torch.float32}, "
+        f"attention {model.config._attn_implementation}, device {device}"
+        + (f", {d.world} processes" if d.world > 1 else "") + ")")
+    say(f"data       {counts[0]:,} train / {counts[1]:,} eval examples, {len(labels)} classes: {', '.join(labels)}")
+    say(f"LoRA       rank {cfg.lora.rank}, alpha {cfg.lora.alpha:g}, targets {', '.join(cfg.lora.targets)}, "
+        f"layers {adapted} of {layers}, head {cfg.head}")
+    for name, count in rows:
+        say(f"  {count:>10,}  {name}")
+    say(f"trainable  {trainable:,} parameters (budget {cfg.max_trainable_params:,})")
+    say(f"schedule   {cfg.epochs} epochs × {total_steps // cfg.epochs} steps of {cfg.batch_size}, lr {cfg.lr:g}, "
+        f"warmup {warmup} steps")
+
+
+class EMA:
+    """An exponential moving average of the trainable weights (--ema-decay), swapped in for evaluation."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.shadow = {n: p.detach().clone().float() for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for n, p in self.params.items():
+            self.shadow[n].lerp_(p.detach().float(), 1 - self.decay)
+
+    @contextmanager
+    def applied(self):
+        """Inside the block the model holds the averaged weights; the trained ones come back after."""
+        saved = {n: p.detach().clone() for n, p in self.params.items()}
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(self.shadow[n])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    p.copy_(saved[n])

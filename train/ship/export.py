@@ -1,0 +1,170 @@
+"""python -m train.export RUN_DIR_OR_ADAPTER --out DIR --format hf|peft|onnx: a trained run as a model
+anyone can load, with a README.md model card.
+
+hf: LoRA merged into the base weights, saved as a stock *ForSequenceClassification directory (config with
+id2label/label2id, safetensors, tokenizer). peft: the adapter for PeftModel.from_pretrained. onnx: the
+merged model with dynamic batch and sequence axes, checked against PyTorch in ONNX Runtime when it is installed.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lora import merge_and_unload
+from lora.adapter import CONFIG_NAME as ADAPTER_CONFIG
+
+from ..cli import Parser, UserError, run_main
+from ..model.load import load_for_inference
+from ..model.prefix import Logits
+from ..rundir import EVAL, RUN_INFO, Run, find_run
+from .modelcard import write_model_card
+
+FORMATS = ("hf", "peft", "onnx")
+ONNX_FILE = "model.onnx"
+ONNX_TOLERANCE = 1e-4  # max |Δlogit| between ONNX Runtime and PyTorch that the export accepts
+# What an export writes: --overwrite replaces only a directory that holds one of these (never other data).
+MARKERS = ("config.json", ADAPTER_CONFIG, ONNX_FILE)
+
+
+def export(source: str, out: str, fmt: str, model_name: str | None = None, overwrite: bool = False) -> dict:
+    """Write `source` (run or adapter directory) to `out` in format `fmt`; the directory appears whole or not
+    at all. Returns what was checked, e.g. {"onnx_max_abs_diff": 3e-7}."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    run = find_run(source)
+    target = Path(out)
+    _check_target(target, run, overwrite)
+    if fmt == "onnx":
+        _need_onnx()
+    model, tokenizer, info = load_for_inference(str(run.adapter_dir), model_name, torch.device("cpu"))
+    if info["legacy"]:
+        raise UserError(f"cannot export {run.adapter_dir}: {info['legacy']}; retrain it with this version")
+    trainable = (run.report or {}).get("trainable_params") or info["trainable_params"]
+    info = {"train": info["train"].to_flat(), "labels": info["labels"]}  # the model card reads flat settings
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        checks = {}
+        if fmt == "peft":
+            _write_peft(run, staging, model_name)
+        else:
+            merge_and_unload(model)
+            model.config.problem_type = "single_label_classification"
+            # The training length, so that truncation=True (pipeline, tokenizer) cuts where predict does.
+            tokenizer.model_max_length = info["train"]["max_length"]
+            tokenizer.save_pretrained(staging)
+            if fmt == "hf":
+                model.save_pretrained(staging)
+            else:
+                model.config.save_pretrained(staging)
+                checks = _write_onnx(model, tokenizer, staging / ONNX_FILE)
+        write_model_card(staging, fmt, info, run.report, trainable, base_model=model_name, shown=out)
+        _replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return checks
+
+
+def _check_target(target: Path, run: Run, overwrite: bool) -> None:
+    if target.resolve() in (run.adapter_dir.resolve(), run.adapter_dir.parent.resolve()):
+        raise UserError(f"--out {target} would overwrite the run it exports; pick another directory")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        if not overwrite:
+            raise UserError(f"--out {target} already exists and is not empty; pick another directory or --overwrite")
+        if not target.is_dir() or not any((target / m).is_file() for m in MARKERS):
+            raise UserError(f"--out {target} is not an export (no {', '.join(MARKERS)}); --overwrite only "
+                            "replaces an export, remove it yourself if it should go")
+
+
+def _replace(staging: Path, target: Path) -> None:
+    """Put the finished export in place of `target` (empty, absent, or an export to overwrite)."""
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    # Written via mkdtemp, which makes the directory private: give it the usual permissions.
+    target.chmod(0o755)
+
+
+def _write_peft(run: Run, staging: Path, model_name: str | None) -> None:
+    """The adapter's own files: save_adapter already writes what PEFT loads (the whole head stored)."""
+    for name in ("adapter_model.safetensors", ADAPTER_CONFIG, RUN_INFO):
+        shutil.copyfile(run.adapter_dir / name, staging / name)
+    if run.report is not None:  # the scores travel with the adapter, so it can be exported again with its card
+        (staging / EVAL).write_text(json.dumps(run.report, indent=2) + "\n")
+    if model_name:  # the base it should be loaded on
+        raw = json.loads((staging / ADAPTER_CONFIG).read_text())
+        raw["base_model_name_or_path"] = model_name
+        (staging / ADAPTER_CONFIG).write_text(json.dumps(raw, indent=2) + "\n")
+
+
+def _need_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"--format onnx needs {e.name}: pip install 'roberta-lora[onnx]'") from None
+
+
+def _write_onnx(model: nn.Module, tokenizer, path: Path) -> dict:
+    """Export with torch.export (dynamic batch and sequence), then compare ONNX Runtime with PyTorch."""
+    import logging
+    import warnings
+
+    sample = tokenizer(["a short text", "a longer text, which makes the batch need padding"],
+                       padding=True, return_tensors="pt")
+    inputs = (sample["input_ids"], sample["attention_mask"])
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed", progress lines
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            Logits(model).eval(), inputs, dynamo=True, verbose=False, external_data=False,
+            input_names=["input_ids", "attention_mask"], output_names=["logits"],
+            dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}})
+    program.save(str(path))
+    try:
+        import onnxruntime
+    except ImportError:
+        return {}
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"input_ids": inputs[0].numpy(), "attention_mask": inputs[1].numpy()})[0]
+    with torch.no_grad():
+        expected = model(input_ids=inputs[0], attention_mask=inputs[1]).logits
+    diff = float((torch.from_numpy(got) - expected).abs().max())
+    if not diff <= ONNX_TOLERANCE:
+        raise RuntimeError(f"ONNX Runtime's logits differ from PyTorch's by {diff:.2g} (> {ONNX_TOLERANCE:g})")
+    return {"onnx_max_abs_diff": diff}
+
+
+def parser() -> Parser:
+    p = Parser(prog="python -m train.export", description="Export a trained run as a loadable model.")
+    p.add_argument("source", metavar="RUN_DIR_OR_ADAPTER", help="run directory (with adapter/) or adapter directory")
+    p.add_argument("--out", required=True, help="directory to write (must not exist, or be empty)")
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="hf: merged transformers model; peft: adapter for PeftModel; onnx: merged model in ONNX")
+    p.add_argument("--model", help="base model (default: the one the adapter was trained on)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier export")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return run_main(lambda: _export(args), argv)
+
+
+def _export(args) -> int:
+    checks = export(args.source, args.out, args.format, args.model, args.overwrite)
+    extra = f" (ONNX Runtime vs PyTorch: max |Δlogit| {checks['onnx_max_abs_diff']:.1e})" if checks else ""
+    print(f"wrote {args.format} export to {args.out}{extra}; its README.md says how to use it")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""python -m train.predict: classify texts with a saved adapter or a merged export.
+
+    python -m train.predict --adapter DIR "text" ...          the label and its probability per text
+    python -m train.predict --adapter DIR --input rows.csv --output preds.jsonl   a whole file
+    python -m train.predict --model MERGED_DIR ...            a `train.export --format hf` directory
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lora.adapter import CONFIG_NAME as ADAPTER_CONFIG
+
+from ..cli import Parser, UserError, positive, run_main
+from ..config import PRECISIONS
+from ..data import encode
+from ..data.corpus import Split
+from ..model.device import pick_device, pick_precision
+from ..model.inference import predict
+from ..model.load import load_for_inference
+from ..rundir import ADAPTER
+from .scoring import file_format, read_rows, write_predictions
+
+
+def load_classifier(adapter: str | None, model: str | None, device):
+    """(model, tokenizer, labels, max_length) from an adapter (on its base, or on `model`), or from a merged
+    export named by `model` alone."""
+    if adapter is None:
+        if model is None:
+            raise UserError("pass --adapter DIR (a trained adapter or run), or --model DIR (a merged export)")
+        return load_merged(model, device)
+    path = Path(adapter)
+    if not (path / ADAPTER_CONFIG).is_file() and (path / ADAPTER / ADAPTER_CONFIG).is_file():
+        path = path / ADAPTER  # a run directory: its adapter
+    net, tokenizer, info = load_for_inference(str(path), model, device)
+    if info["legacy"] and info["train"].head == "lora":
+        print(f"warning: {path}: {info['legacy']}", file=sys.stderr)
+    return net, tokenizer, info["labels"], info["train"].max_length
+
+
+def is_merged_export(path: str | Path) -> bool:
+    """A directory written by `train.export --format hf`: a transformers model, no adapter."""
+    p = Path(path)
+    return (p / "config.json").is_file() and not (p / ADAPTER_CONFIG).is_file() and any(
+        (p / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json"))
+
+
+def load_merged(path: str | Path, device: torch.device) -> tuple[nn.Module, object, list[str], int]:
+    """A merged export as plain transformers loads it. Returns (model, tokenizer, labels, max_length):
+    max_length is the tokenizer's model_max_length, which the export sets to the training max_length."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    if not is_merged_export(path):
+        raise UserError(f"{path} is not a merged model directory (config.json and model.safetensors)")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(path))
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"cannot load model '{path}': {str(e).splitlines()[0]}") from None
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    limit = tokenizer.model_max_length
+    return model.to(device).eval(), tokenizer, labels, limit if limit < 1_000_000 else 512
+
+
+def parser() -> Parser:
+    p = Parser(prog="python -m train.predict", description="Classify texts with a saved adapter or merged export.")
+    p.add_argument("texts", nargs="*", help="texts to classify; none (and no --input) = one per line on stdin")
+    p.add_argument("--adapter", help="adapter (or run) directory written by python -m train")
+    p.add_argument("--model", help="with --adapter: its base model (default: the one it was trained on); "
+                                   "alone: a merged export (python -m train.export --format hf)")
+    p.add_argument("--input", help="score a file: CSV with a header holding 'text' (and maybe 'id'), or JSONL "
+                                   "objects with \"text\" (and maybe \"id\")")
+    p.add_argument("--output", help="with --input: predictions as .jsonl or .csv, one per row, in input order")
+    p.add_argument("--on-bad-row", choices=("stop", "skip"), default="stop",
+                   help="a malformed input row stops the run (default), or is reported and skipped")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--precision", choices=PRECISIONS, default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="one JSON object per text")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return run_main(lambda: _predict(args), argv)
+
+
+def _predict(args) -> int:
+    positive("--batch-size", args.batch_size)
+    if args.input:
+        if args.texts:
+            raise UserError("give texts or --input, not both")
+        if not args.output:
+            raise UserError("--input needs --output (a .jsonl or .csv file)")
+        file_format(args.output, "--output")
+        rows = read_rows(args.input, skip_bad=args.on_bad_row == "skip")
+    else:
+        if args.output:
+            raise UserError("--output goes with --input")
+        texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        if not texts:
+            raise UserError("no texts: pass them as arguments, one per line on stdin, or --input FILE")
+    device = pick_device(args.device)
+    model, tokenizer, labels, max_length = load_classifier(args.adapter, args.model, device)
+    texts = rows.texts if args.input else texts
+    data = encode(Split(texts, [0] * len(texts)), tokenizer, max_length, None)
+    probs = predict(model, data, args.batch_size, device, pick_precision(args.precision, device),
+                    progress=bool(args.input))
+    if args.input:
+        write_predictions(args.output, rows, probs, labels)
+        skipped = f"; skipped {rows.skipped} malformed" if rows.skipped else ""
+        print(f"scored {len(rows.texts):,} rows of {args.input} into {args.output}{skipped}", file=sys.stderr)
+        return 0
+    for text, row in zip(texts, probs):
+        k = int(row.argmax())
+        if args.json:
+            print(json.dumps({"text": text, "label": labels[k], "probability": float(row[k]),
+                              "probabilities": {n: float(v) for n, v in zip(labels, row)}}))
+        else:
+            print(f"{labels[k]}\t{float(row[k]):.4f}\t{text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

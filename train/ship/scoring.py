@@ -1,0 +1,127 @@
+"""Bulk scoring for `python -m train.predict --input ROWS --output PREDS`: read a CSV or JSONL file of
+texts (scored by inference.predict in length-sorted batches with a progress bar), write one prediction per
+row in input order."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lora.adapter import atomic_write
+
+from ..cli import UserError
+from ..data.sources import jsonl_objects
+
+FORMATS = (".csv", ".jsonl")
+
+
+@dataclass
+class Rows:
+    """The rows of an input file that will be scored."""
+    texts: list[str]
+    lines: list[int]  # where each row starts in the file (1-based)
+    ids: list[object]  # each row's id, None where it has none
+    skipped: int = 0
+
+
+def file_format(path: str, flag: str) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise UserError(f"{flag} {path}: expected a .csv or .jsonl file")
+    return suffix
+
+
+def read_rows(path: str, skip_bad: bool, warn=lambda line: print(line, file=sys.stderr)) -> Rows:
+    """CSV with a header that has a `text` column (and maybe `id`) or in AG News' layout, or JSONL objects with
+    "text" (and maybe "id"). A malformed row stops with its line number, or with skip_bad is reported in one
+    line and left out."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--input {path}: file not found")
+    rows = Rows([], [], [])
+    try:
+        records = _jsonl_records(p) if file_format(path, "--input") == ".jsonl" else _csv_records(p)
+        for line, text, key, problem in records:
+            if problem is None and (not isinstance(text, str) or not text.strip()):
+                problem = "empty text" if isinstance(text, str) else f"text is {type(text).__name__}, not a string"
+            if problem is not None:
+                if not skip_bad:
+                    raise UserError(f"{path} line {line}: {problem}; --on-bad-row skip scores the other rows")
+                warn(f"skipped {path} line {line}: {problem}")
+                rows.skipped += 1
+                continue
+            rows.texts.append(text)
+            rows.lines.append(line)
+            rows.ids.append(key)
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text") from None
+    if not rows.texts:
+        raise UserError(f"{path} has no rows to score" + (f" ({rows.skipped} skipped)" if rows.skipped else ""))
+    return rows
+
+
+def _jsonl_records(path: Path):
+    """(line number, text, id or None, problem or None) per non-blank line."""
+    for line, obj, problem in jsonl_objects(path):
+        if problem:
+            yield line, None, None, problem
+        elif not isinstance(obj, dict) or "text" not in obj:
+            yield line, None, None, 'needs a "text" field'
+        else:
+            yield line, obj["text"], obj.get("id"), None
+
+
+def _csv_records(path: Path):
+    """(line where the record starts, text, id or None, problem or None) per CSV record: after a header with
+    a `text` column, or in the AG News layout (no header; class, title, description: text = title description)."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        try:
+            first = next(reader, [])
+            header = [h.strip().lower() for h in first]
+            agnews = "text" not in header and len(first) == 3 and first[0].strip().lstrip("-").isdigit()
+            if not agnews and "text" not in header:
+                raise UserError(f"{path}: the header needs a 'text' column (or rows of AG News' class,title,"
+                                f"description), has {header}")
+            if agnews:
+                yield 1, f"{first[1].strip()} {first[2].strip()}".strip(), None, None
+                header = ["class", "title", "description"]
+            t, i = (None, None) if agnews else (header.index("text"), header.index("id") if "id" in header else None)
+            start = reader.line_num + 1
+            for row in reader:
+                if row:
+                    ok = len(row) == len(header)
+                    text = None if not ok else f"{row[1].strip()} {row[2].strip()}".strip() if agnews else row[t]
+                    yield (start, text, row[i] if ok and i is not None else None,
+                           None if ok else f"expected {len(header)} fields ({','.join(header)}), got {len(row)}")
+                start = reader.line_num + 1
+        except csv.Error as e:
+            raise UserError(f"{path} line {reader.line_num}: not valid CSV ({e})") from None
+
+
+def write_predictions(path: str, rows: Rows, probs: torch.Tensor, labels: list[str]) -> None:
+    """One row per scored input row, in input order: its id (or line), the label, every class's probability.
+    Written whole or not at all."""
+    suffix = file_format(path, "--output")
+    out = io.StringIO(newline="")
+    best = probs.argmax(-1).tolist()
+    if suffix == ".csv":
+        has_id = [i is not None for i in rows.ids]
+        keys = ["id"] if all(has_id) else ["line", "id"] if any(has_id) else ["line"]
+        writer = csv.writer(out)
+        writer.writerow([*keys, "label", *(f"prob_{name}" for name in labels)])
+        for line, i, k, row in zip(rows.lines, rows.ids, best, probs.tolist()):
+            key = {"line": line, "id": "" if i is None else i}
+            writer.writerow([*(key[c] for c in keys), labels[k], *row])
+    else:
+        for line, i, k, row in zip(rows.lines, rows.ids, best, probs.tolist()):
+            out.write(json.dumps({**({"line": line} if i is None else {"id": i}), "label": labels[k],
+                                  "probability": row[k], "probabilities": dict(zip(labels, row))}) + "\n")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    text = out.getvalue()
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -1,0 +1,300 @@
+"""The main path of `python -m train`, top to bottom, as nanoGPT's train.py:
+
+    build(cfg)  the run directory, the data, the model with LoRA, the optimizer; fresh or from a checkpoint
+    train(s)    for each epoch, for each batch: autocast → backward → unscale → clip → step → schedule →
+                zero_grad; then log, checkpoint when due, stop cleanly on SIGTERM/SIGINT; after each epoch:
+                evaluate and keep the best adapter; at the end: plots, eval.json, the report.
+
+Everything else is a library this file calls by name: train.data (rows in, batches out), train.model (the
+encoder, what trains, device, frozen prefix, inference), train.rundir (what a run writes), train.metrics.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from lora import LoRAConfig, cast_frozen, save_adapter
+
+from .cli import Diverged, Stopped, StopSignals
+from .config import TrainConfig
+from .data import Encoded, EpochBatches, Prefetcher, check_classes, check_rows, encode, load_data
+from .distributed import Dist, agreed_signal, all_reduce_confusion, all_sum, barrier, on_main, shard, shutdown, wrap
+from .metrics import confusion_matrix, format_report, plot_run, report_from_confusion
+from .model.device import autocast, pick_attention, pick_precision, set_model_dropout, setup_device
+from .model.inference import predict_rows
+from .model.load import load_pretrained, usable_length
+from .model.plan import EMA, describe_plan, param_groups, prepare
+from .model.prefix_cache import frozen_prefix
+from .rundir import (CHECKPOINT, EVAL, RUN_INFO, RunDir, checkpoint_state, eval_record, restore_checkpoint, run_record,
+                     write_json)
+from .trackers import open_tracker
+
+# Reading a loss makes the host wait for the device, and under torchrun a stop is agreed in an all-reduce:
+LOSS_READ_EVERY = 16  # both happen every this many steps (and at every checkpoint), never once per step
+
+
+@dataclass
+class Progress:
+    """Where the run is; saved in every checkpoint."""
+    epoch: int = 0  # current epoch, 0-based
+    batch: int = 0  # next batch index within the epoch
+    step: int = 0  # optimizer steps done
+    train_seconds: float = 0.0  # summed over every session of a resumed run
+    examples: int = 0
+    best_accuracy: float = -1.0
+    history: list = field(default_factory=list)  # one dict per finished epoch
+    best: dict = field(default_factory=dict)  # the full report of the best epoch so far
+
+
+@dataclass(kw_only=True)
+class State:
+    """Everything the loop touches. `model` is the model itself (merge, save, checkpoint); `net` computes
+    logits as net(**inputs): Logits(model), or a PrefixModel over its upper layers fed from the frozen-prefix
+    cache; `step_model` is `net` as a step calls it (DDP under torchrun, torch.compile with --compile)."""
+    cfg: TrainConfig  # as resolved: the rank chosen, the layers of --top-layers, as written to config.json
+    run: RunDir
+    model: nn.Module
+    net: nn.Module
+    step_model: nn.Module
+    lora: LoRAConfig  # what the adapter holds: cfg.lora in this family's names, plus the head's modules
+    labels: list[str]
+    train_data: Encoded  # or a PrefixCache: both are batch sources (len, offsets_range, batch)
+    eval_data: Encoded
+    device: torch.device
+    amp: torch.dtype | None  # the autocast dtype, None for fp32
+    dist: Dist
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: EMA | None
+    base_lrs: list[float]  # each parameter group's peak lr (LoRA+ gives B its own)
+    total_steps: int
+    warmup_steps: int
+    trainable: int
+    say: Callable[[str], None]
+    tracker: object
+    progress: Progress = field(default_factory=Progress)
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Learning-rate multiplier for optimizer step `step` (0-based): linear warmup, then cosine to 0."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def run(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False,
+        say: Callable[[str], None] = print) -> dict | None:
+    """Build and train. Returns eval.json's dict, or None when cfg.stop_after stopped the run early."""
+    s = build(cfg, resume, overwrite, say)
+    try:
+        result = train(s)
+    finally:
+        if s.tracker is not None:  # rank 0's
+            s.tracker.close()
+    # Only after a clean finish: with a dead peer, destroy_process_group can block, and the process is
+    # about to exit anyway, which is what torchrun waits for before it restarts the workers.
+    shutdown()
+    return result
+
+
+def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[str], None]) -> State:
+    """Data and model, LoRA injected, the optimizer, and the start: fresh, or from the checkpoint (resume
+    True, or "auto": only if the output directory holds one). The plan is printed before the slow parts."""
+    run_dir, (device, d) = RunDir(cfg.output_dir), setup_device(cfg.device)
+    auto, say = resume == "auto", say if d.main else (lambda *a, **k: None)
+    resume = on_main(lambda: run_dir.start_mode(resume, overwrite), d)
+    torch.manual_seed(cfg.seed)
+    corpus = load_data(cfg)
+    rows = on_main(lambda: check_rows(corpus), d)
+    model, tokenizer = load_pretrained(cfg.model, len(corpus.label_names), corpus.label_names,
+                                       pick_attention(cfg.attention, device))
+    set_model_dropout(model, cfg.model_dropout)
+    if usable_length(cfg.max_length, model) < cfg.max_length:
+        say(f"note: --max-length {cfg.max_length} is more than {cfg.model} can take; using "
+            f"{usable_length(cfg.max_length, model)}")
+    lora, plan_rows, trainable = prepare(cfg, model)
+    # Resolved once and written so: the rank --rank auto chose, the layers --top-layers named, the usable length.
+    cfg = replace(cfg, auto_rank=False, top_layers=None, lora=replace(cfg.lora, rank=lora.rank, layers=lora.layers),
+                  max_length=usable_length(cfg.max_length, model))
+    amp = pick_precision(cfg.precision, device)
+    total_steps = -(-rows[0] // cfg.batch_size) * cfg.epochs
+    warmup = int(cfg.warmup_ratio * total_steps)
+    describe_plan(say, cfg, model, corpus.label_names, plan_rows, trainable, rows, amp, device, d, total_steps, warmup)
+    model.to(device)
+    if amp is not None:  # autocast would otherwise re-cast every frozen weight at every call
+        cast_frozen(model, amp)
+    # Tokenized once per machine (local rank 0) into a memory-mapped cache that every rank maps.
+    train_data, eval_data = (encode(split, tokenizer, cfg.max_length, cfg.cache_dir, d)
+                             for split in (corpus.train, corpus.eval))
+    check_classes(train_data.labels, corpus.label_names, cfg)
+    groups = param_groups(model, cfg)
+    net, train_data, eval_data = frozen_prefix(cfg, model, train_data, eval_data, amp, d, say)
+    s = State(cfg=cfg, run=run_dir, model=model, net=net, step_model=net, lora=lora,
+              labels=corpus.label_names, train_data=train_data, eval_data=eval_data, device=device, amp=amp, dist=d,
+              optimizer=torch.optim.AdamW(groups, lr=cfg.lr), scaler=torch.amp.GradScaler(device.type,
+              enabled=amp == torch.float16), ema=EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
+              base_lrs=[g["lr"] for g in groups], total_steps=total_steps, warmup_steps=warmup, trainable=trainable,
+              say=say, tracker=None)
+    if resume:
+        if auto:
+            on_main(lambda: run_dir.same_settings(cfg), d)
+        restore(s)
+        say(f"resuming at step {s.progress.step} of {total_steps}")
+    elif d.main:
+        run_dir.start(run_record(cfg, corpus.label_names))
+    s.tracker = on_main(lambda: open_tracker(cfg.report_to, run_dir.path, cfg.to_flat()), d, share=False)
+    s.step_model = wrap(net, device, d, cfg.compile)
+    return s
+
+
+def restore(s: State) -> None:
+    """Continue from the checkpoint; rank 0 reads it and sends it to the others (no shared filesystem)."""
+    state = on_main(s.run.load_checkpoint, s.dist)
+    s.progress = Progress(**restore_checkpoint(state, s.model, s.optimizer, s.scaler, s.ema, s.device,
+                                               s.run / CHECKPOINT))
+    if s.dist.main:
+        s.run.trim_metrics(s.progress.step)
+
+
+def train(s: State) -> dict | None:
+    """Run from s.progress to the end. Returns eval.json's dict, or None when cfg.stop_after stopped it."""
+    cfg, p, unread = s.cfg, s.progress, []
+    with StopSignals() as signals:
+        for epoch in range(p.epoch, cfg.epochs):
+            p.epoch = epoch
+            s.model.train()
+            batches = EpochBatches(s.train_data, cfg.batch_size, cfg.seed, epoch)
+            bar = tqdm(total=len(batches), initial=p.batch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                       disable=None if s.dist.main else True, dynamic_ncols=True)
+            # A process whose shard of a batch is empty still runs one row, with weight 0, so DDP's all-reduce
+            # happens. On CUDA batches are made ahead on a thread, pinned; on CPU, where the step uses every
+            # core, a thread beside it slowed a 2-core step by ~40%, so they are made inline.
+            cuda = s.device.type == "cuda"
+            with Prefetcher(batches, lambda rows: s.train_data.batch(shard(rows, s.dist) or rows[:1]), start=p.batch,
+                            depth=2 if cuda else 0, pin=cuda) as ready:
+                for item in ready:
+                    started = time.perf_counter()
+                    loss = train_step(s, item.rows, item.batch)
+                    elapsed = time.perf_counter() - started
+                    p.step, p.batch, p.examples = p.step + 1, p.batch + 1, p.examples + len(item.rows)
+                    p.train_seconds += elapsed
+                    unread.append((loss, len(item.rows) / elapsed))
+                    bar.update(1)
+                    limit = cfg.stop_after is not None and p.step >= cfg.stop_after and p.batch < len(batches)
+                    save = limit or (cfg.save_every > 0 and p.step % cfg.save_every == 0)
+                    sync = save or len(unread) >= LOSS_READ_EVERY
+                    signum = agreed_signal(signals.signum, s.dist, sync)
+                    if sync or signum:
+                        read_losses(s, unread, bar)
+                    if save or signum:
+                        checkpoint(s)
+                    if signum:
+                        raise Stopped(signum, p.step)
+                    if limit:  # mid-epoch: --resume continues from this batch
+                        return None
+            read_losses(s, unread, bar)
+            bar.close()
+            p.epoch, p.batch = epoch + 1, 0
+            evaluate(s)
+            checkpoint(s)
+            if cfg.stop_after is not None and p.step >= cfg.stop_after and p.epoch < cfg.epochs:
+                return None
+        return finish(s)  # inside the signal guard: a signal now lets the write-out finish
+
+
+def train_step(s: State, rows: list[int], batch: dict) -> torch.Tensor:
+    """One optimizer step on global batch `rows`, of which `batch` is this process's shard (collated).
+    Returns the global mean loss as a 0-dim tensor, not yet read (reading waits for the device)."""
+    cfg, d, opt = s.cfg, s.dist, s.optimizer
+    weight = 1.0 if shard(rows, d) else 0.0  # see train(): an empty shard runs one row that counts for nothing
+    batch = {k: v.to(s.device, non_blocking=True) for k, v in batch.items()}
+    labels = batch.pop("labels")
+    with autocast(s.device, s.amp):
+        logits = s.step_model(**batch)
+    # Sum over this shard, divided by the global batch: DDP's gradient mean then equals one process's.
+    loss_sum = weight * F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing, reduction="sum")
+    loss = loss_sum * d.world / len(rows)
+    for group, base in zip(opt.param_groups, s.base_lrs):  # the learning rate of this step, set here only
+        group["lr"] = base * lr_at(s.progress.step, s.total_steps, s.warmup_steps)
+    s.scaler.scale(loss).backward()
+    s.scaler.unscale_(opt)
+    if cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
+    s.scaler.step(opt)
+    s.scaler.update()
+    opt.zero_grad(set_to_none=True)
+    if s.ema is not None:
+        s.ema.update()
+    return all_sum(loss_sum.detach().float(), d) / len(rows)
+
+
+def read_losses(s: State, unread: list, bar) -> None:
+    """Read the losses of the steps not yet logged (one wait for the device), check they are finite, log them
+    with the learning rate each step used. unread: (loss tensor, examples/s) per step, the last step last."""
+    if not unread:
+        return
+    values = torch.stack([loss for loss, _ in unread]).tolist()
+    first = s.progress.step - len(values) + 1
+    for step, value, (_, speed) in zip(range(first, s.progress.step + 1), values, unread):
+        if not math.isfinite(value):
+            raise Diverged(f"loss became {value} at step {step} (epoch {s.progress.epoch + 1})")
+        log(s, {"step": step, "epoch": s.progress.epoch, "loss": value,
+                "lr": s.base_lrs[0] * lr_at(step - 1, s.total_steps, s.warmup_steps), "examples_per_s": speed})
+    bar.set_postfix(loss=f"{values[-1]:.4f}", ex_s=f"{unread[-1][1]:.1f}")
+    unread.clear()
+
+
+def log(s: State, entry: dict) -> None:
+    """One metrics.jsonl line, mirrored into the tracker (--report-to)."""
+    if s.dist.main:
+        s.run.append_metrics(entry)
+        s.tracker.log(entry, entry["step"])
+
+
+def checkpoint(s: State) -> None:
+    """checkpoint.pt: enough to continue exactly where the run is."""
+    if s.dist.main:
+        s.run.save_checkpoint(checkpoint_state(s.model, s.optimizer, s.scaler, s.ema, asdict(s.progress)))
+    barrier(s.dist)
+
+
+def evaluate(s: State) -> None:
+    """Score the epoch (with EMA weights when on); the best epoch so far saves its adapter."""
+    p, started = s.progress, time.perf_counter()
+    with s.ema.applied() if s.ema else nullcontext():
+        index, probs = predict_rows(s.model, s.eval_data, s.cfg.eval_batch_size, s.device, s.amp, s.dist, s.net)
+        mine = confusion_matrix(probs.argmax(-1), s.eval_data.labels[index], len(s.labels))
+        report = report_from_confusion(all_reduce_confusion(mine, s.dist), s.labels)
+        improved = report["accuracy"] > p.best_accuracy
+        if improved and s.dist.main:
+            save_adapter(s.model, s.run.adapter, s.lora, base_model_name=s.cfg.model)
+            write_json(s.run.adapter / RUN_INFO, run_record(s.cfg, s.labels))
+    report |= {"eval_seconds": time.perf_counter() - started, "epoch": p.epoch}
+    p.history.append({k: report[k] for k in ("epoch", "accuracy", "macro_f1", "eval_seconds")})
+    if improved:
+        p.best_accuracy, p.best = report["accuracy"], report
+    log(s, {"step": p.step, "epoch": p.epoch, "eval_accuracy": report["accuracy"], "eval_macro_f1": report["macro_f1"]})
+    s.say(f"epoch {p.epoch}/{s.cfg.epochs}: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}")
+
+
+def finish(s: State) -> dict:
+    """Plots, then eval.json (the best epoch, and the final epoch's scores), written last: a run with eval.json
+    is a finished run. Then the report."""
+    p, best = s.progress, s.progress.best
+    result = eval_record(p.best, p.history, p.train_seconds, p.examples, p.step, s.trainable, s.labels)
+    if s.dist.main:
+        plot_run(s.run.path, result)
+        write_json(s.run / EVAL, result)
+        s.say(format_report(best))
+        s.say(f"trained in {p.train_seconds:.1f}s ({result['train_examples_per_s']:.1f} examples/s); "
+              f"best epoch {best['epoch']} ({best['accuracy']:.4f}); outputs in {s.run.path}")
+    return result
