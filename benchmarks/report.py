@@ -19,7 +19,9 @@ from benchmarks.common import RESULTS_DIR
 
 README = Path(__file__).resolve().parent / "README.md"
 READMES = (README.parent.parent / "README.md", README)  # the project's, with the race table; the benchmarks'
-MARKER = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(.*?)(<!-- /results:(?P=name) -->)", re.S)
+# <!-- results:NAME --> renders results/NAME.json in full; <!-- results:NAME#headline --> in one line.
+MARKER = re.compile(r"(<!-- results:(?P<name>[\w.-]+)(?:#(?P<view>\w+))? -->\n)(.*?)"
+                    r"(<!-- /results:(?P=name)(?:#(?P=view))? -->)", re.S)
 
 
 def _ms(seconds: float) -> str:
@@ -76,9 +78,11 @@ def speed_tables(data: dict) -> str:
         vs = {"ours": "1", "peft": pair(t, "ours/peft"), "floor": pair(t, "ours/floor")}
         if "ours_all_linear" in t["median_seconds"]:  # results from before it was measured lack it
             vs["ours_all_linear"] = pair(t, "ours/ours_all_linear")
+        if "ours_all_linear_plain" in t["median_seconds"]:  # nor the plain formula beside the fused path
+            vs["ours_all_linear_plain"] = pair(t, "ours/ours_all_linear_plain")
         peak = "cuda_peak_bytes" in t["memory"]["ours"]
         rows = []
-        for name in [n for n in ("ours", "ours_all_linear", "peft", "floor") if n in vs]:
+        for name in [n for n in ("ours", "ours_all_linear", "ours_all_linear_plain", "peft", "floor") if n in vs]:
             m = t["memory"][name]
             mem = m["saved_activation_bytes"] + m["grad_bytes"] + m["optimizer_bytes"]
             rows.append([name, _ms(t["median_seconds"][name]), vs[name], f"{t['trainable_params'][name]:,}",
@@ -102,6 +106,10 @@ def speed_tables(data: dict) -> str:
     if "all_linear_step_ratio_vs_query_value" in h:
         parts.append("All-linear r=6 step / query-value r=4 step (target ≤ 1.15): " + "; ".join(
             f"{p}: {r:.3f}" for p, r in h["all_linear_step_ratio_vs_query_value"].items()) + ".")
+    if "fused_step_ratio_vs_plain" in h:
+        parts.append("All-linear r=6 step on the fused path (lora.fused, what python -m train runs) / the same on "
+                     "LoRALinear's plain formula (kept where it saves 5% or more): " + "; ".join(
+                         f"{p}: {r:.3f}" for p, r in h["fused_step_ratio_vs_plain"].items()) + ".")
     return "\n\n".join(parts)
 
 
@@ -185,8 +193,25 @@ def race_table(data: dict) -> str:
     return "\n\n".join(parts)
 
 
-def render(data: dict) -> str:
-    """The markdown for one results file, by its kind."""
+def race_headline(data: dict) -> str:
+    """The race in one line: our recipes' accuracy and whole-process time against the tuned reference's, and
+    the references' accuracy, with the model and machine."""
+    s, r, setup = data["summary"], data["ratios"], data["setup"]
+    model = setup.get("model_name") or Path(setup["model"]).name
+    ours = [f"{label} {_accuracy(s[n])} in {r[f'{n}/tuned']['wall']['median']:.3f}×" if f"{n}/tuned" in r
+            else f"{label} {_accuracy(s[n])}" for n, label in (("fast", "fast recipe"), ("default", "default"))
+            if n in s]
+    refs = [f"{label} {_accuracy(s[n])}" for n, label in (("tuned", "tuned"), ("reference", "as specified"))
+            if n in s]
+    return (f"**{model}** ({setup['layers']} layers; {data['machine'].get('cpu')}, {setup['train_examples']:,} "
+            f"training rows, seeds {', '.join(map(str, setup['seeds']))}): {', '.join(ours)} the tuned PEFT + "
+            f"Trainer reference's whole-process time; PEFT + Trainer {', '.join(refs)}.")
+
+
+def render(data: dict, view: str | None = None) -> str:
+    """The markdown for one results file, by its kind (`view` "headline": the race in one line)."""
+    if view == "headline":
+        return race_headline(data)
     if data.get("benchmark") == "speed":
         return speed_tables(data)
     return race_table(data) if data.get("benchmark") == "race" else accuracy_table(data)
@@ -197,8 +222,8 @@ def update_readme(text: str, results_dir: Path = RESULTS_DIR) -> str:
     (a section whose file does not exist yet says so)."""
     def fill(m: re.Match) -> str:
         path = results_dir / f"{m['name']}.json"
-        body = render(json.loads(path.read_text())) if path.is_file() else f"_No {path.name} yet._"
-        return f"{m.group(1)}{body}\n{m.group(4)}"
+        body = render(json.loads(path.read_text()), m["view"]) if path.is_file() else f"_No {path.name} yet._"
+        return f"{m.group(1)}{body}\n{m.group(5)}"
     return MARKER.sub(fill, text)
 
 

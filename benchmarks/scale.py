@@ -93,7 +93,7 @@ def child_build(data: Path, model: Path, cache: Path, max_length: int) -> dict:
     """Hash the rows, then build the cache: each timed, with this process's peak RSS."""
     from transformers import AutoTokenizer
 
-    from train.data.cache import build, cache_file, cache_key, token_chunks
+    from train.data.cache import build, cache_file, token_chunks, token_key
     from train.data.corpus import open_corpus
 
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -105,7 +105,7 @@ def child_build(data: Path, model: Path, cache: Path, max_length: int) -> dict:
             anon.append(anon_mb())
             yield chunk
     started = time.perf_counter()
-    key = cache_key(rows, tokenizer, max_length)
+    key = token_key(rows, tokenizer, max_length)
     hashed = time.perf_counter()
     n = build(cache_file(cache, key), sampled(token_chunks(rows, tokenizer, max_length)))
     done = time.perf_counter()

@@ -29,11 +29,12 @@ from torch import nn
 from benchmarks.common import RESULTS_DIR, interleave, machine_info, summarize, sync, write_json
 from benchmarks.report import speed_tables
 from lora import LoRAConfig, cast_frozen, count_trainable, inject_lora, lora_layers, merge_lora
+from lora.fused import fuse
+from train.recipes import RECIPES
 
 EVAL = ("ours_merged", "peft_unmerged", "peft_merged")
 # The default recipe's LoRA path (train's all-linear recipe): every Linear of each layer, rank 6.
-ALL_LINEAR = LoRAConfig(rank=6, targets=("query", "key", "value", "attention.output.dense", "intermediate.dense",
-                                         "output.dense"))
+ALL_LINEAR = LoRAConfig(rank=RECIPES["all-linear"]["rank"], targets=RECIPES["all-linear"]["targets"])
 
 
 def build_base(seed: int = 0) -> nn.Module:
@@ -44,9 +45,13 @@ def build_base(seed: int = 0) -> nn.Module:
     return RobertaForSequenceClassification._from_config(RobertaConfig(num_labels=4), attn_implementation="sdpa")
 
 
-def make_ours(base: nn.Module, config: LoRAConfig = LoRAConfig()) -> nn.Module:
-    """Our LoRA, by default with LoRAConfig's defaults: rank 4, alpha 16, query/value, head trainable."""
-    return inject_lora(copy.deepcopy(base), config)
+def make_ours(base: nn.Module, config: LoRAConfig = LoRAConfig(), fused: bool = True) -> nn.Module:
+    """Our LoRA, by default with LoRAConfig's defaults: rank 4, alpha 16, query/value, head trainable; on the
+    fused path (lora.fused) as python -m train runs it, or with `fused` False as LoRALinear's plain formula."""
+    model = inject_lora(copy.deepcopy(base), config)
+    if fused:
+        fuse(model)
+    return model
 
 
 def make_peft(base: nn.Module) -> nn.Module:
@@ -136,10 +141,11 @@ def train_contestants(base: nn.Module, precision: str) -> dict[str, nn.Module]:
     """Ours (query/value r=4, and the all-linear r=6 path), PEFT and the floor, built fresh from `base`.
     Under bf16 ours and the floor hold their frozen weights in bf16 (lora.cast_frozen, our engine's bf16
     path; the floor too, so that it stays a floor); PEFT runs as its users run it."""
-    models = {"ours": make_ours(base), "ours_all_linear": make_ours(base, ALL_LINEAR), "peft": make_peft(base),
+    models = {"ours": make_ours(base), "ours_all_linear": make_ours(base, ALL_LINEAR),
+              "ours_all_linear_plain": make_ours(base, ALL_LINEAR, fused=False), "peft": make_peft(base),
               "floor": make_floor(base)}
     if precision == "bf16":
-        for name in ("ours", "ours_all_linear", "floor"):
+        for name in ("ours", "ours_all_linear", "ours_all_linear_plain", "floor"):
             cast_frozen(models[name], torch.bfloat16)
     return models
 
@@ -158,7 +164,7 @@ def bench_train(base: nn.Module, batch: dict, device: torch.device, precision: s
         first[name] = float(step())
     wall, cpu = interleave(steps, max(warmup - 1, 0), repeats, device)
     pairs = ("ours/peft", "ours/floor", "peft/floor", "ours_all_linear/ours", "ours/ours_all_linear",
-             "ours_all_linear/floor")
+             "ours_all_linear/floor", "ours_all_linear/ours_all_linear_plain")
     return {**summarize(wall, cpu, pairs, device), "cast_frozen": precision == "bf16",
             "first_loss": first,
             "trainable_params": {n: count_trainable(m) for n, m in models.items()},
@@ -278,7 +284,8 @@ def main(argv: list[str] | None = None) -> dict:
     result["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     picks = {"step_ratio_vs_peft": ("train", "ours/peft"), "step_ratio_vs_floor": ("train", "ours/floor"),
              "eval_speedup_vs_peft_unmerged": ("eval", "peft_unmerged/ours_merged"),
-             "all_linear_step_ratio_vs_query_value": ("train", "ours_all_linear/ours")}
+             "all_linear_step_ratio_vs_query_value": ("train", "ours_all_linear/ours"),
+             "fused_step_ratio_vs_plain": ("train", "ours_all_linear/ours_all_linear_plain")}
     result["headline"] = {key: {p: round(r[part]["ratio"][pair], 4) for p, r in result["precisions"].items()}
                           for key, (part, pair) in picks.items()}
     out = args.out or RESULTS_DIR / f"speed-{device.type}.json"

@@ -1,5 +1,5 @@
-"""The README cannot drift from the CLI: every `python -m …` (and `torchrun … -m …`) in its shell blocks parses
-with the same flags, by the entry point's own parser."""
+"""The READMEs cannot drift from the CLI: every `python -m …` (and `torchrun … -m …`) in the shell blocks of the
+first page and of every page it sends readers to parses with the same flags, by the entry point's own parser."""
 import importlib
 import re
 import shlex
@@ -39,20 +39,30 @@ def module_calls(text: str) -> list[tuple[str, list[str]]]:
     return calls
 
 
-README_CALLS = module_calls((ROOT / "README.md").read_text())
+PAGES = ["README.md", "benchmarks/README.md", "sweeps/README.md", "docs/distributed.md", "docs/recipes.md"]
+README_CALLS = [(page, *call) for page in PAGES for call in module_calls((ROOT / page).read_text())]
 
 
-def test_the_readme_has_commands_to_check():
-    assert {"train", "train.evaluate", "train.predict", "train.sweep"} <= {m for m, _ in README_CALLS}
+def test_the_readmes_have_commands_to_check():
+    assert {"train", "train.evaluate", "train.predict", "train.export"} <= {m for p, m, _ in README_CALLS
+                                                                            if p == "README.md"}
+    assert {"train.sweep"} <= {m for p, m, _ in README_CALLS if p == "sweeps/README.md"}
+    assert {"benchmarks.accuracy", "benchmarks.speed"} <= {m for p, m, _ in README_CALLS}
 
 
-@pytest.mark.parametrize("module, argv", README_CALLS, ids=[" ".join([m, *a])[:60] for m, a in README_CALLS])
-def test_every_readme_command_parses(module, argv):
+def test_the_first_page_stays_a_first_page():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 170
+
+
+@pytest.mark.parametrize("page, module, argv", README_CALLS,
+                         ids=[f"{p}: " + " ".join([m, *a])[:60] for p, m, a in README_CALLS])
+def test_every_readme_command_parses(page, module, argv):
     entry = importlib.import_module(module if module.count(".") else module + ".__main__")
     if hasattr(entry, "parser"):
         entry.parser().parse_args(argv)  # SystemExit(2) on an unknown flag or a bad value
     else:  # parsers built inside main(): argparse checks every flag before it acts on --help
-        done = subprocess.run([sys.executable, "-m", module, *argv, "--help"], cwd=ROOT, capture_output=True,
+        own = argv[:argv.index("--")] if "--" in argv else argv  # what follows -- is passed on, not parsed here
+        done = subprocess.run([sys.executable, "-m", module, *own, "--help"], cwd=ROOT, capture_output=True,
                               text=True, timeout=120)
         assert done.returncode == 0, done.stderr
 

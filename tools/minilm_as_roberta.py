@@ -1,4 +1,4 @@
-"""python -m benchmarks.minilm_as_roberta OUT_DIR: the pretrained MiniLM (BERT) encoder in RoBERTa's layout, so
+"""python tools/minilm_as_roberta.py OUT_DIR: the pretrained MiniLM (BERT) encoder in RoBERTa's layout, so
 RoBERTa's head choices can be measured on the offline proxy (MiniLM's own BERT head has no dense layer to
 freeze or adapt, so the MiniLM proxy cannot tell them apart).
 
@@ -48,5 +48,5 @@ def convert(out: Path) -> Path:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m benchmarks.minilm_as_roberta OUT_DIR")
+        sys.exit("usage: python tools/minilm_as_roberta.py OUT_DIR")
     print(convert(Path(sys.argv[1])))

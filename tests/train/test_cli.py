@@ -38,8 +38,8 @@ def test_help_shows_the_defaults_that_run(capsys):
         parser().parse_args(["--help"])
     shown = "".join(capsys.readouterr().out.split())  # argparse wraps long lines anywhere
     default = RECIPES[DEFAULT_RECIPE]
-    assert f"(default:{default['rank']})" in shown and f"(default:{default['lr']})" in shown
-    assert f"(default:{','.join(default['targets'])})" in shown and f"(default:{DEFAULT_RECIPE})" in shown
+    assert f"{DEFAULT_RECIPE}:{default['rank']};" in shown and f"{DEFAULT_RECIPE}:{default['lr']};" in shown
+    assert f"{DEFAULT_RECIPE}:{','.join(default['targets'])};" in shown and f"(default:{DEFAULT_RECIPE})" in shown
 
 
 def test_trainconfig_the_cli_and_sweeps_default_to_the_same_recipe():
@@ -136,3 +136,24 @@ def test_the_fast_recipe_adapts_the_top_two_layers_inside_the_budget():
     assert (fast.top_layers, fast.lora.rank, fast.epochs, fast.head) == (2, 36, 2, "linear")
     assert roberta_base_count(fast, 4) == 998_404  # 36 × 13,824 × 2 + 3,076 on roberta-base
     assert config("--recipe", "fast", "--layers", "5").top_layers is None  # the user's layers win
+
+
+@pytest.mark.parametrize("module", ["train.__main__", "train.ship.evaluate", "train.ship.predict",
+                                    "train.ship.export", "train.sweep"])
+def test_every_flag_says_what_it_does(module):
+    import argparse
+    import importlib
+
+    for action in importlib.import_module(module).parser()._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        text = (action.help or "").strip()
+        assert text and not text.startswith(("(default", "default:")) and len(text.split()) >= 3, action.dest
+
+
+def test_defaults_that_depend_on_the_recipe_are_shown_per_recipe():
+    from train.__main__ import parser
+
+    text = " ".join(parser().format_help().split())
+    assert "passes over the training data (default: all-linear: 5; fast: 2; reference: 5)" in text
+    assert "(default: all-linear: 6; fast: 36; reference: 4)" in text

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from train.distributed import Dist, all_reduce_confusion, broadcast_object_from_main
@@ -45,6 +46,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_sum_confusions_share_rank0_objects_and_one_cache_build(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     init = f"file://{tmp_path / 'rendezvous'}"

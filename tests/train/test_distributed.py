@@ -10,6 +10,7 @@ import pytest
 from tiny import train_args
 from train.__main__ import main
 
+pytestmark = pytest.mark.slow  # torchrun, subprocesses or whole trainings: the second tier
 ROOT = __import__('pathlib').Path(__file__).resolve().parents[2]
 
 

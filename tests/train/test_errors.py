@@ -87,7 +87,7 @@ GOOD = ["1", "war", "treaty"]
 
 
 @pytest.mark.parametrize("rows, message", [
-    ([GOOD, GOOD, ["2", "only a title"]], "train.csv line 3: expected 3 columns \"class\",\"title\",\"description\", got 2"),
+    ([GOOD, GOOD, ["2", "only a title"]], "train.csv line 3: expected 3 columns (class,title,description), got 2"),
     ([GOOD, ["3", " ", ""]], "train.csv line 2: empty text"),
     ([GOOD, GOOD, ["5", "x", "y"]], "train.csv line 3: label 5 is outside 1..4"),
     ([["0", "x", "y"]], "train.csv line 1: label 0 is outside 1..4"),
@@ -200,6 +200,7 @@ def test_evaluate_and_predict_refuse_bad_input(tmp_path, capsys):
     assert "is not an adapter" in refused(["--adapter", tmp_path / "none", "some text"], capsys, predict)
 
 
+@pytest.mark.slow
 def test_real_process_exits_2_with_one_line_and_no_traceback(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "train", "--rank", "0", "--output-dir", str(tmp_path / "o")],

@@ -13,6 +13,8 @@ import torch
 
 from tiny import train_args
 
+pytestmark = pytest.mark.slow  # torchrun, subprocesses or whole trainings: the second tier
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .cache import CacheReader, cache_file, cache_key, open_cached, token_chunks
+from .cache import CacheReader, cache_file, open_cached, token_chunks, token_key
 from .cache import build as build_cache
 from ..cli import UserError
 from ..distributed import Dist, barrier, broadcast_object_from_main
@@ -73,7 +73,7 @@ def encode(rows: Iterable[tuple[str, int]], tokenizer, max_length: int, cache_di
         return _in_memory(rows, tokenizer, max_length, pad_id)
     key = None
     if d.local_rank == 0:
-        key = cache_key(rows, tokenizer, max_length)
+        key = token_key(rows, tokenizer, max_length)
         path = cache_file(cache_dir, key)
         if open_cached(path) is None:  # missing, torn or of an older format
             build_cache(path, token_chunks(rows, tokenizer, max_length))

@@ -21,17 +21,17 @@ from .sources import content_key
 
 # The layout written below. A file of any other format (the old ids+offsets cache, say) is not
 # trusted: it is rebuilt.
-FORMAT = "2"
+TOKEN_FORMAT = "2"
 CHUNK_ROWS = 8192  # rows tokenized per call: ~10 MB of Python token lists at AG News lengths
 _DTYPES = {"I32": np.int32, "I64": np.int64}
 STALE_SECONDS = 24 * 3600  # a partial build this old, from any machine, is abandoned
 
 
-def cache_key(rows: Iterable[tuple[str, int]], tokenizer, max_length: int) -> str:
+def token_key(rows: Iterable[tuple[str, int]], tokenizer, max_length: int) -> str:
     """Names the cache entry: tokenizer, max_length and the rows. Rows with a cheap `key` (a hub
     dataset's fingerprint) give it; others are hashed a chunk at a time, never held whole."""
     h = hashlib.sha256()
-    for part in (FORMAT, type(tokenizer).__name__, str(tokenizer.name_or_path), str(len(tokenizer)),
+    for part in (TOKEN_FORMAT, type(tokenizer).__name__, str(tokenizer.name_or_path), str(len(tokenizer)),
                  str(max_length), str(getattr(tokenizer, "truncation_side", "")), _tokenizer_fingerprint(tokenizer)):
         h.update(part.encode() + b"\0")
     key = getattr(rows, "key", None)
@@ -118,7 +118,7 @@ def _header(n: int, tokens: int) -> bytes:
     """safetensors header: offsets, labels, ids, back to back; padded with spaces (the format allows
     it) so the data start at a multiple of 8 bytes and every array maps aligned."""
     a, b, c = 8 * (n + 1), 8 * (2 * n + 1), 8 * (2 * n + 1) + 4 * tokens
-    spec = {"__metadata__": {"format": FORMAT, "rows": str(n), "tokens": str(tokens)},
+    spec = {"__metadata__": {"format": TOKEN_FORMAT, "rows": str(n), "tokens": str(tokens)},
             "offsets": {"dtype": "I64", "shape": [n + 1], "data_offsets": [0, a]},
             "labels": {"dtype": "I64", "shape": [n], "data_offsets": [a, b]},
             "ids": {"dtype": "I32", "shape": [tokens], "data_offsets": [b, c]}}
@@ -181,7 +181,7 @@ def open_cached(path: Path) -> tuple[dict[str, torch.Tensor], CacheReader] | Non
                 return None
             spec = json.loads(f.read(hlen))
             whole_file = spec["ids"]["data_offsets"][1] + 8 + hlen == size  # else cut short (or padded)
-            if spec.get("__metadata__", {}).get("format") != FORMAT or not whole_file:
+            if spec.get("__metadata__", {}).get("format") != TOKEN_FORMAT or not whole_file:
                 return None
             whole = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         if hasattr(mmap, "MADV_RANDOM"):

@@ -17,9 +17,11 @@ import torch
 from ..cli import UserError
 from ..config import TrainConfig
 from .hub import hub_corpus
-from .sources import EXTENSIONS, Rows, expand, file_kind, file_rows, raw_labels, raw_rows
+from .sources import EXTENSIONS, Rows, expand_paths, file_kind, file_rows, raw_labels, raw_rows
 
 EVAL_NAMES = ("test", "dev", "validation")
+# Shipped with the package, so a clone trains offline: --data ag_news_sample (its README says what it is).
+SAMPLES = {"ag_news_sample": Path(__file__).parent / "ag_news_sample"}
 
 
 @dataclass
@@ -49,14 +51,14 @@ class RowCorpus:
 
 def open_corpus(data: str, train_file: str | None = None, eval_file: str | None = None,
                 streaming: bool = False) -> RowCorpus:
-    """Explicit files (or globs) win; else `data` is a local directory or a hub dataset name.
-    Reads no more than the first record of each file, plus the training labels when no
+    """Explicit files (or globs) win; else `data` is a shipped sample's name (SAMPLES), a local directory or a
+    hub dataset name. Reads no more than the first record of each file, plus the training labels when no
     classes.txt names them. `streaming` applies to hub datasets: rows arrive as they download."""
     if train_file or eval_file:
         if not (train_file and eval_file):
             raise UserError("--train-file and --eval-file go together")
-        return _file_corpus(expand(train_file), expand(eval_file), train_file, eval_file)
-    path = Path(data)
+        return _file_corpus(expand_paths(train_file), expand_paths(eval_file), train_file, eval_file)
+    path = SAMPLES.get(data, Path(data))
     if path.is_dir():
         train = _find(path, ("train",))
         if train is None:

@@ -1,5 +1,5 @@
-"""Labelled rows read one at a time from CSV/JSONL/Parquet files, globs of them, or a hub dataset
-(streaming too), so that no reader ever holds a whole corpus in memory."""
+"""Rows read one at a time from CSV/JSONL/Parquet files or globs of them (one reader, `records`, for training,
+evaluation and bulk scoring), labelled and checked, so that no reader ever holds a whole corpus in memory."""
 from __future__ import annotations
 
 import csv
@@ -7,7 +7,9 @@ import glob
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
+from itertools import chain
 from pathlib import Path
+from typing import NamedTuple
 
 from ..cli import UserError
 
@@ -32,7 +34,7 @@ class Rows:
         return f"Rows({self.name})"
 
 
-def expand(pattern: str) -> list[Path]:
+def expand_paths(pattern: str) -> list[Path]:
     """A file, or the files a glob matches, sorted so that every process and run reads one order."""
     if glob.has_magic(pattern):
         paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
@@ -45,29 +47,55 @@ def expand(pattern: str) -> list[Path]:
     return [path]
 
 
-def raw_rows(path: Path) -> tuple[Iterator[RawRow], str]:
-    """(text, raw label, line number) per row, lazily, and the format: 'agnews' or 'textlabel'."""
+class Record(NamedTuple):
+    """One record of an input file: where it starts (line, or row for Parquet), its text and label as written
+    (label None where the file has none), its id (None where none), and what is wrong with it, if anything."""
+    line: int
+    text: object
+    label: object
+    id: object = None
+    problem: str | None = None
+
+
+def records(path: Path, labels: bool = True) -> tuple[Iterator[Record], str]:
+    """The records of a CSV, JSONL or Parquet file, lazily, and its layout: 'agnews' (no header: class, title,
+    description; the text is title + " " + description) or 'textlabel' (a CSV header or JSON fields naming
+    text, and label when `labels`, and maybe id). A malformed record comes with its problem, for the caller to
+    stop on (training) or skip (bulk scoring); a file that cannot be read at all is one UserError."""
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty")
     if path.suffix == ".parquet":
-        return _read_parquet(path), "textlabel"
+        return _read_parquet(path, labels), "textlabel"
     if path.suffix == ".jsonl":
-        return _utf8(path, _read_jsonl(path)), "textlabel"
+        return _utf8(path, _read_jsonl(path, labels)), "textlabel"
     try:  # the first record says which CSV layout this is
-        rows, kind = _read_csv(path)
+        rows, kind = _read_csv(path, labels)
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text") from None
     return _utf8(path, rows), kind
 
 
-def _utf8(path: Path, rows: Iterator[RawRow]) -> Iterator[RawRow]:
+def raw_rows(path: Path) -> tuple[Iterator[RawRow], str]:
+    """(text, raw label, line number) per row of a training or evaluation file, lazily, and its layout; the
+    first malformed record stops the read, naming its line."""
+    found, kind = records(path, labels=True)
+
+    def rows() -> Iterator[RawRow]:
+        for r in found:
+            if r.problem:
+                raise UserError(f"{path} {'row' if path.suffix == '.parquet' else 'line'} {r.line}: {r.problem}")
+            yield r.text, r.label, r.line
+    return rows(), kind
+
+
+def _utf8(path: Path, rows: Iterator[Record]) -> Iterator[Record]:
     try:
         yield from rows
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text") from None
 
 
-def _csv_records(path: Path) -> Iterator[tuple[int, list[str]]]:
+def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number where the record starts, fields) per CSV record; blank lines are skipped.
     Quoted fields may span lines, so the record number is not the line number."""
     with path.open(newline="", encoding="utf-8-sig") as f:
@@ -82,38 +110,45 @@ def _csv_records(path: Path) -> Iterator[tuple[int, list[str]]]:
             raise UserError(f"{path} line {reader.line_num}: not valid CSV ({e})") from None
 
 
-def _read_csv(path: Path) -> tuple[Iterator[RawRow], str]:
-    records = _csv_records(path)
-    first = next(records, None)
+AGNEWS = ("class", "title", "description")
+
+
+def _read_csv(path: Path, labels: bool) -> tuple[Iterator[Record], str]:
+    rows = _csv_rows(path)
+    first = next(rows, None)
     if first is None:
         raise UserError(f"{path} is empty")
     header = [h.strip().lower() for h in first[1]]
     if "text" in header or "label" in header:
-        if "text" not in header or "label" not in header:
-            raise UserError(f"{path}: header needs both 'text' and 'label' columns, has {first[1]}")
-        return _text_label_records(path, records, first[1], header.index("text"), header.index("label")), "textlabel"
-    return _agnews_records(path, first, records), "agnews"
+        if "text" not in header or (labels and "label" not in header):
+            raise UserError(f"{path}: header needs both 'text' and 'label' columns, has {first[1]}" if labels else
+                            f"{path}: header needs a 'text' column, has {first[1]}")
+        return _header_records(rows, header), "textlabel"
+    if not labels and not (len(first[1]) == 3 and first[1][0].strip().lstrip("-").isdigit()):
+        raise UserError(f"{path}: the header needs a 'text' column (or rows of AG News' class,title,description), "
+                        f"has {header}")
+    return _agnews_records(chain([first], rows), labels), "agnews"
 
 
-def _text_label_records(path: Path, records, header: list[str], t: int, y: int) -> Iterator[RawRow]:
-    for line, row in records:
-        if len(row) <= max(t, y):
-            raise UserError(f"{path} line {line}: expected columns {','.join(header)}; got {len(row)} fields")
-        yield row[t], _maybe_int(row[y]), line
+def _header_records(rows, header: list[str]) -> Iterator[Record]:
+    column = {name: header.index(name) for name in ("text", "label", "id") if name in header}
+    for line, row in rows:
+        if len(row) != len(header):
+            yield Record(line, None, None, problem=f"expected {len(header)} columns ({','.join(header)}), "
+                                                   f"got {len(row)}")
+            continue
+        get = {name: row[i] for name, i in column.items()}
+        yield Record(line, get["text"], _maybe_int(get["label"]) if "label" in get else None, get.get("id"))
 
 
-def _agnews_records(path: Path, first, records) -> Iterator[RawRow]:
-    yield from _agnews_rows(path, (first,))
-    yield from _agnews_rows(path, records)
-
-
-def _agnews_rows(path: Path, records) -> Iterator[RawRow]:
-    for line, row in records:
+def _agnews_records(rows, labels: bool) -> Iterator[Record]:
+    for line, row in rows:
         if len(row) != 3:
-            raise UserError(f'{path} line {line}: expected 3 columns "class","title","description", got {len(row)}')
-        if not row[0].strip().lstrip("-").isdigit():
-            raise UserError(f"{path} line {line}: class {row[0]!r} is not a whole number")
-        yield f"{row[1].strip()} {row[2].strip()}".strip(), int(row[0]), line
+            yield Record(line, None, None, problem=f"expected 3 columns ({','.join(AGNEWS)}), got {len(row)}")
+        elif labels and not row[0].strip().lstrip("-").isdigit():
+            yield Record(line, None, None, problem=f"class {row[0]!r} is not a whole number")
+        else:
+            yield Record(line, f"{row[1].strip()} {row[2].strip()}".strip(), int(row[0]) if labels else None)
 
 
 def jsonl_objects(path: Path) -> Iterator[tuple[int, object, str | None]]:
@@ -129,16 +164,18 @@ def jsonl_objects(path: Path) -> Iterator[tuple[int, object, str | None]]:
                 yield line, None, f"not valid JSON ({e.msg})"
 
 
-def _read_jsonl(path: Path) -> Iterator[RawRow]:
+def _read_jsonl(path: Path, labels: bool) -> Iterator[Record]:
     for line, obj, problem in jsonl_objects(path):
         if problem:
-            raise UserError(f"{path} line {line}: {problem}")
-        if not isinstance(obj, dict) or "text" not in obj or "label" not in obj:
-            raise UserError(f"{path} line {line}: needs 'text' and 'label' fields")
-        yield obj["text"], obj["label"], line
+            yield Record(line, None, None, problem=problem)
+        elif not isinstance(obj, dict) or "text" not in obj or (labels and "label" not in obj):
+            yield Record(line, None, None, problem="needs 'text' and 'label' fields" if labels else
+                         'needs a "text" field')
+        else:
+            yield Record(line, obj["text"], obj.get("label"), obj.get("id"))
 
 
-def _read_parquet(path: Path, batch_rows: int = 4096) -> Iterator[RawRow]:
+def _read_parquet(path: Path, labels: bool, batch_rows: int = 4096) -> Iterator[Record]:
     """Row groups are read a batch at a time; 'line' is the 1-based row number."""
     import pyarrow.parquet as pq
 
@@ -147,13 +184,17 @@ def _read_parquet(path: Path, batch_rows: int = 4096) -> Iterator[RawRow]:
     except Exception as e:  # pyarrow raises several types for a file that is not Parquet
         raise UserError(f"{path} is not a Parquet file ({str(e).splitlines()[0]})") from None
     columns = f.schema_arrow.names
-    if "text" not in columns or "label" not in columns:
-        raise UserError(f"{path}: needs 'text' and 'label' columns, has {columns}")
+    if "text" not in columns or (labels and "label" not in columns):
+        raise UserError(f"{path}: needs 'text' and 'label' columns, has {columns}" if labels else
+                        f"{path}: needs a 'text' column, has {columns}")
+    wanted = [c for c in ("text", "label", "id") if c in columns]
     row = 0
-    for batch in f.iter_batches(batch_size=batch_rows, columns=["text", "label"]):
-        for text, label in zip(batch.column("text").to_pylist(), batch.column("label").to_pylist()):
+    for batch in f.iter_batches(batch_size=batch_rows, columns=wanted):
+        values = {c: batch.column(c).to_pylist() for c in wanted}
+        for i, text in enumerate(values["text"]):
             row += 1
-            yield text, label, row
+            yield Record(row, text, values["label"][i] if "label" in values else None,
+                         values["id"][i] if "id" in values else None)
 
 
 def _maybe_int(value: str) -> int | str:

@@ -30,7 +30,7 @@ from ..distributed import Dist, barrier
 from .device import inference_attention
 from .prefix import Logits, PrefixModel, embedding_modules, run_prefix, split_encoder, start_layer
 
-FORMAT = 1  # bump when the layout or what is stored changes, so old caches are never read
+PREFIX_FORMAT = 1  # bump when the layout or what is stored changes, so old caches are never read
 _NOT_PREFIX = ("id2label", "label2id", "num_labels", "problem_type", "_name_or_path", "classifier_dropout",
                "hidden_dropout_prob", "attention_probs_dropout_prob")  # config keys the prefix output ignores
 
@@ -87,12 +87,12 @@ def check_disk(directory: Path, need: int) -> None:
                         f"{free / 1e9:.1f} GB free; use a --cache-dir on a larger disk, or fewer/shorter examples")
 
 
-def cache_key(model: nn.Module, data: Encoded, start: int, dtype: torch.dtype) -> str:
+def prefix_key(model: nn.Module, data: Encoded, start: int, dtype: torch.dtype) -> str:
     """A fingerprint of everything the cached states depend on: the prefix's weights (hashed in full,
     ~0.3 s for roberta-base at s=8, cheap against a stale cache), the config, the token ids, start, dtype."""
     base, layers, _ = split_encoder(model)
     config = {k: v for k, v in model.config.to_dict().items() if k not in _NOT_PREFIX}
-    key = hashlib.sha256(json.dumps([FORMAT, type(model).__name__, config, model.config._attn_implementation,
+    key = hashlib.sha256(json.dumps([PREFIX_FORMAT, type(model).__name__, config, model.config._attn_implementation,
                                      start, str(dtype)], sort_keys=True, default=str).encode())
     # The encoder's own weights outside its layers (MPNet's relative position bias) shape every layer's output.
     shared = [(n, t) for n, t in [*base.encoder.named_parameters(), *base.encoder.named_buffers()]
@@ -168,7 +168,7 @@ def _build(model: nn.Module, data: Encoded, start: int, amp: torch.dtype | None,
         run(hidden)
         return PrefixCache(hidden, data.offsets, data.labels, start)
     directory = Path(cache_dir)
-    key = cache_key(model, data, start, dtype)
+    key = prefix_key(model, data, start, dtype)
     if d.local_rank == 0:
         cache = _load(directory, key, data, start, shape, dtype)
         if cache is None:

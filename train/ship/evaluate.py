@@ -24,9 +24,10 @@ def parser() -> Parser:
     p.add_argument("--eval-file", help="CSV/JSONL file to score")
     p.add_argument("--max-eval-samples", type=int, help="stratified subset, drawn as the training run drew it")
     p.add_argument("--seed", type=int, help="seed of the subset (default: the training run's seed)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--precision", choices=PRECISIONS, default="auto")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=128, help="rows per batch (default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 on CUDA and on CPUs with AVX512-BF16 or AMX, else fp32 (default: auto)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 

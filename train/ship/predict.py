@@ -75,14 +75,16 @@ def parser() -> Parser:
     p.add_argument("--adapter", help="adapter (or run) directory written by python -m train")
     p.add_argument("--model", help="with --adapter: its base model (default: the one it was trained on); "
                                    "alone: a merged export (python -m train.export --format hf)")
-    p.add_argument("--input", help="score a file: CSV with a header holding 'text' (and maybe 'id'), or JSONL "
-                                   "objects with \"text\" (and maybe \"id\")")
+    p.add_argument("--input", help="score a file: CSV with a header holding 'text' (and maybe 'id') or in AG News' "
+                                   "headerless layout (class, title, description), JSONL objects with \"text\" (and "
+                                   "maybe \"id\"), or Parquet with those columns")
     p.add_argument("--output", help="with --input: predictions as .jsonl or .csv, one per row, in input order")
     p.add_argument("--on-bad-row", choices=("stop", "skip"), default="stop",
                    help="a malformed input row stops the run (default), or is reported and skipped")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--precision", choices=PRECISIONS, default="auto")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64, help="rows per batch (default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 on CUDA and on CPUs with AVX512-BF16 or AMX, else fp32 (default: auto)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
     return p
 

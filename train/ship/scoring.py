@@ -15,13 +15,14 @@ import torch
 from lora.adapter import atomic_write
 
 from ..cli import UserError
-from ..data.sources import jsonl_objects
+from ..data.sources import records
 
-FORMATS = (".csv", ".jsonl")
+OUTPUTS = (".csv", ".jsonl")
+INPUTS = (*OUTPUTS, ".parquet")
 
 
 @dataclass
-class Rows:
+class ScoredRows:
     """The rows of an input file that will be scored."""
     texts: list[str]
     lines: list[int]  # where each row starts in the file (1-based)
@@ -29,24 +30,25 @@ class Rows:
     skipped: int = 0
 
 
-def file_format(path: str, flag: str) -> str:
+def file_format(path: str, flag: str, formats: tuple[str, ...] = OUTPUTS) -> str:
+    """The file's suffix, when it is one of `formats`; else one UserError line."""
     suffix = Path(path).suffix.lower()
-    if suffix not in FORMATS:
-        raise UserError(f"{flag} {path}: expected a .csv or .jsonl file")
+    if suffix not in formats:
+        raise UserError(f"{flag} {path}: expected a {' or '.join(formats)} file")
     return suffix
 
 
-def read_rows(path: str, skip_bad: bool, warn=lambda line: print(line, file=sys.stderr)) -> Rows:
-    """CSV with a header that has a `text` column (and maybe `id`) or in AG News' layout, or JSONL objects with
-    "text" (and maybe "id"). A malformed row stops with its line number, or with skip_bad is reported in one
-    line and left out."""
+def read_rows(path: str, skip_bad: bool, warn=lambda line: print(line, file=sys.stderr)) -> ScoredRows:
+    """CSV with a header that has a `text` column (and maybe `id`) or in AG News' layout, JSONL objects with
+    "text" (and maybe "id"), or Parquet with those columns: train.data.sources reads all three. A malformed row
+    stops with its line number, or with skip_bad is reported in one line and left out."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--input {path}: file not found")
-    rows = Rows([], [], [])
+    rows = ScoredRows([], [], [])
     try:
-        records = _jsonl_records(p) if file_format(path, "--input") == ".jsonl" else _csv_records(p)
-        for line, text, key, problem in records:
+        file_format(path, "--input", INPUTS)
+        for line, text, _, key, problem in records(p, labels=False)[0]:
             if problem is None and (not isinstance(text, str) or not text.strip()):
                 problem = "empty text" if isinstance(text, str) else f"text is {type(text).__name__}, not a string"
             if problem is not None:
@@ -65,46 +67,7 @@ def read_rows(path: str, skip_bad: bool, warn=lambda line: print(line, file=sys.
     return rows
 
 
-def _jsonl_records(path: Path):
-    """(line number, text, id or None, problem or None) per non-blank line."""
-    for line, obj, problem in jsonl_objects(path):
-        if problem:
-            yield line, None, None, problem
-        elif not isinstance(obj, dict) or "text" not in obj:
-            yield line, None, None, 'needs a "text" field'
-        else:
-            yield line, obj["text"], obj.get("id"), None
-
-
-def _csv_records(path: Path):
-    """(line where the record starts, text, id or None, problem or None) per CSV record: after a header with
-    a `text` column, or in the AG News layout (no header; class, title, description: text = title description)."""
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        try:
-            first = next(reader, [])
-            header = [h.strip().lower() for h in first]
-            agnews = "text" not in header and len(first) == 3 and first[0].strip().lstrip("-").isdigit()
-            if not agnews and "text" not in header:
-                raise UserError(f"{path}: the header needs a 'text' column (or rows of AG News' class,title,"
-                                f"description), has {header}")
-            if agnews:
-                yield 1, f"{first[1].strip()} {first[2].strip()}".strip(), None, None
-                header = ["class", "title", "description"]
-            t, i = (None, None) if agnews else (header.index("text"), header.index("id") if "id" in header else None)
-            start = reader.line_num + 1
-            for row in reader:
-                if row:
-                    ok = len(row) == len(header)
-                    text = None if not ok else f"{row[1].strip()} {row[2].strip()}".strip() if agnews else row[t]
-                    yield (start, text, row[i] if ok and i is not None else None,
-                           None if ok else f"expected {len(header)} fields ({','.join(header)}), got {len(row)}")
-                start = reader.line_num + 1
-        except csv.Error as e:
-            raise UserError(f"{path} line {reader.line_num}: not valid CSV ({e})") from None
-
-
-def write_predictions(path: str, rows: Rows, probs: torch.Tensor, labels: list[str]) -> None:
+def write_predictions(path: str, rows: ScoredRows, probs: torch.Tensor, labels: list[str]) -> None:
     """One row per scored input row, in input order: its id (or line), the label, every class's probability.
     Written whole or not at all."""
     suffix = file_format(path, "--output")

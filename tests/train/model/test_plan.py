@@ -10,7 +10,6 @@ from lora import LoRALinear, count_trainable, lora_layers
 from tiny import train_args
 from train.config import TrainConfig
 from train.cli import UserError
-from train.trainer import lr_at
 from train.model.plan import plan, prepare
 from train.recipes import recipe
 
@@ -105,19 +104,6 @@ def test_printed_plan_rows_sum_to_the_printed_total(tiny_model_dir, tiny_data_di
     total = int(re.search(r"^trainable +([\d,]+) parameters", out, re.M).group(1).replace(",", ""))
     assert len(rows) == 5  # LoRA on query, key, value and classifier.dense; classifier.out_proj trained
     assert sum(rows) == total == 8 * (2 * 3 + 1) * (64 + 64) + (64 * 4 + 4)
-
-
-def test_lr_schedule_warms_up_linearly_then_decays_by_cosine_to_zero():
-    total, warmup = 100, 10
-    lrs = [lr_at(s, total, warmup) for s in range(total + 1)]
-    rises = lrs[:warmup + 1]
-    steps = [b - a for a, b in zip(rises, rises[1:])]
-    assert all(d == pytest.approx(steps[0]) and d > 0 for d in steps)  # linear rise
-    assert lrs[warmup] == 1.0 and max(lrs) == 1.0
-    assert all(b <= a for a, b in zip(lrs[warmup:], lrs[warmup + 1:]))  # never rises again
-    assert lrs[warmup + (total - warmup) // 2] == pytest.approx(0.5)  # cosine: half-way is half
-    assert lrs[total - 1] < 0.001 and lrs[total] == pytest.approx(0.0, abs=1e-12)
-    assert lr_at(0, total, 0) == 1.0 and lr_at(0, total, warmup) > 0
 
 
 def test_linear_head_dense_starts_as_the_identity(tiny_roberta):

@@ -222,6 +222,7 @@ with open(os.path.join(sys.argv[2], f"rank{d.rank}.json"), "w") as f:  # not std
 """
 
 
+@pytest.mark.slow
 def test_under_torchrun_local_rank_0_builds_and_every_rank_maps_it(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[3]), os.environ.get("PYTHONPATH", "")])}

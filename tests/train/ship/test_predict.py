@@ -51,7 +51,7 @@ def test_malformed_row_stops_by_default_naming_its_line(run, jsonl, csv_rows, tm
     assert code == 2 and err == f"error: {jsonl} line 3: not valid JSON (Expecting property name enclosed in " \
                                 "double quotes); --on-bad-row skip scores the other rows\n"
     code, err = score("--adapter", run, "--input", csv_rows, "--output", tmp_path / "p.csv", capsys=capsys)
-    assert code == 2 and err.startswith(f"error: {csv_rows} line 5: expected 2 fields (id,text), got 3;")
+    assert code == 2 and err.startswith(f"error: {csv_rows} line 5: expected 2 columns (id,text), got 3;")
     assert not (tmp_path / "p.jsonl").exists() and not (tmp_path / "p.csv").exists()
 
 
@@ -82,7 +82,7 @@ def expected_rows(run, texts, capsys):
 def test_csv_in_csv_out_keeps_ids_order_and_every_probability(run, csv_rows, tmp_path, capsys):
     out = tmp_path / "p.csv"
     code, err = score("--adapter", run, "--input", csv_rows, "--output", out, "--on-bad-row", "skip", capsys=capsys)
-    assert code == 0 and f"skipped {csv_rows} line 5: expected 2 fields" in err
+    assert code == 0 and f"skipped {csv_rows} line 5: expected 2 columns" in err
     rows = list(csv.DictReader(out.open()))
     assert list(rows[0]) == ["id", "label", *(f"prob_{c}" for c in CLASSES)]
     assert [r["id"] for r in rows] == ["x1", "x2", "x4"]
@@ -137,7 +137,7 @@ def test_ag_news_layout_is_scored_by_line(run, tmp_path, capsys):
     rows = write(tmp_path / "test.csv", f'"3","market shares","{TEXTS[2]}"\n"2","goal"\n"1","war","border"\n')
     out = tmp_path / "p.jsonl"
     code, err = score("--adapter", run, "--input", rows, "--output", out, "--on-bad-row", "skip", capsys=capsys)
-    assert code == 0 and f"skipped {rows} line 2: expected 3 fields (class,title,description), got 2" in err
+    assert code == 0 and f"skipped {rows} line 2: expected 3 columns (class,title,description), got 2" in err
     got = [json.loads(x) for x in out.read_text().splitlines()]
     want = expected_rows(run, [f"market shares {TEXTS[2]}", "war border"], capsys)
     assert [r["line"] for r in got] == [1, 3] and [r["label"] for r in got] == [w["label"] for w in want]

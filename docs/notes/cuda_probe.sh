@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Why CUDA training steps were bimodal (results/cuda-probe-h200.txt): the fast recipe three times on the same
+# Why CUDA training steps were bimodal (docs/notes/cuda-probe-h200.txt): the fast recipe three times on the same
 # data (bf16, bf16 with one OMP thread, fp32), GPU clocks sampled alongside; each run's metrics.jsonl holds its
 # per-step examples/s. About 2.5 minutes on an H200 with the MiniLM proxy.
 #
-#   MODEL=path/to/minilm DATA=path/to/ag_news bash benchmarks/cuda_probe.sh [OUT_DIR]
+#   MODEL=path/to/minilm DATA=path/to/ag_news bash docs/notes/cuda_probe.sh [OUT_DIR]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
