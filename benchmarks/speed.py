@@ -37,12 +37,17 @@ EVAL = ("ours_merged", "peft_unmerged", "peft_merged")
 ALL_LINEAR = LoRAConfig(rank=RECIPES["all-linear"]["rank"], targets=RECIPES["all-linear"]["targets"])
 
 
-def build_base(seed: int = 0) -> nn.Module:
-    """roberta-base (125M parameters) with random weights and SDPA attention, 4 labels."""
+def build_base(seed: int = 0, attention: str = "sdpa", model_dropout: float | None = None) -> nn.Module:
+    """roberta-base (125M parameters) with random weights, 4 labels, `attention` ("sdpa" or "eager"), and its
+    own dropout (0.1) unless `model_dropout` sets it (our recipes run with 0)."""
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
+    from train.model.device import set_model_dropout
+
     torch.manual_seed(seed)
-    return RobertaForSequenceClassification._from_config(RobertaConfig(num_labels=4), attn_implementation="sdpa")
+    model = RobertaForSequenceClassification._from_config(RobertaConfig(num_labels=4), attn_implementation=attention)
+    set_model_dropout(model, model_dropout)
+    return model
 
 
 def make_ours(base: nn.Module, config: LoRAConfig = LoRAConfig(), fused: bool = True) -> nn.Module:
@@ -164,7 +169,7 @@ def bench_train(base: nn.Module, batch: dict, device: torch.device, precision: s
         first[name] = float(step())
     wall, cpu = interleave(steps, max(warmup - 1, 0), repeats, device)
     pairs = ("ours/peft", "ours/floor", "peft/floor", "ours_all_linear/ours", "ours/ours_all_linear",
-             "ours_all_linear/floor", "ours_all_linear/ours_all_linear_plain")
+             "ours_all_linear/floor", "ours_all_linear/ours_all_linear_plain", "ours/ours_all_linear_plain")
     return {**summarize(wall, cpu, pairs, device), "cast_frozen": precision == "bf16",
             "first_loss": first,
             "trainable_params": {n: count_trainable(m) for n, m in models.items()},
@@ -239,6 +244,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, help="untimed rounds first; default 1 on CPU, 3 on CUDA")
     p.add_argument("--threads", type=int, help="torch threads; default 1 on CPU (on a shared machine a second "
                    "thread waits on a core someone else holds: times swing 2x), torch's choice on CUDA")
+    p.add_argument("--attention", choices=("sdpa", "eager"), default="sdpa",
+                   help="the model's attention kernel (our recipes train with eager on CPU; default %(default)s)")
+    p.add_argument("--model-dropout", type=float, help="dropout inside the model for every contestant (default: its "
+                   "own, 0.1; our recipes run with 0)")
     p.add_argument("--profile", action="store_true", help="also print torch.profiler tables per contestant")
     p.add_argument("--out", type=Path, help="JSON path; default benchmarks/results/speed-{cpu,cuda}.json")
     return p
@@ -264,11 +273,12 @@ def main(argv: list[str] | None = None) -> dict:
     if not precisions or set(precisions) - set(shapes):
         p.error(f"--precisions takes fp32 and/or bf16, got {args.precisions!r}")
 
-    base = build_base().to(device)
+    base = build_base(attention=args.attention, model_dropout=args.model_dropout).to(device)
     result: dict = {"benchmark": "speed", "command": " ".join(["python -m benchmarks.speed", *sys.argv[1:]])
                     if argv is None else f"main({argv!r})", "device": device.type, "machine": machine,
                     "repeats": repeats, "warmup": warmup, "lora": LoRAConfig().__dict__,
-                    "lora_all_linear": ALL_LINEAR.__dict__, "precisions": {}}
+                    "lora_all_linear": ALL_LINEAR.__dict__, "attention": args.attention,
+                    "model_dropout": args.model_dropout, "precisions": {}}
     if slow_bf16 and "bf16" in precisions:
         result["note"] = ("this CPU has no native bf16 (no avx512_bf16/amx): bf16 autocast is emulated, far slower "
                           "than fp32, so bf16 runs at a smaller shape to finish in minutes")

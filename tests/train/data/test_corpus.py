@@ -141,3 +141,18 @@ def test_token_cache_misses_when_the_tokenizer_changes_under_the_same_name(tiny_
     a = encode(SPLIT, plain, 16, str(tmp_path))
     b = encode(SPLIT, changed, 16, str(tmp_path))
     assert changed.calls == 1 and b.lengths.tolist() == [x - 1 for x in a.lengths.tolist()]
+
+
+def test_the_shipped_sample_is_what_its_readme_says():
+    """--data ag_news_sample: 4,800 training and 800 test rows of real AG News, stratified, with its classes."""
+    from collections import Counter
+
+    from train.data.corpus import SAMPLES, load_corpus
+
+    corpus = load_corpus("ag_news_sample")
+    assert corpus.label_names == ["World", "Sports", "Business", "Sci/Tech"]
+    assert Counter(corpus.train.labels) == {k: 1200 for k in range(4)}
+    assert Counter(corpus.eval.labels) == {k: 200 for k in range(4)}
+    assert not set(corpus.train.texts) & set(corpus.eval.texts)  # disjoint samples
+    readme = (SAMPLES["ag_news_sample"] / "README.md").read_text()
+    assert "Zhang" in readme and "d52ea96a97a2d943681189a97654912d" in readme
