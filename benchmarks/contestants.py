@@ -19,13 +19,16 @@ from pathlib import Path
 from benchmarks.common import REPO_ROOT
 from train.rundir import CONFIG, EVAL, RunDir
 
-NAMES = ("reference", "tuned", "default", "fast")
+NAMES = ("reference", "tuned", "default", "fast", "engine", "ceiling")
 LABELS = {
     "reference": "reference as specified (PEFT + Trainer)",
     "tuned": "tuned reference (length-grouped, bf16 where native)",
     "default": "ours, default recipe",
     "fast": "ours, fast recipe",
+    "engine": "PEFT + Trainer on our fast recipe (the engine alone)",
+    "ceiling": "full fine-tuning (Trainer, every parameter)",
 }
+TRAINER = {"reference": "specified", "tuned": "tuned", "engine": "engine", "ceiling": "ceiling"}  # --variant
 OURS = ("default", "fast")
 OURS_LOOP_INCLUDES = ("eval.json train_seconds: per optimizer step, collate the batch, move it to the device, "
                       "forward, loss, backward, clip, optimizer step, lr update, zero_grad; summed over steps (no "
@@ -58,9 +61,9 @@ def command(name: str, setup: Setup, seed: int, run_dir: Path) -> list[str]:
     samples = (["--max-train-samples", str(setup.max_train)] if setup.max_train else []) + (
         ["--max-eval-samples", str(setup.max_eval)] if setup.max_eval else [])
     common = ["--model", setup.model, *setup.data_args, *samples, "--seed", str(seed)]
-    if name in ("reference", "tuned"):
+    if name in TRAINER:  # the engine variant keeps our fast recipe's epochs, as our fast run does
         return [sys.executable, "-m", "benchmarks.reference", *common, "--epochs", str(setup.epochs),
-                "--out", str(run_dir / "metrics.json"), *(["--tuned"] if name == "tuned" else [])]
+                "--out", str(run_dir / "metrics.json"), "--variant", TRAINER[name]]
     if name not in OURS:
         raise RaceError(f"unknown contestant {name!r}; choose from {', '.join(NAMES)}")
     epochs = ["--epochs", str(setup.epochs)] if name == "default" else []
@@ -129,7 +132,8 @@ def read_result(name: str, run_dir: Path) -> dict:
                 "loop_seconds": metrics["loop_seconds"], "loop_includes": metrics["loop_includes"],
                 "precision": metrics["precision"], "epochs": metrics["epochs"], "batch_size": recipe["batch_size"],
                 "eval_batch_size": recipe["batch_size"],
-                "max_length": recipe["max_length"], "layers": None, "trainable_params": metrics["trainable_params"],
+                "max_length": recipe["max_length"], "layers": metrics.get("layers"),
+                "trainable_params": metrics["trainable_params"],
                 "trainer_train_seconds": metrics["train_seconds"]}
     config = json.loads((RunDir(run_dir / "out") / CONFIG).read_text())["train"]  # {"train": TrainConfig, ...}
     lora = config["lora"]

@@ -5,15 +5,22 @@ lr 4e-4 with a cosine schedule, label smoothing 0.1, batch 32, max_length 128, d
 (DataCollatorWithPadding), seed 0, fp32. No checkpoints, no logging integrations, one evaluation
 at the end. This is the contestant our `python -m train` is measured against in accuracy.py.
 
-The tuned reference (`--tuned`) is the same recipe as a strong PEFT + Trainer user would run it:
-length-grouped sampling (`train_sampling_strategy="group_by_length"` in transformers 5,
-`group_by_length=True` in 4.x), and `bf16=True` where the device has native bf16 (CUDA with bf16
-support, or a CPU with avx512_bf16/amx, where Trainer also needs `use_cpu=True`); on CUDA, SDPA
-without cuDNN's attention, as our app runs. Nothing else changes: same LoRA, optimizer, schedule,
-batch size and seed.
+--variant picks what Trainer runs (`specified` is the default):
+- tuned: the same recipe as a strong PEFT + Trainer user would run it: length-grouped sampling
+  (`train_sampling_strategy="group_by_length"` in transformers 5, `group_by_length=True` in 4.x), and
+  `bf16=True` where the device has native bf16 (CUDA with bf16 support, or a CPU with avx512_bf16/amx,
+  where Trainer also needs `use_cpu=True`); on CUDA, SDPA without cuDNN's attention, as our app runs.
+  Nothing else changes: same LoRA, optimizer, schedule, batch size and seed.
+- engine: our fast recipe (train.recipes) in PEFT + Trainer, with every engine-independent choice a Trainer
+  user can make: its layers (`layers_to_transform`), targets in the model's own names, rank, alpha, epochs,
+  lr, warmup, weight decay, the linear head (only its output layer trained, the dense layer frozen as the
+  identity), no dropout inside the model, eager attention, plus the tuned variant's grouping and bf16. What
+  is left between it and `python -m train --recipe fast` is the engine (frozen-prefix cache, batching).
+- ceiling: full fine-tuning, every parameter of the model trained (lr 2e-5, 6% warmup, weight decay 0.01),
+  with the tuned variant's grouping and bf16: how far an under-1M LoRA is from the model's own limit.
 
-    python -m benchmarks.reference --model PATH --train-file train.csv --eval-file dev.csv \\
-        --epochs 1 --max-train-samples 64 [--tuned] [--seed 1] [--out metrics.json]
+    python -m benchmarks.reference --model PATH --train-file train.csv --eval-file test.csv \\
+        --epochs 1 --max-train-samples 64 [--variant tuned] [--seed 1] [--out metrics.json]
 
 The last printed line is the result as one JSON object; --out also writes it to a file (atomically),
 which is how benchmarks/accuracy.py reads a child process's final metrics.
@@ -32,15 +39,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings; we
 import torch
 
 from benchmarks.common import write_json
-from train.data.corpus import Corpus, Split, load_corpus, stratified_subset
+from benchmarks.variants import RECIPE, VARIANTS, model_for, tuned_arguments, tuned_kernels, variant_recipe
 from train.cli import UserError
+from train.data.corpus import Corpus, Split, load_corpus, stratified_subset
 from train.metrics import classification_report  # the same metric code scores both contestants
-from train.model.device import avoid_cudnn_attention, cpu_has_bf16
-
-RECIPE = {"r": 4, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["query", "value"],
-          "modules_to_save": ["classifier"], "learning_rate": 4e-4, "label_smoothing_factor": 0.1,
-          "lr_scheduler_type": "cosine", "batch_size": 32, "max_length": 128, "seed": 0}
-
 
 def _dataset(split: Split, tokenizer, max_length: int):
     """A datasets.Dataset of unpadded token ids and labels; padding happens per batch in the collator."""
@@ -58,40 +60,6 @@ def _dataset(split: Split, tokenizer, max_length: int):
 LOOP_INCLUDES = ("per optimizer step: collate the batch, move it to the device, forward, loss, backward, "
                  "clip, optimizer step, lr update, zero_grad; summed over steps (no evaluation, no checkpoints, "
                  "no per-epoch setup)")
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 is a real speedup here: CUDA with bf16 support, or a CPU with AVX512-BF16/AMX
-    (decided by train.model.device.cpu_has_bf16, the same check our app's --precision auto makes)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_has_bf16()
-
-
-def tuned_arguments(device: torch.device) -> dict:
-    """The TrainingArguments a strong PEFT + Trainer user adds: length-grouped sampling (the argument's
-    name depends on the transformers version) and bf16 where the device has it natively."""
-    import dataclasses
-
-    from transformers import TrainingArguments
-
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    extra = ({"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in names
-             else {"group_by_length": True})
-    if native_bf16(device):
-        extra["bf16"] = True
-        if device.type == "cpu":
-            extra["use_cpu"] = True  # Trainer refuses bf16 on CPU unless told the CPU is the device
-    return extra
-
-
-def tuned_kernels(device: torch.device) -> dict:
-    """The tuned reference's kernel choices, process-wide: on CUDA, SDPA without cuDNN, as our app runs
-    (train.model.device.avoid_cudnn_attention says why). Returns what it set, for the result."""
-    if device.type != "cuda":
-        return {}
-    avoid_cudnn_attention()
-    return {"cudnn_sdpa": False}
 
 
 class _LoopTimer:
@@ -130,28 +98,19 @@ class _LoopTimer:
         return batch
 
 
-def _peft_model(model_path: str, names: list[str], seed: int):
-    """The reference model: the encoder with a new head for `names`, wrapped by PEFT with the recipe's LoRA."""
-    from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import AutoModelForSequenceClassification, set_seed
+def _training_args(out: str, epochs: int, eval_batch_size: int, seed: int, recipe: dict, extra: dict):
+    import dataclasses
 
-    set_seed(seed)  # before the model exists, so the new classifier head is the same every run
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_path, num_labels=len(names), id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)}).float()  # fp32 master weights, whatever the checkpoint stores
-    return get_peft_model(model, LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=RECIPE["r"], lora_alpha=RECIPE["lora_alpha"],
-        lora_dropout=RECIPE["lora_dropout"], target_modules=list(RECIPE["target_modules"]),
-        modules_to_save=list(RECIPE["modules_to_save"])))  # copies: PEFT appends to these lists in place
-
-
-def _training_args(out: str, epochs: int, eval_batch_size: int, seed: int, extra: dict):
     from transformers import TrainingArguments
 
+    # transformers 5 reads a float warmup_steps below 1 as a ratio; 4.x had warmup_ratio for it
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    warmup = {"warmup_ratio" if "warmup_ratio" in names else "warmup_steps": float(recipe["warmup_ratio"])}
     return TrainingArguments(
-        output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=RECIPE["batch_size"],
-        per_device_eval_batch_size=eval_batch_size, learning_rate=RECIPE["learning_rate"],
-        lr_scheduler_type=RECIPE["lr_scheduler_type"], label_smoothing_factor=RECIPE["label_smoothing_factor"],
+        output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=recipe["batch_size"],
+        per_device_eval_batch_size=eval_batch_size, learning_rate=recipe["learning_rate"],
+        lr_scheduler_type=recipe["lr_scheduler_type"], label_smoothing_factor=recipe["label_smoothing_factor"],
+        weight_decay=recipe["weight_decay"], **warmup,
         seed=seed, save_strategy="no", eval_strategy="no", logging_strategy="no", report_to="none",
         label_names=["labels"],  # PeftModel hides the wrapped forward's signature from Trainer
         **extra)
@@ -159,9 +118,9 @@ def _training_args(out: str, epochs: int, eval_batch_size: int, seed: int, extra
 
 def run_reference(model_path: str, corpus: Corpus, epochs: int, max_train_samples: int | None = None,
                   max_eval_samples: int | None = None, seed: int = RECIPE["seed"],
-                  eval_batch_size: int = RECIPE["batch_size"], tuned: bool = False) -> dict:
-    """Train and evaluate the reference recipe on `corpus` (the tuned reference with `tuned`);
-    returns its metrics and timings.
+                  eval_batch_size: int = RECIPE["batch_size"], variant: str = "specified") -> dict:
+    """Train and evaluate `variant` (VARIANTS; the engine variant keeps our fast recipe's epochs) on `corpus`
+    with PEFT + Trainer; returns its metrics and timings.
 
     Subsets are stratified with train.data.stratified_subset(seed), the same helper our app uses,
     so both contestants see the same rows. train_seconds and eval_seconds are wall-clock around
@@ -172,17 +131,19 @@ def run_reference(model_path: str, corpus: Corpus, epochs: int, max_train_sample
     train_split = stratified_subset(corpus.train, max_train_samples, seed)
     eval_split = stratified_subset(corpus.eval, max_eval_samples, seed)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    names = corpus.label_names
-    model = _peft_model(model_path, names, seed)
-    train_ds = _dataset(train_split, tokenizer, RECIPE["max_length"])
-    eval_ds = _dataset(eval_split, tokenizer, RECIPE["max_length"])
-
+    names, recipe, tuned = corpus.label_names, variant_recipe(variant), variant != "specified"
+    epochs = recipe.get("epochs", epochs)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where Trainer will put the model
+    # The engine variant trains as our CPU runs do: eager attention (SDPA's CPU backward is slow).
+    attention = "eager" if variant == "engine" and device.type == "cpu" else None
+    model, layers = model_for(model_path, names, seed, recipe, attention)
+    train_ds = _dataset(train_split, tokenizer, recipe["max_length"])
+    eval_ds = _dataset(eval_split, tokenizer, recipe["max_length"])
     extra = tuned_arguments(device) if tuned else {}
     kernels = tuned_kernels(device) if tuned else {}
     timer = _LoopTimer(DataCollatorWithPadding(tokenizer))
     with tempfile.TemporaryDirectory(prefix="reference-") as out:
-        args = _training_args(out, epochs, eval_batch_size, seed, extra)
+        args = _training_args(out, epochs, eval_batch_size, seed, recipe, extra)
         trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=timer,
                           processing_class=tokenizer, callbacks=[timer.callback])
         start = time.perf_counter()
@@ -213,7 +174,9 @@ def run_reference(model_path: str, corpus: Corpus, epochs: int, max_train_sample
         # transformers' default AdamW flavour, recorded since it changes between versions
         "optim": str(getattr(args.optim, "value", args.optim)),
         "torch_threads": torch.get_num_threads(),
-        "recipe": RECIPE,
+        "recipe": recipe,
+        "variant": variant,
+        "layers": layers,
         "tuned": tuned,
         "tuned_arguments": extra,
         "tuned_kernels": kernels,
@@ -233,8 +196,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-train-samples", type=int)
     p.add_argument("--max-eval-samples", type=int)
     p.add_argument("--seed", type=int, default=RECIPE["seed"], help="data subset, head init and order (default 0)")
-    p.add_argument("--tuned", action="store_true",
-                   help="the tuned reference: length-grouped sampling, plus bf16 where the device has it natively")
+    p.add_argument("--variant", choices=VARIANTS, default="specified",
+                   help="specified (default), tuned (length-grouped, bf16 where native), engine (our fast recipe in "
+                        "PEFT + Trainer) or ceiling (full fine-tuning)")
     p.add_argument("--out", help="also write the result JSON to this file (atomically)")
     args = p.parse_args(argv)
     try:
@@ -242,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     except UserError as e:  # a bad file or unreachable hub: one line, as our own CLI does
         raise SystemExit(f"error: {e}") from None
     result = run_reference(args.model, corpus, args.epochs, args.max_train_samples, args.max_eval_samples,
-                           seed=args.seed, tuned=args.tuned)
+                           seed=args.seed, variant=args.variant)
     if args.out:
         write_json(Path(args.out), result)
     print(json.dumps(result))

@@ -158,7 +158,7 @@ def race_table(data: dict) -> str:
     """The race: per contestant its precision, whole-process time, paired ratios against both
     references (measured, then counted work beside them), loop time and accuracy."""
     summary, ratios, setup = data["summary"], data["ratios"], data["setup"]
-    bases = [b for b in ("reference", "tuned") if b in summary]
+    bases = [b for b in ("reference", "tuned", "engine") if b in summary]
     scale, unit = (1e9, "G") if max(s["work_total"] for s in summary.values()) >= 1e9 else (1e6, "M")
     header = ["contestant", "precision", "epochs", "whole process", "CPU time", "training loop"]
     header += [f"time ÷ {b}" for b in bases] + ["accuracy", f"work ({unit} token-layers)"]

@@ -13,7 +13,8 @@ the total weighs both alike.
     reference  uniformly shuffled batches, each padded to its longest row (DataCollatorWithPadding),
                one evaluation at the end in file order (SequentialSampler).
     tuned      Trainer's length-grouped sampler (transformers' own get_length_grouped_indices), for
-               training and for the final evaluation.
+               training and for the final evaluation; engine and ceiling likewise. The engine's LoRA is
+               in the top layers only: every layer runs forward every epoch, backward stops below them.
 
 The shuffles are drawn with a fixed generator per (seed, epoch): the same distribution as the
 contestant's own, not necessarily its exact permutation, which moves the padding by a fraction of
@@ -133,5 +134,6 @@ def work_of(name: str, result: dict, lengths: Lengths, seed: int, layers: int, p
         train, evals = ours_batches(*args)
         return count_work(train_lengths, train, eval_lengths, evals, layers, start_layer(result["layers"]),
                           prefix_cache, result["eval_batch_size"])
-    train, evals = reference_batches(*args, grouped=name == "tuned")
-    return count_work(train_lengths, train, eval_lengths, evals, layers)
+    # Trainer: no prefix cache, so every layer runs forward every epoch; backward stops at LoRA's lowest layer.
+    train, evals = reference_batches(*args, grouped=name != "reference")
+    return count_work(train_lengths, train, eval_lengths, evals, layers, start_layer(result["layers"]))

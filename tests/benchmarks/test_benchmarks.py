@@ -200,8 +200,10 @@ def test_the_committed_results_still_render(which):
 def test_commands_give_epochs_to_all_but_the_fast_recipe(tmp_path):
     setup = Setup("M", ["--data", "D"], 3, max_train=64, recipe_args={"default": [], "fast": ["--recipe", "fast"]},
                   extra=["--precision", "fp32"])
-    ref, tuned, default, fast = (command(n, setup, 7, tmp_path) for n in ("reference", "tuned", "default", "fast"))
-    assert ref[1:3] == ["-m", "benchmarks.reference"] and "--tuned" not in ref and "--tuned" in tuned
+    ref, tuned, default, fast, engine, ceiling = (command(n, setup, 7, tmp_path) for n in
+                                                  ("reference", "tuned", "default", "fast", "engine", "ceiling"))
+    assert ref[1:3] == ["-m", "benchmarks.reference"] and ref[-2:] == ["--variant", "specified"]
+    assert tuned[-1] == "tuned" and engine[-1] == "engine" and ceiling[-1] == "ceiling"
     assert ref[ref.index("--out") + 1] == str(tmp_path / "metrics.json")
     for cmd in (ref, default, fast):
         assert cmd[cmd.index("--seed") + 1] == "7" and cmd[cmd.index("--max-train-samples") + 1] == "64"
@@ -262,7 +264,7 @@ def test_read_result_takes_ours_settings_from_the_runs_config(tmp_path):
 
 
 def test_tuned_reference_groups_by_length_and_uses_bf16_only_where_native(monkeypatch):
-    import benchmarks.reference as reference
+    import benchmarks.variants as reference
 
     monkeypatch.setattr(reference, "cpu_has_bf16", lambda: False)
     plain = reference.tuned_arguments(torch.device("cpu"))
@@ -273,7 +275,7 @@ def test_tuned_reference_groups_by_length_and_uses_bf16_only_where_native(monkey
 
 
 def test_tuned_reference_leaves_cudnn_out_of_sdpa_on_cuda_as_ours_does(monkeypatch):
-    import benchmarks.reference as reference
+    import benchmarks.variants as reference
 
     calls = []
     monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", calls.append)
@@ -322,3 +324,31 @@ def race_table_of(path: Path) -> str:
     from benchmarks.report import render
 
     return render(json.loads(path.read_text()))
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "mpnet"])
+def test_the_engine_contestant_trains_our_fast_recipe_in_peft(tmp_path, model_type):
+    """Same layers, targets (in the model's own names), rank and linear head as `python -m train --recipe fast`:
+    the same trainable count, and a frozen head dense layer that is the identity."""
+    pytest.importorskip("peft")
+    from shipping import make_family_dir
+    from tiny import CLASSES
+
+    from benchmarks.variants import model_for, variant_recipe
+    from train.config import TrainConfig
+    from train.model.load import load_pretrained
+    from train.model.plan import apply_head, plan
+    from train.recipes import recipe
+
+    encoder = make_family_dir(tmp_path / "m", model_type, layers=3)
+    fast = variant_recipe("engine")
+    assert (fast["r"], fast["top_layers"], fast["epochs"]) == (recipe("fast")["rank"], recipe("fast")["top_layers"],
+                                                               recipe("fast")["epochs"])
+    peft_model, layers = model_for(str(encoder), CLASSES, 0, fast, "eager")
+    cfg = TrainConfig.from_flat({**recipe("fast"), "model": str(encoder)})
+    ours, _ = load_pretrained(str(encoder), 4, CLASSES)
+    apply_head(cfg, ours)
+    assert layers == [1, 2] and sum(p.numel() for p in peft_model.parameters() if p.requires_grad) == sum(
+        v for _, v in plan(cfg, ours)[2])
+    dense = peft_model.base_model.model.classifier.dense
+    assert torch.equal(dense.weight, torch.eye(64)) and not dense.weight.requires_grad
