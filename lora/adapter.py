@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import LoRAConfig
+from .files import atomic_write
 from .inject import inject_lora, layer_index, lora_layers, lora_targets, name_matches
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -163,30 +163,6 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, config: LoRACon
     text = json.dumps(peft_config_dict(file_config(model, config), base_model_name), indent=2) + "\n"
     atomic_write(directory / CONFIG_NAME, lambda path: Path(path).write_text(text))
     return directory
-
-
-TEMP_SUFFIX = ".tmp"  # atomic_write's temp files are ".<name>.<random>.tmp" beside the target
-
-
-def atomic_write(target: Path, write) -> None:
-    """Call write(temp_path) beside `target`, then rename it over `target`: a crash never leaves half a file.
-    The file gets the mode a plain open() would give (0666 less the umask), not mkstemp's private 0600."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it is to set it and put it back
-    os.umask(mask)
-    return mask
 
 
 def read_adapter_config(directory: str | os.PathLike) -> tuple[LoRAConfig, dict]:

@@ -87,7 +87,7 @@ def make_adapter(root: Path, model_dir: Path, head: str, targets: tuple[str, ...
                                      max_length=32, output_dir=str(root), **overrides))
     torch.manual_seed(cfg.seed)
     model, _ = load_pretrained(cfg.model, len(CLASSES), CLASSES)
-    lconf, _, total = prepare(cfg, model)
+    _, lconf, _, total = prepare(cfg, model)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.requires_grad:

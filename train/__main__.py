@@ -20,28 +20,33 @@ DEFAULT_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "robe
 RESUME_MAY_CHANGE = {"stop_after", "device", "debug", "resume"}
 
 
+def _default(key: str, value, unset: str = "none") -> str:
+    """' (default: V)', or each recipe's value where the recipes differ on `key`; `unset` names None."""
+    def shown(v) -> str:
+        return ",".join(map(str, v)) if isinstance(v, tuple) else (unset if v is None else str(v))
+    per = {name: shown(r.get(key, value)) for name, r in sorted(RECIPES.items())}
+    if len(set(per.values())) > 1:
+        return " (default: " + "; ".join(f"{n}: {v}" for n, v in per.items()) + ")"
+    return f" (default: {shown(value)})"
+
+
 def parser() -> argparse.ArgumentParser:
     """Flags default to 'not given' (SUPPRESS), so the parse itself says which the user typed; the help
-    shows the value that runs when a flag is left out: the default recipe's, or TrainConfig's."""
-    d = TrainConfig()
+    shows the value that runs when a flag is left out: each recipe's, or TrainConfig's."""
     p = Parser(prog="python -m train", description="Fine-tune a frozen encoder with LoRA for text classification.",
                argument_default=argparse.SUPPRESS)
-    a = p.add_argument
+    p.add_argument("--recipe", choices=sorted(RECIPES),
+                   help=f"start from a named recipe (default: {DEFAULT_RECIPE}); flags given override its values")
+    _data_flags(p.add_argument_group("model and data").add_argument, TrainConfig())
+    _recipe_flags(p.add_argument_group("recipe (LoRA, head, optimizer, schedule)").add_argument, TrainConfig())
+    _run_flags(p.add_argument_group("the run").add_argument, TrainConfig())
+    return p
 
-    def default(key: str, value, unset: str = "none") -> str:
-        """' (default: V)', or each recipe's value where the recipes differ on `key`; `unset` names None."""
-        def shown(v) -> str:
-            return ",".join(map(str, v)) if isinstance(v, tuple) else (unset if v is None else str(v))
-        per = {name: shown(r.get(key, value)) for name, r in sorted(RECIPES.items())}
-        if len(set(per.values())) > 1:
-            return " (default: " + "; ".join(f"{n}: {v}" for n, v in per.items()) + ")"
-        return f" (default: {shown(value)})"
 
-    a("--recipe", choices=sorted(RECIPES),
-      help=f"start from a named recipe (default: {DEFAULT_RECIPE}); flags given override its values")
-    a("--model", help="hub id or local model directory" + default("model", d.model))
+def _data_flags(a, d: TrainConfig) -> None:
+    a("--model", help="hub id or local model directory" + _default("model", d.model))
     a("--data", help="hub dataset name, ag_news_sample (shipped), or a directory with train.csv and "
-      "test/dev/validation.csv" + default("data", d.data))
+      "test/dev/validation.csv" + _default("data", d.data))
     a("--streaming", action="store_true", help="read a hub dataset as it downloads")
     a("--train-file", help="training CSV/JSONL/Parquet, or a glob of them (AG News layout, or text,label columns)")
     a("--eval-file", help="evaluation CSV/JSONL/Parquet, or a glob of them")
@@ -50,59 +55,64 @@ def parser() -> argparse.ArgumentParser:
     a("--max-train-samples", type=int, help="stratified subset of the training data")
     a("--max-eval-samples", type=int, help="stratified subset of the evaluation data")
     a("--allow-empty-classes", action="store_true", help="train even if a class has no training row")
-    a("--max-length", type=int, help="tokens per text; longer texts are truncated" + default("max_length", 128))
+    a("--max-length", type=int, help="tokens per text; longer texts are truncated" + _default("max_length", 128))
+
+
+def _recipe_flags(a, d: TrainConfig) -> None:
     a("--rank", type=rank_value, help="LoRA rank, or 'auto' for the largest under the budget"
-      + default("rank", d.lora.rank))
-    a("--alpha", type=float, help="LoRA alpha: the update is scaled by alpha/rank" + default("alpha", d.lora.alpha))
-    a("--dropout", type=float, help="dropout on LoRA's input" + default("dropout", d.lora.dropout))
+      + _default("rank", d.lora.rank))
+    a("--alpha", type=float, help="LoRA alpha: the update is scaled by alpha/rank" + _default("alpha", d.lora.alpha))
+    a("--dropout", type=float, help="dropout on LoRA's input" + _default("dropout", d.lora.dropout))
     a("--targets", type=csv_list, help="comma-separated roles (RoBERTa's module names, mapped to each family's) or "
-      "module names" + default("targets", d.lora.targets))
-    a("--layers", type=layer_list, help="comma-separated layer indices, or 'all'" + default("layers", d.lora.layers, "all"))
+      "module names" + _default("targets", d.lora.targets))
+    a("--layers", type=layer_list, help="comma-separated layer indices, or 'all'" + _default("layers", d.lora.layers, "all"))
     a("--top-layers", type=int, metavar="K", help="LoRA only in the top K encoder layers (the layers below run "
-      "once per example, cached)" + default("top_layers", None))
+      "once per example, cached)" + _default("top_layers", None))
     a("--no-prefix-cache", dest="prefix_cache", action="store_false",
       help="run the frozen layers below the first LoRA layer every epoch (with dropout) instead of once")
     a("--model-dropout", type=float, help="dropout inside the pretrained model (hidden, attention, head)"
-      + default("model_dropout", d.model_dropout, "the model's own, 0.1 for RoBERTa"))
+      + _default("model_dropout", d.model_dropout, "the model's own, 0.1 for RoBERTa"))
     a("--head", choices=HEADS, help="full: the stock head trained whole; linear: only its output layer; lora: LoRA "
-      "on its dense layer and the output layer trained" + default("head", d.head))
+      "on its dense layer and the output layer trained" + _default("head", d.head))
     a("--rslora", dest="use_rslora", action="store_true", help="scale by alpha/sqrt(rank)")
-    a("--lr", type=float, help="peak learning rate" + default("lr", d.lr))
+    a("--lr", type=float, help="peak learning rate" + _default("lr", d.lr))
     a("--lora-plus-ratio", type=float, help="LoRA+: learning-rate multiplier for B"
-      + default("lora_plus_ratio", d.lora_plus_ratio))
+      + _default("lora_plus_ratio", d.lora_plus_ratio))
     a("--weight-decay", type=float, help="AdamW's decoupled weight decay, on matrices only"
-      + default("weight_decay", d.weight_decay))
+      + _default("weight_decay", d.weight_decay))
     a("--warmup-ratio", type=float, help="fraction of the steps with linear warmup, then cosine decay to 0"
-      + default("warmup_ratio", d.warmup_ratio))
-    a("--label-smoothing", type=float, help="cross-entropy label smoothing" + default("label_smoothing",
+      + _default("warmup_ratio", d.warmup_ratio))
+    a("--label-smoothing", type=float, help="cross-entropy label smoothing" + _default("label_smoothing",
                                                                                    d.label_smoothing))
-    a("--epochs", type=int, help="passes over the training data" + default("epochs", d.epochs))
+    a("--epochs", type=int, help="passes over the training data" + _default("epochs", d.epochs))
     a("--batch-size", type=int, help="examples per optimizer step, over all processes"
-      + default("batch_size", d.batch_size))
-    a("--eval-batch-size", type=int, help="examples per evaluation batch" + default("eval_batch_size",
+      + _default("batch_size", d.batch_size))
+    a("--eval-batch-size", type=int, help="examples per evaluation batch" + _default("eval_batch_size",
                                                                                    d.eval_batch_size))
-    a("--grad-clip", type=float, help="max gradient norm; 0 turns clipping off" + default("grad_clip", d.grad_clip))
-    a("--ema-decay", type=float, help="EMA of trainable weights for eval; 0 = off" + default("ema_decay", d.ema_decay))
+    a("--grad-clip", type=float, help="max gradient norm; 0 turns clipping off" + _default("grad_clip", d.grad_clip))
+    a("--ema-decay", type=float, help="EMA of trainable weights for eval; 0 = off" + _default("ema_decay", d.ema_decay))
     a("--precision", choices=PRECISIONS, help="auto: bf16 on CUDA (fp16 where bf16 is missing) and on CPUs with "
-      "AVX512-BF16 or AMX, else fp32" + default("precision", d.precision))
+      "AVX512-BF16 or AMX, else fp32" + _default("precision", d.precision))
     a("--attention", choices=ATTENTIONS, help="attention kernel; auto: eager on CPU, where SDPA's backward is slow, "
-      "else sdpa (never cuDNN's, which re-plans for each new batch shape)" + default("attention", d.attention))
+      "else sdpa (never cuDNN's, which re-plans for each new batch shape)" + _default("attention", d.attention))
+
+
+def _run_flags(a, d: TrainConfig) -> None:
     a("--compile", action="store_true", help="torch.compile the model")
-    a("--seed", type=int, help="seed of LoRA's init, the data order and dropout" + default("seed", d.seed))
+    a("--seed", type=int, help="seed of LoRA's init, the data order and dropout" + _default("seed", d.seed))
     a("--output-dir", help="where config, metrics, checkpoints, adapter and plots go (default: runs/<date-time>)")
     a("--save-every", type=int, help="checkpoint every N steps as well as every epoch; 0: every epoch only"
-      + default("save_every", d.save_every))
+      + _default("save_every", d.save_every))
     a("--max-trainable-params", type=int, help="refuse a run with this many trainable parameters or more"
-      + default("max_trainable_params", d.max_trainable_params))
+      + _default("max_trainable_params", d.max_trainable_params))
     a("--cache-dir", help=f"tokenized-data cache ('' disables) (default: {DEFAULT_CACHE})")
     a("--stop-after", type=int, help="stop after this many steps, checkpointed, to --resume later")
-    a("--device", help="auto (CUDA when there is one), cpu, cuda or cuda:N" + default("device", d.device))
-    a("--report-to", choices=TRACKERS, help="mirror metrics.jsonl into this tracker" + default("report_to",
+    a("--device", help="auto (CUDA when there is one), cpu, cuda or cuda:N" + _default("device", d.device))
+    a("--report-to", choices=TRACKERS, help="mirror metrics.jsonl into this tracker" + _default("report_to",
                                                                                              d.report_to))
     a("--resume", metavar="DIR|auto", help="continue the run in DIR with its saved config; 'auto': continue "
       "--output-dir's checkpoint if it has one, else start fresh (for torchrun --max-restarts)")
     a("--overwrite", action="store_true", help="reuse an --output-dir that already holds a run")
-    return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

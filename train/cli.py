@@ -9,6 +9,7 @@ import argparse
 import os
 import signal
 import sys
+from contextlib import contextmanager
 from typing import Callable
 
 DEBUG_ENV = "ROBERTA_LORA_DEBUG"
@@ -95,6 +96,34 @@ class Stopped(Exception):
 
 class Finished(Exception):
     """--resume auto found a finished run: nothing to do."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT before training began (loading, tokenizing, the frozen prefix): the work stops at once,
+    temp files go, and nothing of it is kept."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def interruptible():
+    """Within the block, SIGTERM raises Interrupted as Ctrl-C raises KeyboardInterrupt, so every `finally` and
+    cleanup runs (a half-built cache, a temp file) instead of the process dying where it stands."""
+    def handle(signum, frame):
+        raise Interrupted(signum)
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            old[sig] = signal.signal(sig, handle)
+        except ValueError:  # not the main thread: signals stay as they are
+            pass
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 class StopSignals:

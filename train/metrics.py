@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from lora.adapter import atomic_write
+from lora.files import atomic_write
 
 from .rundir import METRICS, PLOTS
 

@@ -1,41 +1,49 @@
-"""The run directory: every file name a run writes, atomic writes, the run record (config.json, the adapter's
-train_config.json), metrics, checkpoints, eval.json, and how a run starts in a directory (fresh, resumed,
-refused). Export, predict and the model card find a finished run's adapter and scores here too (find_run).
+"""The run directory: every file name a run writes, how they are written, and how a run starts in a directory
+(fresh, resumed, finished, or refused). What the files hold is train/records.py.
 
-Files are written to a hidden temp file and renamed over the target (lora.adapter.atomic_write), so a
-crash never leaves half a file; temp files left by a kill -9 are removed when a run next starts here.
-
-    run/  config.json  metrics.jsonl  checkpoint.pt  eval.json  curves.png  confusion.png
+    run/  config.json  metrics.jsonl  checkpoint.pt  eval.json  curves.png  confusion.png  .lock
           adapter/  adapter_model.safetensors  adapter_config.json  train_config.json
+
+The rules: a run writes only these names, inside its directory, each to a temp file renamed into place (a link
+there is replaced, never followed); it never deletes or truncates a file it did not write; one live process at
+a time holds the directory (.lock, with its host and pid; a lock whose process is gone is taken over).
 """
 from __future__ import annotations
 
+import atexit
 import json
-import shutil
-import subprocess
+import os
+import socket
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from lora.adapter import CONFIG_NAME as ADAPTER_CONFIG  # PEFT's adapter_config.json
-from lora.adapter import TEMP_SUFFIX, atomic_write
+from lora.files import atomic_write, sweep_temps
 
-from .cli import Finished, UserError
+from .cli import UserError
 from .config import TrainConfig
+from .records import parse_record
 
 CONFIG = "config.json"  # {"train": TrainConfig.to_dict(), "labels": [...], "versions": {...}}
 RUN_INFO = "train_config.json"  # the same object beside the PEFT files, so an adapter stands alone
 METRICS = "metrics.jsonl"
-EVAL = "eval.json"
+EVAL = "eval.json"  # written last: a directory with eval.json holds a finished run
 CHECKPOINT = "checkpoint.pt"
 ADAPTER = "adapter"
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", RUN_INFO)
 PLOTS = ("curves.png", "confusion.png")
+LOCK = ".lock"
+STALE_LOCK_SECONDS = 24 * 3600  # a lock from another machine this old is abandoned
 
 
 def write_json(target: Path, obj) -> None:
     atomic_write(target, lambda p: Path(p).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def write_json_lines(path: Path, rows: list[dict]) -> None:
+    atomic_write(path, lambda p: Path(p).write_text("".join(json.dumps(x) + "\n" for x in rows)))
 
 
 def read_json(path: Path, what: str):
@@ -48,77 +56,23 @@ def read_json(path: Path, what: str):
         raise UserError(f"{path} is not valid JSON ({what}): {e}") from None
 
 
-def versions() -> dict:
-    """torch, transformers and project versions, and the git commit of the code when there is one."""
-    import importlib.metadata
+def read_run_info(adapter_dir: str | Path) -> tuple[TrainConfig, list[str]]:
+    """(TrainConfig, labels) from the train_config.json of an adapter written by `python -m train`."""
+    path = Path(adapter_dir) / RUN_INFO
+    if not path.is_file():
+        raise UserError(f"{adapter_dir} is not an adapter written by python -m train (no {RUN_INFO})")
+    return parse_record(read_json(path, "run config"), path)
 
-    import transformers
 
-    found = {"torch": torch.__version__, "transformers": transformers.__version__}
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine."""
     try:
-        found["roberta-lora"] = importlib.metadata.version("roberta-lora")
-    except importlib.metadata.PackageNotFoundError:
-        found["roberta-lora"] = None
-    try:
-        here = Path(__file__).resolve().parent
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        found["git_commit"] = commit.stdout.strip() if commit.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        found["git_commit"] = None
-    return found
-
-
-def run_record(cfg: TrainConfig, labels: list[str]) -> dict:
-    """What config.json and the adapter's train_config.json hold: one shape, written by one function."""
-    return {"train": cfg.to_dict(), "labels": list(labels), "versions": versions()}
-
-
-def parse_record(record: dict, path: Path) -> tuple[TrainConfig, list[str]]:
-    """(TrainConfig, labels) from a run record; one UserError line if it is not one."""
-    try:
-        return TrainConfig.from_dict(record["train"]), list(record["labels"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{path} is not a run config written by python -m train: {e}") from None
-
-
-def eval_record(best: dict, history: list[dict], train_seconds: float, examples: int, steps: int, trainable: int,
-                labels: list[str]) -> dict:
-    """What eval.json holds: the best epoch's report, every epoch's scores, the final epoch's (no choice made
-    on the evaluation data, so comparable with a single final evaluation), timings and counts."""
-    return {
-        **{k: best[k] for k in ("accuracy", "macro_f1", "per_class", "confusion", "examples", "eval_seconds")},
-        "best_epoch": best["epoch"], "history": history,
-        "final_accuracy": history[-1]["accuracy"], "final_macro_f1": history[-1]["macro_f1"],
-        "train_seconds": train_seconds, "train_examples": examples,
-        "train_examples_per_s": examples / max(train_seconds, 1e-9),
-        "eval_examples_per_s": best["examples"] / max(best["eval_seconds"], 1e-9),
-        "trainable_params": trainable, "labels": labels, "steps": steps,
-    }
-
-
-def checkpoint_state(model: nn.Module, optimizer, scaler, ema, progress: dict) -> dict:
-    """What checkpoint.pt holds: the trained weights, optimizer, scaler, EMA, position and RNG."""
-    return {"model": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "ema": {n: t.cpu() for n, t in ema.shadow.items()} if ema else {}, "progress": progress,
-            "rng": rng_state()}
-
-
-def restore_checkpoint(state: dict, model: nn.Module, optimizer, scaler, ema, device: torch.device,
-                       path: Path) -> dict:
-    """Put a checkpoint_state (read from `path`) back in place; returns its progress (a dict)."""
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if set(state.get("model", {})) != set(trainable):
-        raise UserError(f"{path} does not match this model's trainable parameters")
-    with torch.no_grad():
-        for n, p in trainable.items():
-            p.copy_(state["model"][n])
-    optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-    if ema is not None:
-        ema.shadow = {n: t.to(device) for n, t in state["ema"].items()}
-    set_rng_state(state["rng"])
-    return state["progress"]
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -135,56 +89,108 @@ class RunDir:
     def adapter(self) -> Path:
         return self.path / ADAPTER
 
-    def holds_run(self) -> bool:
-        return (self / CONFIG).exists()
-
     def finished(self) -> bool:
         return (self / EVAL).is_file()
 
-    def clean_temps(self) -> None:
-        """Remove temp files an interrupted atomic write left behind; they are never read."""
-        for folder in (self.path, self.adapter):
-            if folder.is_dir():
-                for tmp in folder.glob(f".*{TEMP_SUFFIX}"):
-                    tmp.unlink(missing_ok=True)
+    def holds_run(self) -> bool:
+        """config.json is a run record of python -m train (not merely a file of that name)."""
+        try:
+            record = json.loads((self / CONFIG).read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(record, dict) and isinstance(record.get("train"), dict)
 
-    def start_mode(self, resume: bool | str, overwrite: bool) -> bool:
-        """Whether this run resumes (True) or starts fresh (False); refuses a bad --output-dir / --resume.
-        resume="auto": continue the checkpoint here if there is one, else start fresh (torchrun restarts)."""
-        self.clean_temps()
+    def lock(self) -> None:
+        """Claim the directory for this process (made if missing), or refuse in one line while another live
+        process holds it. Released by unlock(), and at exit."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        mine = f"{socket.gethostname()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = (self / LOCK).read_text(errors="replace").split()
+                host, pid = (holder + ["", ""])[:2]
+                age = time.time() - (self / LOCK).stat().st_mtime
+                if " ".join(holder) == mine or (host == socket.gethostname() and pid.isdigit() and not alive(int(pid))
+                                                ) or (host != socket.gethostname() and age > STALE_LOCK_SECONDS):
+                    (self / LOCK).unlink(missing_ok=True)  # ours already, or its process is gone: take it over
+                    continue
+                raise UserError(f"{self.path} is being written by process {pid} on {host} (its {LOCK}); wait for "
+                                f"it to end, or pick another --output-dir (remove {self / LOCK} if that process is "
+                                "gone)") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(mine + "\n")
+            atexit.register(self.unlock)
+            return
+
+    def unlock(self) -> None:
+        """Release the lock if this process holds it; then a directory left empty (a run refused or stopped
+        before it wrote anything) goes too."""
+        try:
+            if (self / LOCK).read_text().split() != [socket.gethostname(), str(os.getpid())]:
+                return
+            (self / LOCK).unlink()
+            if not any(self.path.iterdir()):
+                self.path.rmdir()
+        except OSError:
+            pass
+
+    def clean_temps(self) -> None:
+        """Remove the temp files of atomic writes that a killed process left (ours alone: their own suffix,
+        and a process that is gone)."""
+        for folder in (self.path, self.adapter):
+            sweep_temps(folder)
+
+    def start_mode(self, resume: bool | str, overwrite: bool) -> str:
+        """How the run starts here: "fresh", "resume" or, for resume="auto" (torchrun restarts), "finished"
+        (checked against the settings once they are resolved). Locks the directory; refuses a bad --output-dir
+        or --resume. A directory whose run never reached its first checkpoint holds nothing worth keeping:
+        a fresh start may replace it without --overwrite."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--output-dir {self.path} is a file, not a directory")
+        self.lock()
+        self.clean_temps()
+        trained = (self / CHECKPOINT).is_file() or self.finished()
         if resume == "auto":
-            if self.finished():
-                raise Finished(f"{self.path} is a finished run (eval.json is written); nothing to resume")
-            return (self / CHECKPOINT).is_file()
-        if not resume and not overwrite and self.holds_run():
-            raise UserError(f"{self.path} already holds a run; continue it with --resume {self.path}, "
-                            "or pick another --output-dir (or --overwrite)")
+            return "finished" if self.finished() else "resume" if (self / CHECKPOINT).is_file() else "fresh"
         if resume and not (self / CHECKPOINT).is_file():
             raise UserError(f"nothing to resume: {self / CHECKPOINT} does not exist; "
                             f"start again with --output-dir {self.path} --overwrite")
-        return bool(resume)
+        if not resume and not overwrite and trained and self.holds_run():
+            raise UserError(f"{self.path} already holds a run; continue it with --resume {self.path}, "
+                            "or pick another --output-dir (or --overwrite)")
+        return "resume" if resume else "fresh"
 
     def same_settings(self, cfg: TrainConfig) -> None:
         """--resume auto must continue the run these flags describe, not another one left in the directory."""
         saved, _ = self.load_config()
         ignore = dict(stop_after=None, device="auto", output_dir="", cache_dir=None)
-        if replace(saved, **ignore) != replace(cfg, **ignore):
-            changed = [k for k, v in replace(cfg, **ignore).to_dict().items() if replace(saved, **ignore).to_dict()[k] != v]
+        mine, theirs = replace(cfg, **ignore).to_dict(), replace(saved, **ignore).to_dict()
+        changed = [k for k in mine if mine[k] != theirs[k]]
+        if changed:
             raise UserError(f"{self.path} holds a run with other settings ({', '.join(changed)}); "
                             f"use another --output-dir, or --resume {self.path} to continue that run")
 
     def start(self, record: dict) -> None:
-        """A fresh run here: no outputs of an earlier run are kept (--overwrite), config written first."""
-        if self.path.exists() and not self.path.is_dir():
-            raise UserError(f"--output-dir {self.path} is a file, not a directory")
-        self.path.mkdir(parents=True, exist_ok=True)
-        for stale in (CHECKPOINT, EVAL, *PLOTS):
-            (self / stale).unlink(missing_ok=True)
-        shutil.rmtree(self.adapter, ignore_errors=True)
+        """A fresh run here: the earlier run's files (ours alone) are replaced, config.json written first.
+        Refuses a directory where files with a run's names were not written by a run, and links that would
+        lead a write out of the directory."""
+        ours = [n for n in (CONFIG, METRICS, EVAL, CHECKPOINT, *PLOTS, ADAPTER) if (self / n).exists()]
+        if ours and not self.holds_run():
+            raise UserError(f"{self.path} holds {', '.join(ours)}, which no run of python -m train wrote (no run "
+                            f"record in {CONFIG}); nothing there is replaced: pick another --output-dir")
+        if self.adapter.is_symlink() or (self.adapter.exists() and not self.adapter.is_dir()):
+            raise UserError(f"{self.adapter} is a link or a file; a run writes its adapter into a directory of its "
+                            "own there: remove it or pick another --output-dir")
+        for name in (CHECKPOINT, EVAL, *PLOTS):
+            (self / name).unlink(missing_ok=True)
+        for name in ADAPTER_FILES:
+            (self.adapter / name).unlink(missing_ok=True)
+        if self.adapter.is_dir() and not any(self.adapter.iterdir()):
+            self.adapter.rmdir()  # anything else the user put there stays, with the folder
         write_json(self / CONFIG, record)
-        (self / METRICS).write_text("")
+        write_json_lines(self / METRICS, [])
 
     def load_config(self) -> tuple[TrainConfig, list[str]]:
         path = self / CONFIG
@@ -211,65 +217,26 @@ class RunDir:
                             f"start again with --output-dir {self.path} --overwrite") from None
 
     def append_metrics(self, entry: dict) -> None:
-        with (self / METRICS).open("a") as f:
+        """One line onto metrics.jsonl, never through a link (start() made it a file of this run)."""
+        try:
+            fd = os.open(self / METRICS, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as e:
+            raise UserError(f"{self / METRICS} cannot be appended to ({e.strerror}); it must be this run's own "
+                            "file, not a link") from None
+        with os.fdopen(fd, "a") as f:
             f.write(json.dumps(entry) + "\n")
 
     def trim_metrics(self, step: int) -> None:
-        """Drop lines logged after the checkpoint being resumed, so the log reads as one run."""
+        """Drop lines logged after the checkpoint being resumed (and a line a kill tore), so the log reads as
+        one run."""
         path = self / METRICS
-        lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
-        write_json_lines(path, [x for x in lines if x["step"] <= step])
-
-
-@dataclass
-class Run:
-    adapter_dir: Path
-    info: dict  # {"train": TrainConfig dict, "labels": [...]}
-    report: dict | None  # eval.json: accuracy, macro_f1, per_class, examples, trainable_params, ...
-
-
-def read_run_info(adapter_dir: str | Path) -> tuple[TrainConfig, list[str]]:
-    """(TrainConfig, labels) from the train_config.json of an adapter written by `python -m train`."""
-    path = Path(adapter_dir) / RUN_INFO
-    if not path.is_file():
-        raise UserError(f"{adapter_dir} is not an adapter written by python -m train (no {RUN_INFO})")
-    return parse_record(read_json(path, "run config"), path)
-
-
-def find_run(path: str | Path) -> Run:
-    """A run directory (with adapter/) or an adapter directory, with its run info and scores."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{path} does not exist")
-    if (p / ADAPTER_CONFIG).is_file():
-        adapter, places = p, (p, p.parent)
-    elif (p / ADAPTER / ADAPTER_CONFIG).is_file():
-        adapter, places = p / ADAPTER, (p / ADAPTER, p)
-    else:
-        raise UserError(f"{path} is neither a run directory (with {ADAPTER}/) nor an adapter directory "
-                        f"(with {ADAPTER_CONFIG})")
-    cfg, labels = read_run_info(adapter)
-    info = {"train": cfg.to_flat(), "labels": labels}
-    report = None
-    for place in places:
-        if (place / EVAL).is_file():
-            report = json.loads((place / EVAL).read_text())
-            break
-    return Run(adapter, info, report)
-
-
-def write_json_lines(path: Path, rows: list[dict]) -> None:
-    atomic_write(path, lambda p: Path(p).write_text("".join(json.dumps(x) + "\n" for x in rows)))
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+        kept = []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill -9 mid-write
+            if isinstance(entry, dict) and isinstance(entry.get("step"), int) and entry["step"] <= step:
+                kept.append(entry)
+        write_json_lines(path, kept)

@@ -37,6 +37,20 @@ def open_tracker(kind: str, run_dir: str | os.PathLike, config: dict) -> Tracker
     return opener(Path(run_dir), config)
 
 
+PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+
+
+def check_tracker(kind: str) -> None:
+    """Refuse, in one line and before a run writes anything, a tracker that is unknown or not installed."""
+    if kind not in KINDS:
+        raise UserError(f"--report-to must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind in PACKAGES:
+        import importlib.util
+
+        if importlib.util.find_spec(PACKAGES[kind]) is None:
+            raise UserError(f"--report-to {kind} needs the {kind} package: pip install 'roberta-lora[{kind}]'")
+
+
 def metrics(entry: dict) -> dict[str, float]:
     """The numbers of a metrics.jsonl line, without the step (bools and text are not metrics)."""
     return {k: float(v) for k, v in entry.items()

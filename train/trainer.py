@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
@@ -23,19 +23,19 @@ from tqdm import tqdm
 
 from lora import LoRAConfig, cast_frozen, save_adapter
 
-from .cli import Diverged, Stopped, StopSignals
+from .cli import Diverged, Finished, Stopped, StopSignals, interruptible
 from .config import TrainConfig
 from .data import Encoded, EpochBatches, Prefetcher, check_classes, check_rows, encode, load_data
 from .distributed import Dist, agreed_signal, all_reduce_confusion, all_sum, barrier, on_main, shard, shutdown, wrap
 from .metrics import confusion_matrix, format_report, plot_run, report_from_confusion
 from .model.device import autocast, pick_attention, pick_precision, set_model_dropout, setup_device
 from .model.inference import predict_rows
-from .model.load import load_pretrained, usable_length
+from .model.load import load_pretrained
 from .model.plan import EMA, describe_plan, param_groups, prepare
 from .model.prefix_cache import frozen_prefix
-from .rundir import (CHECKPOINT, EVAL, RUN_INFO, RunDir, checkpoint_state, eval_record, restore_checkpoint, run_record,
-                     write_json)
-from .trackers import open_tracker
+from .records import checkpoint_state, eval_record, restore_checkpoint, run_record
+from .rundir import CHECKPOINT, EVAL, RUN_INFO, RunDir, write_json
+from .trackers import check_tracker, open_tracker
 
 # Reading a loss makes the host wait for the device, and under torchrun a stop is agreed in an all-reduce:
 LOSS_READ_EVERY = 16  # both happen every this many steps (and at every checkpoint), never once per step
@@ -80,6 +80,7 @@ class State:
     trainable: int
     say: Callable[[str], None]
     tracker: object
+    data_keys: list[str]  # the token cache keys of the training and evaluation rows: their fingerprint
     progress: Progress = field(default_factory=Progress)
 
 
@@ -94,37 +95,34 @@ def lr_at(step: int, total_steps: int, warmup_steps: int) -> float:
 def run(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False,
         say: Callable[[str], None] = print) -> dict | None:
     """Build and train. Returns eval.json's dict, or None when cfg.stop_after stopped the run early."""
-    s = build(cfg, resume, overwrite, say)
     try:
-        result = train(s)
+        with interruptible():  # SIGTERM while building stops it cleanly: nothing half-made is left behind
+            s = build(cfg, resume, overwrite, say)
+        try:
+            result = train(s)
+        finally:
+            if s.tracker is not None:  # rank 0's
+                s.tracker.close()
+        shutdown()  # after a clean finish only: with a dead peer it can block, and torchrun waits for the exit
+        return result
     finally:
-        if s.tracker is not None:  # rank 0's
-            s.tracker.close()
-    # Only after a clean finish: with a dead peer, destroy_process_group can block, and the process is
-    # about to exit anyway, which is what torchrun waits for before it restarts the workers.
-    shutdown()
-    return result
+        RunDir(cfg.output_dir).unlock()  # the directory is free again, also after a refusal or a stop
 
 
 def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[str], None]) -> State:
     """Data and model, LoRA injected, the optimizer, and the start: fresh, or from the checkpoint (resume
     True, or "auto": only if the output directory holds one). The plan is printed before the slow parts."""
+    check_tracker(cfg.report_to)  # a missing tracker package is refused before anything is written
     run_dir, (device, d) = RunDir(cfg.output_dir), setup_device(cfg.device)
     auto, say = resume == "auto", say if d.main else (lambda *a, **k: None)
-    resume = on_main(lambda: run_dir.start_mode(resume, overwrite), d)
+    mode = on_main(lambda: run_dir.start_mode(resume, overwrite), d)
     torch.manual_seed(cfg.seed)
     corpus = load_data(cfg)
     rows = on_main(lambda: check_rows(corpus), d)
     model, tokenizer = load_pretrained(cfg.model, len(corpus.label_names), corpus.label_names,
                                        pick_attention(cfg.attention, device))
     set_model_dropout(model, cfg.model_dropout)
-    if usable_length(cfg.max_length, model) < cfg.max_length:
-        say(f"note: --max-length {cfg.max_length} is more than {cfg.model} can take; using "
-            f"{usable_length(cfg.max_length, model)}")
-    lora, plan_rows, trainable = prepare(cfg, model)
-    # Resolved once and written so: the rank --rank auto chose, the layers --top-layers named, the usable length.
-    cfg = replace(cfg, auto_rank=False, top_layers=None, lora=replace(cfg.lora, rank=lora.rank, layers=lora.layers),
-                  max_length=usable_length(cfg.max_length, model))
+    cfg, lora, plan_rows, trainable = prepare(cfg, model, say)  # cfg resolved: rank, layers, usable length
     amp = pick_precision(cfg.precision, device)
     total_steps = -(-rows[0] // cfg.batch_size) * cfg.epochs
     warmup = int(cfg.warmup_ratio * total_steps)
@@ -136,6 +134,7 @@ def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[
     train_data, eval_data = (encode(split, tokenizer, cfg.max_length, cfg.cache_dir, d)
                              for split in (corpus.train, corpus.eval))
     check_classes(train_data.labels, corpus.label_names, cfg)
+    data_keys = [train_data.key, eval_data.key]  # what was trained on, so a resume on other data is refused
     groups = param_groups(model, cfg)
     net, train_data, eval_data = frozen_prefix(cfg, model, train_data, eval_data, amp, d, say)
     s = State(cfg=cfg, run=run_dir, model=model, net=net, step_model=net, lora=lora,
@@ -143,10 +142,12 @@ def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[
               optimizer=torch.optim.AdamW(groups, lr=cfg.lr), scaler=torch.amp.GradScaler(device.type,
               enabled=amp == torch.float16), ema=EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
               base_lrs=[g["lr"] for g in groups], total_steps=total_steps, warmup_steps=warmup, trainable=trainable,
-              say=say, tracker=None)
-    if resume:
-        if auto:
-            on_main(lambda: run_dir.same_settings(cfg), d)
+              say=say, tracker=None, data_keys=data_keys)
+    if auto and mode != "fresh":
+        on_main(lambda: run_dir.same_settings(cfg), d)
+    if mode == "finished":
+        raise Finished(f"{run_dir.path} is a finished run (eval.json is written); nothing to resume")
+    if mode == "resume":
         restore(s)
         say(f"resuming at step {s.progress.step} of {total_steps}")
     elif d.main:
@@ -160,14 +161,14 @@ def restore(s: State) -> None:
     """Continue from the checkpoint; rank 0 reads it and sends it to the others (no shared filesystem)."""
     state = on_main(s.run.load_checkpoint, s.dist)
     s.progress = Progress(**restore_checkpoint(state, s.model, s.optimizer, s.scaler, s.ema, s.device,
-                                               s.run / CHECKPOINT))
+                                               s.run / CHECKPOINT, s.data_keys))
     if s.dist.main:
         s.run.trim_metrics(s.progress.step)
 
 
 def train(s: State) -> dict | None:
     """Run from s.progress to the end. Returns eval.json's dict, or None when cfg.stop_after stopped it."""
-    cfg, p, unread = s.cfg, s.progress, []
+    cfg, p, unread = s.cfg, s.progress, []  # unread: (loss, examples/s) of the steps not yet logged
     with StopSignals() as signals:
         for epoch in range(p.epoch, cfg.epochs):
             p.epoch = epoch
@@ -253,17 +254,16 @@ def read_losses(s: State, unread: list, bar) -> None:
     unread.clear()
 
 
-def log(s: State, entry: dict) -> None:
-    """One metrics.jsonl line, mirrored into the tracker (--report-to)."""
+def log(s: State, entry: dict) -> None:  # one metrics.jsonl line, mirrored into the tracker (--report-to)
     if s.dist.main:
         s.run.append_metrics(entry)
         s.tracker.log(entry, entry["step"])
 
 
 def checkpoint(s: State) -> None:
-    """checkpoint.pt: enough to continue exactly where the run is."""
+    """checkpoint.pt: enough to continue exactly where the run is, and the data it may continue on."""
     if s.dist.main:
-        s.run.save_checkpoint(checkpoint_state(s.model, s.optimizer, s.scaler, s.ema, asdict(s.progress)))
+        s.run.save_checkpoint(checkpoint_state(s.model, s.optimizer, s.scaler, s.ema, asdict(s.progress), s.data_keys))
     barrier(s.dist)
 
 

@@ -164,10 +164,12 @@ def test_output_dir_with_a_run_and_resume_without_checkpoint(tiny_model_dir, tin
     assert f"nothing to resume: {out / 'config.json'} does not exist" in refused(["--resume", out], capsys)
     cfg = TrainConfig(model=str(tiny_model_dir), data=str(tiny_data_dir), output_dir=str(out), epochs=1)
     (out / "config.json").write_text(json.dumps({"train": cfg.to_dict(), "labels": ["a", "b"]}))
-    line = refused(train_args(tiny_model_dir, tiny_data_dir, out), capsys)
-    assert f"{out} already holds a run; continue it with --resume {out}" in line and "--overwrite" in line
     line = refused(["--resume", out], capsys)
     assert f"nothing to resume: {out / 'checkpoint.pt'} does not exist" in line
+    # A run that never reached its first checkpoint holds nothing to keep: the same command starts afresh.
+    assert main(train_args(tiny_model_dir, tiny_data_dir, out, "--epochs", "1")) == 0
+    line = refused(train_args(tiny_model_dir, tiny_data_dir, out), capsys)  # now it holds a trained run
+    assert f"{out} already holds a run; continue it with --resume {out}" in line and "--overwrite" in line
 
 
 def tiny_trainable(rank: int, hidden=64, layers=2, labels=4) -> int:

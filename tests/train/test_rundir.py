@@ -86,15 +86,23 @@ def test_output_dir_that_is_a_file_is_refused_before_loading(tiny_model_dir, tin
 
 
 def test_temp_files_of_an_interrupted_write_are_removed_at_the_next_start(tmp_path):
-    run = RunDir(tmp_path)
+    """Only this program's temp files whose process is gone: a live writer's, and the user's own, stay."""
+    import subprocess
+    import sys
+
+    from lora.files import _host
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    run, host, gone = RunDir(tmp_path), _host(), int(dead.stdout)
     (tmp_path / "adapter").mkdir()
-    stale = [tmp_path / ".checkpoint.pt.abc123.tmp", tmp_path / "adapter/.adapter_model.safetensors.x.tmp"]
-    for path in stale:
+    stale = [tmp_path / f".checkpoint.pt.{host}.{gone}.abc123.roberta-lora.tmp",
+             tmp_path / f"adapter/.adapter_model.safetensors.{host}.{gone}.x.roberta-lora.tmp"]
+    keep = [tmp_path / "notes.tmp", tmp_path / ".mine.tmp", tmp_path / ".draft.abc.tmp",
+            tmp_path / f".eval.json.{host}.{os.getpid()}.live.roberta-lora.tmp"]  # the last: a live writer's
+    for path in [*stale, *keep]:
         path.write_bytes(b"half")
-    keep = tmp_path / "notes.tmp"
-    keep.write_text("the user's")
     run.clean_temps()
-    assert not any(p.exists() for p in stale) and keep.read_text() == "the user's"
+    assert not any(p.exists() for p in stale) and all(p.read_bytes() == b"half" for p in keep)
 
 
 def test_fp16_on_a_cpu_is_refused_with_the_alternative(tiny_model_dir, tiny_data_dir, tmp_path, capsys):

@@ -8,13 +8,14 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from .cache import CacheReader, cache_file, open_cached, token_chunks, token_key
+from .cache import CacheReader, cache_file, cache_state, open_cached, token_chunks, token_key
 from .cache import build as build_cache
 from ..cli import UserError
 from ..distributed import Dist, barrier, broadcast_object_from_main
@@ -30,6 +31,7 @@ class Encoded:
     offsets: torch.Tensor  # (n + 1,) int64
     labels: torch.Tensor  # (n,) int64
     pad_id: int = 0  # the tokenizer's padding id, which batch() pads with
+    key: str = ""  # the rows' fingerprint (token_key: rows, tokenizer, max_length); names the cache entry
     reader: CacheReader | None = field(default=None, repr=False, compare=False)  # set when from the cache
 
     @property
@@ -70,12 +72,16 @@ def encode(rows: Iterable[tuple[str, int]], tokenizer, max_length: int, cache_di
     pad_id = getattr(tokenizer, "pad_token_id", None)
     pad_id = 0 if pad_id is None else pad_id
     if not cache_dir:
-        return _in_memory(rows, tokenizer, max_length, pad_id)
+        return replace(_in_memory(rows, tokenizer, max_length, pad_id), key=token_key(rows, tokenizer, max_length))
     key = None
     if d.local_rank == 0:
         key = token_key(rows, tokenizer, max_length)
         path = cache_file(cache_dir, key)
-        if open_cached(path) is None:  # missing, torn or of an older format
+        state = cache_state(path)
+        if state == "damaged":
+            print(f"note: the token cache {path} is damaged (its bytes differ from its checksum); rebuilding it",
+                  file=sys.stderr, flush=True)
+        if state != "ok" or open_cached(path) is None:  # missing, torn, damaged or of an older format
             build_cache(path, token_chunks(rows, tokenizer, max_length))
     barrier(d)  # every machine's local rank 0 has its entry
     main_key = broadcast_object_from_main(key, d)
@@ -86,7 +92,7 @@ def encode(rows: Iterable[tuple[str, int]], tokenizer, max_length: int, cache_di
     if opened is None:
         raise UserError(f"rank {d.rank}: the token cache {cache_file(cache_dir, main_key)} is missing or torn "
                         "on this machine; is --cache-dir the same path on every machine?")
-    return _checked(Encoded(**opened[0], pad_id=pad_id, reader=opened[1]), rows)
+    return _checked(Encoded(**opened[0], pad_id=pad_id, key=main_key, reader=opened[1]), rows)
 
 
 def _in_memory(rows: Iterable[tuple[str, int]], tokenizer, max_length: int, pad_id: int) -> Encoded:

@@ -1,6 +1,7 @@
 """The token cache: one safetensors file per (rows, tokenizer, max_length). It is built a chunk of rows
 at a time, so memory is bounded by the chunk and never by the corpus; it gets its final name only by
-an atomic rename once whole and synced; and every process memory-maps it rather than loading it."""
+an atomic rename once whole and synced, and a checksum file (KEY.sum) written last vouches for it: a
+damaged entry is rebuilt, never read. Every process memory-maps it rather than loading it."""
 from __future__ import annotations
 
 import hashlib
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from lora.files import atomic_write
 
 from .sources import content_key
 
@@ -81,6 +84,30 @@ def cache_file(cache_dir: str | os.PathLike, key: str) -> Path:
     return Path(cache_dir) / f"{key}.safetensors"
 
 
+def checksum(path: Path) -> str:
+    """blake2b of the whole file (~1 GB/s): what a cache entry must still hash to when it is opened."""
+    h = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _sum_file(path: Path) -> Path:
+    return path.with_suffix(".sum")
+
+
+def cache_state(path: Path) -> str:
+    """"ok" (whole and unchanged since it was built), "missing" (never finished, or from before checksums) or
+    "damaged" (its bytes differ from the checksum written last, after the file was whole)."""
+    if not path.is_file() or not _sum_file(path).is_file():
+        return "missing"
+    try:
+        return "ok" if _sum_file(path).read_text().strip() == checksum(path) else "damaged"
+    except OSError:
+        return "damaged"
+
+
 def build(path: Path, chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> int:
     """Write the chunks into `path`, whole or not at all; returns the row count. The parts go to a
     folder named for this machine and process; a kill leaves only that folder, which sweep() clears."""
@@ -108,7 +135,10 @@ def build(path: Path, chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]
                     shutil.copyfileobj(f, out, 1 << 22)
             out.flush()
             os.fsync(out.fileno())
+        digest = checksum(whole)
+        _sum_file(path).unlink(missing_ok=True)  # an older entry's sum never vouches for the new file
         os.replace(whole, path)  # the name appears only now, on a whole file
+        atomic_write(_sum_file(path), lambda tmp: Path(tmp).write_text(digest + "\n"))  # written last
         return n
     finally:
         shutil.rmtree(partial, ignore_errors=True)

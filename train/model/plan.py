@@ -106,17 +106,28 @@ def plan(cfg: TrainConfig, model: nn.Module) -> tuple[int, LoRAConfig, list[tupl
     return rank, lora_config(cfg, model, rank), rows
 
 
-def prepare(cfg: TrainConfig, model: nn.Module) -> tuple[LoRAConfig, list[tuple[str, int]], int]:
-    """Apply the head choice, plan, enforce the budget and inject LoRA. Returns (config, plan rows, total)."""
+def prepare(cfg: TrainConfig, model: nn.Module,
+            say=lambda line: None) -> tuple[TrainConfig, LoRAConfig, list[tuple[str, int]], int]:
+    """Apply the head choice, plan, enforce the budget, inject LoRA (on the fused path, lora.fused: the same
+    formula, ~6% off a CPU step). Returns (cfg resolved as it is written to config.json: the rank --rank auto
+    chose, the layers --top-layers named, the length the model can take; the adapter's LoRAConfig, the plan's
+    rows, the trainable count)."""
+    from .load import usable_length
+
     apply_head(cfg, model)
     _, config, rows = plan(cfg, model)
     total = sum(v for _, v in rows)
     if total >= cfg.max_trainable_params:
         raise UserError(f"{total:,} trainable parameters reach the budget of {cfg.max_trainable_params:,}; "
                         f"fit it with a lower --rank (or --rank auto), fewer --targets or --layers, or --head linear")
+    length = usable_length(cfg.max_length, model)
+    if length < cfg.max_length:
+        say(f"note: --max-length {cfg.max_length} is more than {cfg.model} can take; using {length}")
     inject_lora(model, config)
-    fuse(model)  # lora.fused: the same formula, one autograd function per layer group, ~10% off a step
-    return config, rows, total
+    fuse(model)
+    cfg = replace(cfg, auto_rank=False, top_layers=None, max_length=length,
+                  lora=replace(cfg.lora, rank=config.rank, layers=config.layers))
+    return cfg, config, rows, total
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:

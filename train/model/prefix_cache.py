@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from lora.adapter import atomic_write
+from lora.files import atomic_write
 
 from ..cli import UserError
 from ..data.batches import Encoded

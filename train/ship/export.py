@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +23,7 @@ from lora.adapter import CONFIG_NAME as ADAPTER_CONFIG
 from ..cli import Parser, UserError, run_main
 from ..model.load import load_for_inference
 from ..model.prefix import Logits
-from ..rundir import EVAL, RUN_INFO, Run, find_run
+from ..rundir import ADAPTER, EVAL, RUN_INFO, read_json, read_run_info
 from .modelcard import write_model_card
 
 FORMATS = ("hf", "peft", "onnx")
@@ -30,6 +31,35 @@ ONNX_FILE = "model.onnx"
 ONNX_TOLERANCE = 1e-4  # max |Δlogit| between ONNX Runtime and PyTorch that the export accepts
 # What an export writes: --overwrite replaces only a directory that holds one of these (never other data).
 MARKERS = ("config.json", ADAPTER_CONFIG, ONNX_FILE)
+
+
+@dataclass
+class Run:
+    adapter_dir: Path
+    info: dict  # {"train": TrainConfig dict, "labels": [...]}
+    report: dict | None  # eval.json: accuracy, macro_f1, per_class, examples, trainable_params, ...
+    finished: bool  # the run directory (or the adapter's scores) says training ended
+
+
+def find_run(path: str | Path) -> Run:
+    """A run directory (with adapter/) or an adapter directory, with its run info and scores."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{path} does not exist")
+    if (p / ADAPTER_CONFIG).is_file():
+        adapter, places = p, (p, p.parent)
+    elif (p / ADAPTER / ADAPTER_CONFIG).is_file():
+        adapter, places = p / ADAPTER, (p / ADAPTER, p)
+    else:
+        raise UserError(f"{path} is neither a run directory (with {ADAPTER}/) nor an adapter directory "
+                        f"(with {ADAPTER_CONFIG})")
+    cfg, labels = read_run_info(adapter)
+    report = next((read_json(place / EVAL, "scores") for place in places if (place / EVAL).is_file()), None)
+    if report is not None and not (isinstance(report, dict) and {"accuracy", "macro_f1", "per_class",
+                                                                  "examples"} <= set(report)):
+        raise UserError(f"{next(pl / EVAL for pl in places if (pl / EVAL).is_file())} is not the eval.json of a "
+                        "run of python -m train")
+    return Run(adapter, {"train": cfg.to_flat(), "labels": labels}, report, finished=report is not None)
 
 
 def export(source: str, out: str, fmt: str, model_name: str | None = None, overwrite: bool = False) -> dict:

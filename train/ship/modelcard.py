@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lora.adapter import atomic_write
+from lora.files import atomic_write
 
 KINDS = ("adapter", "peft", "hf", "onnx")
 LIBRARY = {"adapter": "peft", "peft": "peft", "hf": "transformers", "onnx": "onnx"}

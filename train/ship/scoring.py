@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from lora.adapter import atomic_write
+from lora.files import atomic_write
 
 from ..cli import UserError
 from ..data.sources import records

@@ -30,7 +30,7 @@ def base():
 
 
 def test_auto_rank_with_query_value_and_full_head_is_11(base):
-    config, rows, total = prepare(ref(rank="auto"), base)
+    _, config, rows, total = prepare(ref(rank="auto"), base)
     assert config.rank == 11
     assert total == 11 * LAYERS * 2 * (H + H) + FULL_HEAD == 999_172
     assert count_trainable(base) == total  # the plan counts what really trains
@@ -46,7 +46,7 @@ def test_rank_12_is_refused_with_the_count(base):
 
 
 def test_linear_head_has_3076_parameters_and_buys_a_larger_rank(base):
-    config, rows, total = prepare(ref(rank="auto", head="linear"), base)
+    _, config, rows, total = prepare(ref(rank="auto", head="linear"), base)
     assert rows[-1] == ("trained classifier.out_proj", LINEAR_HEAD)
     assert config.rank == (1_000_000 - 1 - LINEAR_HEAD) // (LAYERS * 2 * (H + H)) == 27
     assert total == count_trainable(base) < 1_000_000
@@ -59,7 +59,7 @@ def test_linear_head_has_3076_parameters_and_buys_a_larger_rank(base):
 
 
 def test_lora_head_adapts_the_dense_layer_and_trains_out_proj_only(base):
-    config, rows, total = prepare(ref(rank=4, head="lora"), base)
+    _, config, rows, total = prepare(ref(rank=4, head="lora"), base)
     assert isinstance(base.classifier.dense, LoRALinear)
     assert not isinstance(base.classifier.out_proj, LoRALinear)
     trained = {n for n, p in base.named_parameters() if p.requires_grad and "lora_" not in n}
@@ -71,7 +71,7 @@ def test_lora_head_adapts_the_dense_layer_and_trains_out_proj_only(base):
 
 def test_six_targets_with_linear_head_and_auto_rank_stay_under_budget(base):
     targets = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
-    config, rows, total = prepare(ref(rank="auto", head="linear", targets=targets), base)
+    _, config, rows, total = prepare(ref(rank="auto", head="linear", targets=targets), base)
     per_rank = LAYERS * (3 * (H + H) + (H + H) + (H + 4 * H) + (4 * H + H))  # q k v, attn out, ffn in, ffn out
     assert config.rank == (1_000_000 - 1 - LINEAR_HEAD) // per_rank
     assert total == config.rank * per_rank + LINEAR_HEAD == count_trainable(base) < 1_000_000
