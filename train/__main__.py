@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -17,7 +18,7 @@ from .config import ATTENTIONS, HEADS, PRECISIONS, TRACKERS, TrainConfig
 from .recipes import DEFAULT_RECIPE, RECIPES, recipe
 
 DEFAULT_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "roberta-lora")
-RESUME_MAY_CHANGE = {"stop_after", "device", "debug", "resume"}
+RESUME_MAY_CHANGE = {"stop_after", "device", "debug", "resume", "cache_dir"}  # a moved run takes another cache
 
 
 def _default(key: str, value, unset: str = "none") -> str:
@@ -134,7 +135,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def resume_config(args: argparse.Namespace) -> TrainConfig:
-    """The saved config of the run in --resume DIR; only --stop-after and --device may change."""
+    """The saved config of the run in --resume DIR; only --stop-after, --device and --cache-dir may change."""
     from .rundir import RunDir
 
     extra = sorted(set(vars(args)) - RESUME_MAY_CHANGE)
@@ -142,8 +143,10 @@ def resume_config(args: argparse.Namespace) -> TrainConfig:
         raise UserError(f"--resume continues a run with its saved config; drop --{extra[0].replace('_', '-')}")
     cfg, _ = RunDir(Path(args.resume)).load_config()
     # The directory given, not the one recorded: a run directory may have been moved or copied.
+    cache = getattr(args, "cache_dir", None)  # '' turns the cache off, as when the run started
     return replace(cfg, output_dir=str(args.resume), stop_after=getattr(args, "stop_after", None),
-                   device=getattr(args, "device", cfg.device))
+                   device=getattr(args, "device", cfg.device),
+                   cache_dir=cfg.cache_dir if cache is None else (os.path.expanduser(cache) or None))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,8 +167,9 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     from .trainer import run
 
+    lead = "\n" if sys.stderr.isatty() else ""  # a line of its own, not glued to a progress bar
     try:
-        run(cfg, resume="auto" if resume == "auto" else bool(resume), overwrite=getattr(args, "overwrite", False))
+        done = run(cfg, resume="auto" if resume == "auto" else bool(resume), overwrite=getattr(args, "overwrite", False))
     except Finished as e:
         print(e)
         return 0
@@ -176,11 +180,19 @@ def _train(args: argparse.Namespace) -> int:
         print(f"error: {e}; {where} a lower --lr", file=sys.stderr)
         return 1
     except Stopped as e:
-        print(f"stopped by {e} after step {e.step}, checkpointed; continue with --resume {out}", file=sys.stderr)
+        print(f"{lead}stopped by {e} after step {e.step}, checkpointed; continue with --resume {out}",
+              file=sys.stderr)
         return 128 + e.signum
-    except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint stays
-        print(f"error: interrupted; continue with --resume {out}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # while building (Interrupted), or a second signal: the last checkpoint stays
+        signum = getattr(e, "signum", signal.SIGINT)
+        kept = (Path(out) / CHECKPOINT).is_file()
+        print(f"{lead}stopped by {signal.Signals(signum).name} "
+              + (f"before the next checkpoint; continue with --resume {out}" if kept else
+                 "before training began; nothing was kept: run the same command again"), file=sys.stderr)
+        return 128 + signum
+    if done is None:
+        print(f"stopped after step {cfg.stop_after} (--stop-after), checkpointed; continue with --resume {out}",
+              file=sys.stderr)
     return 0
 
 

@@ -121,8 +121,14 @@ class TrainConfig:
         need(_finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
              f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         for name in ("epochs", "batch_size", "eval_batch_size", "max_trainable_params"):
-            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)!r}")
-        need(self.max_length >= 2, f"max_length must be >= 2, got {self.max_length!r}")
+            need(_int(getattr(self, name)) and getattr(self, name) >= 1, f"{name} must be a whole number >= 1, "
+                 f"got {getattr(self, name)!r}")
+        need(_int(self.max_length) and self.max_length >= 2, f"max_length must be a whole number >= 2, "
+             f"got {self.max_length!r}")
+        need(_int(self.seed) and 0 <= self.seed < 2**63, f"seed must be a whole number in 0..2**63-1, got {self.seed!r}")
+        need(isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda", "mps")
+                                               or (self.device.startswith("cuda:") and self.device[5:].isdigit())),
+             f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         need(self.model_dropout is None or (_finite(self.model_dropout) and 0 <= self.model_dropout < 1),
              f"model_dropout must be in [0, 1), got {self.model_dropout!r}")
         need(_finite(self.grad_clip) and self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip!r}")
@@ -131,11 +137,17 @@ class TrainConfig:
         need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(self.attention in ATTENTIONS, f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
         need(self.report_to in TRACKERS, f"report_to must be one of {', '.join(TRACKERS)}, got {self.report_to!r}")
-        need(self.save_every >= 0, f"save_every must be >= 0, got {self.save_every!r}")
+        need(_int(self.save_every) and self.save_every >= 0, f"save_every must be a whole number >= 0, "
+             f"got {self.save_every!r}")
         need(self.top_layers is None or self.lora.layers is None, "give top_layers or layers, not both")
         for name in ("max_train_samples", "max_eval_samples", "stop_after", "top_layers", "holdout"):
             value = getattr(self, name)
-            need(value is None or value >= 1, f"{name} must be >= 1, got {value!r}")
+            need(value is None or (_int(value) and value >= 1), f"{name} must be a whole number >= 1, got {value!r}")
+        for name in ("auto_rank", "prefix_cache", "streaming", "allow_empty_classes", "compile"):
+            need(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("model", "data"):
+            need(isinstance(getattr(self, name), str) and getattr(self, name), f"{name} must be a name or a path, "
+                 f"got {getattr(self, name)!r}")
         need(bool(self.train_file) == bool(self.eval_file) or (self.train_file and self.holdout),
              "train_file and eval_file go together (or train_file with holdout)")
         if problems:
@@ -183,6 +195,10 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> "TrainConfig":
         """The inverse of to_dict; also reads the flat layout older runs wrote."""
         return cls.from_flat(values)
+
+
+def _int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _finite(x) -> bool:

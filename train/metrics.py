@@ -48,10 +48,11 @@ def report_from_confusion(confusion: torch.Tensor, names: list[str]) -> dict:
     }
 
 
-def format_report(report: dict) -> str:
-    """The per-class table, then accuracy and macro-F1, as plain text."""
+def format_report(report: dict, title: str | None = None) -> str:
+    """The per-class table, then accuracy and macro-F1, as plain text, under `title` when given."""
     width = max(12, *(len(c["label"]) for c in report["per_class"]))
-    lines = [f"{'label':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"]
+    lines = [title] if title else []
+    lines += [f"{'label':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"]
     for c in report["per_class"]:
         lines.append(f"{c['label']:<{width}} {c['precision']:>9.4f} {c['recall']:>9.4f} {c['f1']:>9.4f} "
                      f"{c['support']:>9d}")
@@ -77,6 +78,10 @@ def plot_run(out: Path, result: dict) -> None:
     axes[1].set(title="learning rate", xlabel="step")
     axes[2].plot([e["step"] for e in evals], [e["eval_accuracy"] for e in evals], marker="o", label="accuracy")
     axes[2].plot([e["step"] for e in evals], [e["eval_macro_f1"] for e in evals], marker="x", label="macro-F1")
+    scores = [e[k] for e in evals for k in ("eval_accuracy", "eval_macro_f1")]
+    if scores:  # at least 10 points of range, so a change of a few tenths does not fill the plot
+        low = max(0.0, min(min(scores), max(scores) - 0.10) - 0.01)
+        axes[2].set_ylim(low, min(1.0, max(max(scores), low + 0.10) + 0.01))
     axes[2].set(title="evaluation", xlabel="step")
     axes[2].legend()
     fig.tight_layout()
@@ -88,7 +93,8 @@ def plot_run(out: Path, result: dict) -> None:
     ax.imshow(confusion, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     ax.set_yticks(range(len(labels)), labels)
-    ax.set(xlabel="predicted", ylabel="true", title=f"accuracy {result['accuracy']:.4f}")
+    ax.set(xlabel="predicted", ylabel="true",
+           title=f"best epoch ({result.get('best_epoch', '?')}): accuracy {result['accuracy']:.4f}")
     top = max(max(row) for row in confusion) or 1
     for i, row in enumerate(confusion):
         for j, v in enumerate(row):

@@ -4,9 +4,8 @@
     train(s)    for each epoch, for each batch: autocast → backward → unscale → clip → step → schedule →
                 zero_grad; then log, checkpoint when due, stop cleanly on SIGTERM/SIGINT; after each epoch:
                 evaluate and keep the best adapter; at the end: plots, eval.json, the report.
-
-Everything else is a library this file calls by name: train.data (rows in, batches out), train.model (the
-encoder, what trains, device, frozen prefix, inference), train.rundir (what a run writes), train.metrics.
+Everything else is a library called by name: train.data (rows in, batches out), train.model (the encoder,
+what trains, device, frozen prefix, inference), train.rundir and train.records (what a run writes).
 """
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from lora import LoRAConfig, cast_frozen, save_adapter
+from lora import LoRAConfig, cast_frozen, count_trainable, save_adapter
 
 from .cli import Diverged, Finished, Stopped, StopSignals, interruptible
 from .config import TrainConfig
@@ -48,6 +47,7 @@ class Progress:
     batch: int = 0  # next batch index within the epoch
     step: int = 0  # optimizer steps done
     train_seconds: float = 0.0  # summed over every session of a resumed run
+    sessions: int = 1  # processes the run has trained in: 1, plus one per resume
     examples: int = 0
     best_accuracy: float = -1.0
     history: list = field(default_factory=list)  # one dict per finished epoch
@@ -56,9 +56,9 @@ class Progress:
 
 @dataclass(kw_only=True)
 class State:
-    """Everything the loop touches. `model` is the model itself (merge, save, checkpoint); `net` computes
-    logits as net(**inputs): Logits(model), or a PrefixModel over its upper layers fed from the frozen-prefix
-    cache; `step_model` is `net` as a step calls it (DDP under torchrun, torch.compile with --compile)."""
+    """Everything the loop touches. `model` is the model itself (merge, save, checkpoint); `net` computes logits as
+    net(**inputs): Logits(model), or a PrefixModel fed from the frozen-prefix cache; `step_model` is `net` as a
+    step calls it (DDP under torchrun, torch.compile with --compile)."""
     cfg: TrainConfig  # as resolved: the rank chosen, the layers of --top-layers, as written to config.json
     run: RunDir
     model: nn.Module
@@ -77,9 +77,8 @@ class State:
     base_lrs: list[float]  # each parameter group's peak lr (LoRA+ gives B its own)
     total_steps: int
     warmup_steps: int
-    trainable: int
     say: Callable[[str], None]
-    tracker: object
+    tracker: object  # trackers.Tracker: --report-to's on rank 0, a no-op elsewhere
     data_keys: list[str]  # the token cache keys of the training and evaluation rows: their fingerprint
     progress: Progress = field(default_factory=Progress)
 
@@ -101,8 +100,7 @@ def run(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False,
         try:
             result = train(s)
         finally:
-            if s.tracker is not None:  # rank 0's
-                s.tracker.close()
+            s.tracker.close()
         shutdown()  # after a clean finish only: with a dead peer it can block, and torchrun waits for the exit
         return result
     finally:
@@ -137,12 +135,12 @@ def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[
     data_keys = [train_data.key, eval_data.key]  # what was trained on, so a resume on other data is refused
     groups = param_groups(model, cfg)
     net, train_data, eval_data = frozen_prefix(cfg, model, train_data, eval_data, amp, d, say)
-    s = State(cfg=cfg, run=run_dir, model=model, net=net, step_model=net, lora=lora,
-              labels=corpus.label_names, train_data=train_data, eval_data=eval_data, device=device, amp=amp, dist=d,
+    s = State(cfg=cfg, run=run_dir, model=model, net=net, step_model=net, lora=lora, labels=corpus.label_names,
+              train_data=train_data, eval_data=eval_data, device=device, amp=amp, dist=d,
               optimizer=torch.optim.AdamW(groups, lr=cfg.lr), scaler=torch.amp.GradScaler(device.type,
               enabled=amp == torch.float16), ema=EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
-              base_lrs=[g["lr"] for g in groups], total_steps=total_steps, warmup_steps=warmup, trainable=trainable,
-              say=say, tracker=None, data_keys=data_keys)
+              base_lrs=[g["lr"] for g in groups], total_steps=total_steps, warmup_steps=warmup, say=say, tracker=None,
+              data_keys=data_keys)
     if auto and mode != "fresh":
         on_main(lambda: run_dir.same_settings(cfg), d)
     if mode == "finished":
@@ -152,7 +150,8 @@ def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[
         say(f"resuming at step {s.progress.step} of {total_steps}")
     elif d.main:
         run_dir.start(run_record(cfg, corpus.label_names))
-    s.tracker = on_main(lambda: open_tracker(cfg.report_to, run_dir.path, cfg.to_flat()), d, share=False)
+    s.tracker = on_main(lambda: open_tracker(cfg.report_to, run_dir.path, cfg.to_flat()), d, share=False) or \
+        open_tracker("none", run_dir.path, {})  # the other ranks log nothing
     s.step_model = wrap(net, device, d, cfg.compile)
     return s
 
@@ -162,6 +161,7 @@ def restore(s: State) -> None:
     state = on_main(s.run.load_checkpoint, s.dist)
     s.progress = Progress(**restore_checkpoint(state, s.model, s.optimizer, s.scaler, s.ema, s.device,
                                                s.run / CHECKPOINT, s.data_keys))
+    s.progress.sessions += 1
     if s.dist.main:
         s.run.trim_metrics(s.progress.step)
 
@@ -176,9 +176,8 @@ def train(s: State) -> dict | None:
             batches = EpochBatches(s.train_data, cfg.batch_size, cfg.seed, epoch)
             bar = tqdm(total=len(batches), initial=p.batch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                        disable=None if s.dist.main else True, dynamic_ncols=True)
-            # A process whose shard of a batch is empty still runs one row, with weight 0, so DDP's all-reduce
-            # happens. On CUDA batches are made ahead on a thread, pinned; on CPU, where the step uses every
-            # core, a thread beside it slowed a 2-core step by ~40%, so they are made inline.
+            # An empty shard still runs one row, with weight 0, so DDP's all-reduce happens. Batches are made ahead
+            # on a thread on CUDA (pinned), inline on CPU (a thread beside a 2-core step cost it ~40%).
             cuda = s.device.type == "cuda"
             with Prefetcher(batches, lambda rows: s.train_data.batch(shard(rows, s.dist) or rows[:1]), start=p.batch,
                             depth=2 if cuda else 0, pin=cuda) as ready:
@@ -290,11 +289,12 @@ def finish(s: State) -> dict:
     """Plots, then eval.json (the best epoch, and the final epoch's scores), written last: a run with eval.json
     is a finished run. Then the report."""
     p, best = s.progress, s.progress.best
-    result = eval_record(p.best, p.history, p.train_seconds, p.examples, p.step, s.trainable, s.labels)
+    result = eval_record(p.best, p.history, p.train_seconds, p.examples, p.step, count_trainable(s.model), s.labels)
     if s.dist.main:
         plot_run(s.run.path, result)
         write_json(s.run / EVAL, result)
-        s.say(format_report(best))
-        s.say(f"trained in {p.train_seconds:.1f}s ({result['train_examples_per_s']:.1f} examples/s); "
-              f"best epoch {best['epoch']} ({best['accuracy']:.4f}); outputs in {s.run.path}")
+        s.say(format_report(best, f"epoch {best['epoch']} of {s.cfg.epochs}, the best, whose adapter is saved (the "
+                                  f"final epoch: accuracy {result['final_accuracy']:.4f})"))
+        s.say(f"trained in {p.train_seconds:.1f}s" + (f", summed over its {p.sessions} sessions" if p.sessions > 1
+              else "") + f" ({result['train_examples_per_s']:.1f} examples/s); outputs in {s.run.path}")
     return result

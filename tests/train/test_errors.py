@@ -38,8 +38,10 @@ def refused(argv, capsys, entry=main) -> str:
     ("--lr", "-0.001", "lr must be > 0, got -0.001"),
     ("--dropout", "1", "dropout must be in [0, 1), got 1.0"),
     ("--dropout", "-0.1", "dropout must be in [0, 1), got -0.1"),
-    ("--epochs", "0", "epochs must be >= 1, got 0"),
-    ("--max-train-samples", "0", "max_train_samples must be >= 1, got 0"),
+    ("--epochs", "0", "epochs must be a whole number >= 1, got 0"),
+    ("--max-train-samples", "0", "max_train_samples must be a whole number >= 1, got 0"),
+    ("--seed", "99999999999999999999999", "seed must be a whole number in 0..2**63-1"),
+    ("--device", "meta", "device must be auto, cpu, cuda, cuda:N or mps, got 'meta'"),
     ("--train-file", "train.csv", "train_file and eval_file go together"),
 ])
 def test_bad_flag_values(flag, value, message, tmp_path, capsys):
@@ -94,7 +96,7 @@ GOOD = ["1", "war", "treaty"]
     ([GOOD, ["two", "x", "y"]], "train.csv line 2: class 'two' is not a whole number"),
     ([["1", "multi\nline\ntitle", "d"], GOOD, ["9", "x", "y"]], "train.csv line 5: label 9 is outside 1..4"),
     ([["text", "category"], ["hello", "1"]], "header needs both 'text' and 'label' columns"),
-    ('"1","caf\xe9","ok"\n', "train.csv is not UTF-8 text"),
+    ('"1","caf\xe9","ok"\n', "train.csv line 1 is not UTF-8 text"),
     ('"1","a","b"\n"2","' + "x" * 140_000 + '","d"\n', "train.csv line 2: not valid CSV (field larger than"),
 ])
 def test_bad_rows_name_file_and_line(rows, message, tmp_path, capsys):
@@ -107,8 +109,17 @@ def test_bad_rows_name_file_and_line(rows, message, tmp_path, capsys):
     ('{"text": "a", "label": 0}\n\n{"text": "b"}\n', "bad.jsonl line 3: needs 'text' and 'label' fields"),
     ('{"text": 7, "label": 0}\n', "bad.jsonl line 1: text is int, not a string"),
     ('{"text": "a", "label": 1}\n{"text": "b", "label": 2}\n', "bad.jsonl line 2: label 2 is outside 0..1"),
-    ('{"text": "a", "label": 1}\n{"text": "b", "label": "one"}\n', "bad.jsonl line 2: unknown label 'one' "
-                                                                      "(labels: 0, 1)"),
+    ('{"text": "a", "label": 1}\n{"text": "b", "label": "one"}\n', "bad.jsonl line 2: label 'one' is a class "
+                                                                      "name, but the label at "),
+    ('{"text": "a", "label": null}\n', "bad.jsonl line 1: label None is neither a whole number nor a class name"),
+    ('{"text": "a", "label": true}\n', "bad.jsonl line 1: label True is neither a whole number nor a class name"),
+    ('{"text": "a", "label": 1.5}\n', "bad.jsonl line 1: label 1.5 is neither a whole number nor a class name"),
+    ('{"text": "a", "label": [1]}\n', "bad.jsonl line 1: label [1] is neither a whole number nor a class name"),
+    ('{"text": "a", "label": {"a": 1}}\n', "bad.jsonl line 1: label {'a': 1} is neither"),
+    ('{"text": "a", "label": NaN}\n', "bad.jsonl line 1: label nan is neither a whole number nor a class name"),
+    ('{"text": "a", "label": 1e23}\n', "bad.jsonl line 1: label 1e+23 is neither a whole number nor a class name"),
+    ('{"text": "a\\ud800b", "label": 0}\n', "bad.jsonl line 1: text is not valid Unicode (a lone surrogate at "
+                                            "character 1)"),
 ])
 def test_bad_jsonl_rows(content, message, tmp_path, capsys):
     """The eval file is checked against the classes of the training file (labels 0 and 1)."""

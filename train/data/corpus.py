@@ -17,7 +17,7 @@ import torch
 from ..cli import UserError
 from ..config import TrainConfig
 from .hub import hub_corpus
-from .sources import EXTENSIONS, Rows, expand_paths, file_kind, file_rows, raw_labels, raw_rows
+from .sources import EXTENSIONS, LabelKinds, Rows, expand_paths, file_kind, file_rows, raw_labels, raw_rows
 
 EVAL_NAMES = ("test", "dev", "validation")
 # Shipped with the package, so a clone trains offline: --data ag_news_sample (its README says what it is).
@@ -107,29 +107,30 @@ def _file_corpus(train: list[Path], evalf: list[Path], train_name: str, eval_nam
     kind, eval_kind = file_kind(train), file_kind(evalf)
     if kind != eval_kind:
         raise UserError(f"{train[0]} and {evalf[0]} are in different formats ({kind} vs {eval_kind})")
-    by_name = False
     if names is None:
-        names, by_name = _infer_names(train, kind, train_name)
-    return RowCorpus(file_rows(train, names, kind, train_name, by_name),
-                     file_rows(evalf, names, kind, eval_name, by_name), names)
+        names = _infer_names(train, kind, train_name)
+    return RowCorpus(file_rows(train, names, kind, train_name), file_rows(evalf, names, kind, eval_name), names)
 
 
-def _infer_names(paths: list[Path], kind: str, name: str) -> tuple[list[str], bool]:
-    """Class names from the training labels (one pass, holding only the distinct labels), and
-    whether labels are looked up by name. AG News classes are 1..K; text/label files use 0..K-1."""
-    top, numeric, seen = None, True, set()
-    for label in raw_labels(paths):
-        seen.add(str(label))
-        if numeric and isinstance(label, int) and not isinstance(label, bool):
-            top = label if top is None else max(top, label)
-        else:
-            numeric = False  # names; numbers mixed in among them are names too
+def _infer_names(paths: list[Path], kind: str, name: str) -> list[str]:
+    """Class names from the training labels (one pass, holding only the distinct labels): whole numbers name
+    classes 1..K in AG News files and 0..K-1 otherwise; class names, sorted. A label of neither kind, a mix of
+    kinds, or a number that would make far more classes than the labels seen, is one line."""
+    kinds, seen = LabelKinds(), set()
+    for raw, where in raw_labels(paths):
+        seen.add(kinds.check(raw, where))
     if not seen:
         raise UserError(f"{name} has no rows")
-    if numeric:
-        base = 1 if kind == "agnews" else 0
-        return [str(i) for i in range(base, max(top, base) + 1)], False
-    return sorted(seen), True
+    if kinds.first[0] is str:
+        return sorted(seen)
+    base, low, top = (1 if kind == "agnews" else 0), min(seen), max(seen)
+    if low < base:
+        raise UserError(f"{name}: label {low} is below {base}; whole-number labels are {base}..K"
+                        + (" in AG News' layout" if base else ""))
+    if top - base + 1 > len(seen) + 1000:  # not the index of a class: it would make a head that size
+        raise UserError(f"{name}: label {top} would make {top - base + 1:,} classes, but only {len(seen)} distinct "
+                        f"labels appear; whole-number labels are {base}..K, or name the classes in classes.txt")
+    return [str(i) for i in range(base, top + 1)]
 
 
 def class_names(train_path: Path) -> list[str] | None:

@@ -71,7 +71,7 @@ def records(path: Path, labels: bool = True) -> tuple[Iterator[Record], str]:
     try:  # the first record says which CSV layout this is
         rows, kind = _read_csv(path, labels)
     except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text") from None
+        raise UserError(f"{path} line {_first_bad_line(path)} is not UTF-8 text") from None
     return _utf8(path, rows), kind
 
 
@@ -92,7 +92,18 @@ def _utf8(path: Path, rows: Iterator[Record]) -> Iterator[Record]:
     try:
         yield from rows
     except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text") from None
+        raise UserError(f"{path} line {_first_bad_line(path)} is not UTF-8 text") from None
+
+
+def _first_bad_line(path: Path) -> int:
+    """The number of the first line of `path` that is not UTF-8 (read again only when decoding failed)."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
@@ -138,7 +149,7 @@ def _header_records(rows, header: list[str]) -> Iterator[Record]:
                                                    f"got {len(row)}")
             continue
         get = {name: row[i] for name, i in column.items()}
-        yield Record(line, get["text"], _maybe_int(get["label"]) if "label" in get else None, get.get("id"))
+        yield Record(line, get["text"], get.get("label"), get.get("id"))
 
 
 def _agnews_records(rows, labels: bool) -> Iterator[Record]:
@@ -197,33 +208,73 @@ def _read_parquet(path: Path, labels: bool, batch_rows: int = 4096) -> Iterator[
                          values["id"][i] if "id" in values else None)
 
 
-def _maybe_int(value: str) -> int | str:
-    s = value.strip()
-    return int(s) if s.lstrip("-").isdigit() else s
+def label_of(raw: object) -> int | str | None:
+    """A label as written, as a whole number (also when written as text: "3") or a class name; None for
+    anything else (null, true, 1.5, [1], {"a": 1}, NaN, 1e23): such a label is refused, never made a class."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, str):
+        text = raw.strip()
+        return int(text) if text.lstrip("-").isdigit() else (text or None)
+    return None
+
+
+def text_problem(text: object) -> str | None:
+    """What makes `text` no text to classify (not a string, empty, a lone surrogate), or None."""
+    if not isinstance(text, str):
+        return f"text is {type(text).__name__}, not a string"
+    if not text.strip():
+        return "empty text"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"text is not valid Unicode (a lone surrogate at character {e.start})"
+    return None
+
+
+class LabelKinds:
+    """Labels are all whole numbers or all class names: remembers the first, refuses a label of the other kind
+    (a stray "Sports" among numbers would otherwise become a fifth class)."""
+
+    def __init__(self) -> None:
+        self.first: tuple[type, str] | None = None  # the first label's kind, and where it was
+
+    def check(self, raw: object, where: str) -> int | str:
+        label = label_of(raw)
+        if label is None:
+            raise UserError(f"{where}: label {raw!r} is neither a whole number nor a class name")
+        if self.first is None:
+            self.first = (type(label), where)
+        elif type(label) is not self.first[0]:
+            kinds = {int: "a whole number", str: "a class name"}
+            raise UserError(f"{where}: label {raw!r} is {kinds[type(label)]}, but the label at "
+                            f"{self.first[1]} is {kinds[self.first[0]]}; labels are all one or the other")
+        return label
 
 
 def labelled(rows: Iterable[RawRow], names: list[str], kind: str, path: Path,
-             by_name: bool = False) -> Iterator[tuple[str, int]]:
+             kinds: LabelKinds | None = None) -> Iterator[tuple[str, int]]:
     """(text, label 0..K-1) per row. Whole-number labels count from 1 in AG News files and from 0
-    otherwise; with `by_name` every label (numbers too) is looked up as a class name."""
-    base = 1 if kind == "agnews" else 0
+    otherwise; names are looked up among `names`. One LabelKinds checks every file of a split."""
+    base, kinds = 1 if kind == "agnews" else 0, kinds or LabelKinds()
     index = {n: i for i, n in enumerate(names)}
     unit = "row" if path.suffix == ".parquet" else "line"
-    for text, label, line in rows:
-        if not isinstance(text, str):
-            raise UserError(f"{path} {unit} {line}: text is {type(text).__name__}, not a string")
-        if not text.strip():
-            raise UserError(f"{path} {unit} {line}: empty text")
-        if by_name and not isinstance(label, str):
-            label = str(label)
-        if isinstance(label, int) and not isinstance(label, bool):
+    for text, raw, line in rows:
+        where = f"{path} {unit} {line}"
+        problem = text_problem(text)
+        if problem:
+            raise UserError(f"{where}: {problem}")
+        label = kinds.check(raw, where)
+        if isinstance(label, int):
             if not base <= label < base + len(names):
-                raise UserError(f"{path} {unit} {line}: label {label} is outside {base}..{base + len(names) - 1}")
+                raise UserError(f"{where}: label {label} is outside {base}..{base + len(names) - 1}")
             yield text, label - base
-        elif isinstance(label, str) and label in index:
+        elif label in index:
             yield text, index[label]
         else:
-            raise UserError(f"{path} {unit} {line}: unknown label {label!r} (labels: {', '.join(names)})")
+            raise UserError(f"{where}: unknown label {raw!r} (labels: {', '.join(names)})")
 
 
 def file_kind(paths: list[Path]) -> str:
@@ -236,18 +287,20 @@ def file_kind(paths: list[Path]) -> str:
     return kind
 
 
-def file_rows(paths: list[Path], names: list[str], kind: str, name: str, by_name: bool = False) -> Rows:
+def file_rows(paths: list[Path], names: list[str], kind: str, name: str) -> Rows:
     """The rows of `paths`, in order, as one split; nothing is read until the split is iterated."""
     def read() -> Iterator[tuple[str, int]]:
+        kinds = LabelKinds()
         for p in paths:
-            yield from labelled(raw_rows(p)[0], names, kind, p, by_name)
+            yield from labelled(raw_rows(p)[0], names, kind, p, kinds)
     return Rows(read, name)
 
 
-def raw_labels(paths: list[Path]) -> Iterator[object]:
+def raw_labels(paths: list[Path]) -> Iterator[tuple[object, str]]:
+    """(label as written, where: "FILE line N") of every row of `paths`."""
     for p in paths:
-        for _, label, _ in raw_rows(p)[0]:
-            yield label
+        for _, label, line in raw_rows(p)[0]:
+            yield label, f"{p} {'row' if p.suffix == '.parquet' else 'line'} {line}"
 
 
 def content_key(rows: Iterable[tuple[str, int]], chunk: int = 4096) -> tuple[str, int]:

@@ -32,6 +32,12 @@ def pick_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name} is not a device") from None
+    if device.type not in ("cpu", "cuda", "mps"):  # meta, xla, ...: nothing this program can train or score on
+        raise UserError(f"--device {name}: expected auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available here")
     if device.type == "cuda":
         avoid_cudnn_attention()
     return device

@@ -15,7 +15,7 @@ import torch
 from lora.files import atomic_write
 
 from ..cli import UserError
-from ..data.sources import records
+from ..data.sources import records, text_problem
 
 OUTPUTS = (".csv", ".jsonl")
 INPUTS = (*OUTPUTS, ".parquet")
@@ -46,22 +46,18 @@ def read_rows(path: str, skip_bad: bool, warn=lambda line: print(line, file=sys.
     if not p.is_file():
         raise UserError(f"--input {path}: file not found")
     rows = ScoredRows([], [], [])
-    try:
-        file_format(path, "--input", INPUTS)
-        for line, text, _, key, problem in records(p, labels=False)[0]:
-            if problem is None and (not isinstance(text, str) or not text.strip()):
-                problem = "empty text" if isinstance(text, str) else f"text is {type(text).__name__}, not a string"
-            if problem is not None:
-                if not skip_bad:
-                    raise UserError(f"{path} line {line}: {problem}; --on-bad-row skip scores the other rows")
-                warn(f"skipped {path} line {line}: {problem}")
-                rows.skipped += 1
-                continue
-            rows.texts.append(text)
-            rows.lines.append(line)
-            rows.ids.append(key)
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text") from None
+    file_format(path, "--input", INPUTS)
+    for line, text, _, key, problem in records(p, labels=False)[0]:  # a file not UTF-8: one line, with its line
+        problem = problem or text_problem(text)
+        if problem is not None:
+            if not skip_bad:
+                raise UserError(f"{path} line {line}: {problem}; --on-bad-row skip scores the other rows")
+            warn(f"skipped {path} line {line}: {problem}")
+            rows.skipped += 1
+            continue
+        rows.texts.append(text)
+        rows.lines.append(line)
+        rows.ids.append(key)
     if not rows.texts:
         raise UserError(f"{path} has no rows to score" + (f" ({rows.skipped} skipped)" if rows.skipped else ""))
     return rows

@@ -105,8 +105,15 @@ def test_cuda_runs_leave_cudnn_out_of_sdpa_and_cpu_runs_leave_it_alone(monkeypat
     monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", calls.append)
     assert pick_device("cpu") == torch.device("cpu") and calls == []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert pick_device("auto") == torch.device("cuda") and calls == [False]
     assert pick_device("cuda:1") == torch.device("cuda", 1) and calls == [False, False]
+    from train.cli import UserError
+
+    with pytest.raises(UserError, match=r"--device cuda:2: this machine has 2 CUDA device\(s\)"):
+        pick_device("cuda:2")
+    with pytest.raises(UserError, match="--device meta: expected auto, cpu, cuda, cuda:N or mps"):
+        pick_device("meta")
 
 
 def test_a_device_that_is_missing_or_not_a_device_is_one_clear_error(monkeypatch):
