@@ -34,12 +34,19 @@ def stale_temp(path: Path) -> bool:
     return False
 
 
+def temp_name(target: Path) -> tuple[str, str]:
+    """(prefix, suffix) for a temp file or folder beside `target` that sweep_temps can tell from the user's."""
+    return f".{target.name}.{_host()}.{os.getpid()}.", TEMP_SUFFIX
+
+
 def sweep_temps(folder: Path, pattern: str = "*") -> None:
-    """Remove the stale atomic_write temp files (stale_temp) in `folder` whose target's name matches `pattern`."""
+    """Remove the stale temp files and folders (stale_temp) in `folder` whose target's name matches `pattern`."""
+    import shutil
+
     for tmp in folder.glob(f".{pattern}{TEMP_SUFFIX}") if folder.is_dir() else ():
         try:
             if stale_temp(tmp):
-                tmp.unlink(missing_ok=True)
+                shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         except OSError:
             continue
 
@@ -51,8 +58,7 @@ def atomic_write(target: Path, write) -> None:
     torch.save or safetensors, say) leaves no temp file and is raised as OSError naming `target`."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{_host()}.{os.getpid()}.",
-                               suffix=TEMP_SUFFIX)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=temp_name(target)[0], suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         write(tmp)

@@ -163,9 +163,15 @@ class RunDir:
         return "resume" if resume else "fresh"
 
     def same_settings(self, cfg: TrainConfig) -> None:
-        """--resume auto must continue the run these flags describe, not another one left in the directory."""
+        """--resume auto (and a sweep) must continue the run these settings describe, not another one left in the
+        directory. `cfg` may be unresolved (a sweep's spec): what a run resolves (the rank of --rank auto, the
+        layers of --top-layers, a length capped at the model's) is then taken as the saved run resolved it."""
         saved, _ = self.load_config()
         ignore = dict(stop_after=None, device="auto", output_dir="", cache_dir=None)
+        if cfg.auto_rank or cfg.top_layers or cfg.max_length > saved.max_length:
+            cfg = replace(cfg, auto_rank=False, top_layers=None, max_length=min(cfg.max_length, saved.max_length),
+                          lora=replace(cfg.lora, rank=saved.lora.rank if cfg.auto_rank else cfg.lora.rank,
+                                       layers=saved.lora.layers if cfg.top_layers else cfg.lora.layers))
         mine, theirs = replace(cfg, **ignore).to_dict(), replace(saved, **ignore).to_dict()
         changed = [k for k in mine if mine[k] != theirs[k]]
         if changed:

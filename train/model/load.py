@@ -42,9 +42,12 @@ def load_pretrained(name: str, num_labels: int, label_names: list[str],
             # transformers 5 keeps a checkpoint's stored dtype; fp32 weights are what the LoRA factors, the
             # optimizer and autocast expect (a half-precision checkpoint would fail on CPU, or train fp16 params)
             return model.float(), tokenizer
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
+        except Exception as e:  # OSError, a truncated safetensors file, a pickle refused: all "cannot load it"
             if local or not local_only:
-                raise UserError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from None
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                if "weights_only" in str(e) or "pickle" in str(e).lower():  # never advise weights_only=False
+                    first = "its weights are a pickle file, which is never loaded; save them as model.safetensors"
+                raise UserError(f"cannot load model '{name}': {first[:200]}") from None
     raise AssertionError("unreachable")
 
 
@@ -104,13 +107,13 @@ def load_for_inference(adapter_dir: str, model_name: str | None,
         info["trainable_params"] = sum(v for _, v in plan(cfg, model)[2])
     except UserError:
         info["trainable_params"] = None
-    info["legacy"] = _legacy_head(cfg, model, Path(adapter_dir))
-    if info["legacy"] and cfg.head == "linear":
-        old = model.classifier.out_proj
-        drop = model.config.classifier_dropout or model.config.hidden_dropout_prob
-        head = LinearHead(model.config.hidden_size, model.config.num_labels, drop)
-        model.classifier = head.to(old.weight.device, old.weight.dtype)
     try:
+        info["legacy"] = _legacy_head(cfg, model, Path(adapter_dir))
+        if info["legacy"] and cfg.head == "linear":
+            old = model.classifier.out_proj
+            drop = model.config.classifier_dropout or model.config.hidden_dropout_prob
+            head = LinearHead(model.config.hidden_size, model.config.num_labels, drop)
+            model.classifier = head.to(old.weight.device, old.weight.dtype)
         load_adapter(model, adapter_dir)
     except Exception as e:  # a wrong, truncated or foreign file: safetensors and our checks raise various types
         raise UserError(f"cannot load adapter {adapter_dir}: {str(e).splitlines()[0] if str(e) else e}") from None

@@ -4,28 +4,34 @@ memory-mapped, and train and evaluate only layers s..L-1 and the head from it.
 
 Layout on disk, beside the token cache: prefix-<key>.bin holds the hidden states flat, row i at
 [offsets[i], offsets[i + 1]) like batches.Encoded, (total_tokens, hidden) in the storage dtype;
-prefix-<key>.safetensors holds the offsets and is written last, so its presence means the .bin is whole.
+prefix-<key>.safetensors holds the offsets and the .bin's checksum, and is written last: its presence
+means the .bin was whole, and the checksum that it is unchanged since (a damaged cache is rebuilt, never read).
+The .bin's blocks are allocated before it is mapped, so a full disk is one line, never a SIGBUS.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from lora.files import atomic_write
+from lora.files import atomic_write, sweep_temps
 
 from ..cli import UserError
 from ..data.batches import Encoded
+from ..data.cache import checksum
 from ..distributed import Dist, barrier
 from .device import inference_attention
 from .prefix import Logits, PrefixModel, embedding_modules, run_prefix, split_encoder, start_layer
@@ -79,12 +85,21 @@ def cache_bytes(data: Encoded, hidden_size: int, dtype: torch.dtype) -> int:
     return int(data.offsets[-1]) * hidden_size * dtype.itemsize
 
 
+def human(n: int) -> str:
+    """Bytes in the unit that shows them: 35 kB, 812 MB, 10.4 GB."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}" if n < 10 * size else f"{n / size:.0f} {unit}"
+    return f"{n} bytes"
+
+
 def check_disk(directory: Path, need: int) -> None:
-    """UserError, one line, when `directory`'s disk has less than `need` bytes free."""
+    """UserError, one line, when `directory`'s disk has less than `need` bytes free. Builds in flight have
+    allocated their files whole already (posix_fallocate), so the free space counts them."""
     free = shutil.disk_usage(directory).free
     if need > free:
-        raise UserError(f"the frozen-prefix cache needs {need / 1e9:.1f} GB in {directory}, which has only "
-                        f"{free / 1e9:.1f} GB free; use a --cache-dir on a larger disk, or fewer/shorter examples")
+        raise UserError(f"the frozen-prefix cache needs {human(need)} in {directory}, which has only {human(free)} "
+                        "free; use a --cache-dir on a larger disk, or fewer/shorter examples")
 
 
 def prefix_key(model: nn.Module, data: Encoded, start: int, dtype: torch.dtype) -> str:
@@ -112,14 +127,24 @@ def _paths(directory: Path, key: str) -> tuple[Path, Path]:
 
 
 def _load(directory: Path, key: str, data: Encoded, start: int, shape: tuple[int, int],
-          dtype: torch.dtype) -> PrefixCache | None:
-    """Map a finished cache, or None when there is none whole (no index, a short .bin, other offsets)."""
+          dtype: torch.dtype, verify: bool = True) -> PrefixCache | None:
+    """Map a finished cache, or None when there is none whole (no index, a short .bin, other offsets) or, with
+    `verify`, when its bytes differ from the checksum the index holds (said in one line: it is rebuilt)."""
     binary, index = _paths(directory, key)
     if not index.is_file() or not binary.is_file():
         return None
     if binary.stat().st_size != shape[0] * shape[1] * dtype.itemsize:
         return None
-    if not torch.equal(load_file(str(index))["offsets"], data.offsets):
+    try:
+        with safe_open(str(index), "pt") as f:
+            offsets, stored = f.get_tensor("offsets"), (f.metadata() or {}).get("sum")
+    except Exception:  # a torn or foreign index: safetensors raises its own error type
+        return None
+    if not torch.equal(offsets, data.offsets):
+        return None
+    if verify and stored != checksum(binary):
+        print(f"note: the frozen-prefix cache {binary} is damaged (its bytes differ from its checksum); rebuilding it",
+              file=sys.stderr, flush=True)
         return None
     hidden = torch.from_file(str(binary), shared=False, size=shape[0] * shape[1], dtype=dtype).view(shape)
     return PrefixCache(hidden, data.offsets, data.labels, start, binary)
@@ -130,9 +155,17 @@ def _write(directory: Path, key: str, fill, shape: tuple[int, int], dtype: torch
     then write the index: a killed build leaves at most a temp file, never a cache that looks whole."""
     binary, index = _paths(directory, key)
 
+    size = shape[0] * shape[1] * dtype.itemsize
+
     def write_bin(tmp: str) -> None:
         with open(tmp, "r+b") as f:
-            f.truncate(shape[0] * shape[1] * dtype.itemsize)
+            try:  # every block now: a full disk fails here, in one line, not as a SIGBUS mid-build
+                os.posix_fallocate(f.fileno(), 0, size)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:  # an OSError, which atomic_write passes on and the CLI prints
+                    raise OSError(errno.ENOSPC, f"the frozen-prefix cache needs {human(size)} in {directory}: no "
+                                  "space left on the device; use a --cache-dir on a larger disk") from None
+                f.truncate(size)  # a filesystem without fallocate
         target = torch.from_file(tmp, shared=True, size=shape[0] * shape[1], dtype=dtype).view(shape)
         fill(target)
         del target  # unmap before the fsync, so every page is written back
@@ -140,7 +173,9 @@ def _write(directory: Path, key: str, fill, shape: tuple[int, int], dtype: torch
             os.fsync(f.fileno())
 
     atomic_write(binary, write_bin)
-    atomic_write(index, lambda tmp: save_file({"offsets": offsets.contiguous()}, tmp, metadata={"key": key}))
+    digest = checksum(binary)
+    atomic_write(index, lambda tmp: save_file({"offsets": offsets.contiguous()}, tmp,
+                                              metadata={"key": key, "sum": digest}))
 
 
 def build_prefix_cache(model: nn.Module, data: Encoded, start: int, amp: torch.dtype | None,
@@ -173,6 +208,7 @@ def _build(model: nn.Module, data: Encoded, start: int, amp: torch.dtype | None,
         cache = _load(directory, key, data, start, shape, dtype)
         if cache is None:
             directory.mkdir(parents=True, exist_ok=True)
+            sweep_temps(directory, "prefix-*")  # builds a kill left behind hold disk space: free it first
             check_disk(directory, shape[0] * shape[1] * dtype.itemsize)
             _write(directory, key, run, shape, dtype, data.offsets)
     else:
@@ -180,7 +216,7 @@ def _build(model: nn.Module, data: Encoded, start: int, amp: torch.dtype | None,
         while not _paths(directory, key)[1].is_file():
             time.sleep(poll_seconds)
     barrier(d)
-    cache = _load(directory, key, data, start, shape, dtype)
+    cache = _load(directory, key, data, start, shape, dtype, verify=False)  # just verified, or just built
     if cache is None:
         raise RuntimeError(f"the frozen-prefix cache {_paths(directory, key)[0]} is missing or incomplete")
     return cache

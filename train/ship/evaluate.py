@@ -9,7 +9,7 @@ from pathlib import Path
 from ..cli import Parser, UserError, positive, run_main
 from ..config import PRECISIONS
 from ..data import encode
-from ..data.corpus import load_corpus, read_split, stratified_subset
+from ..data.corpus import class_names, load_corpus, read_split, stratified_subset
 from ..metrics import classification_report, format_report
 from ..model.device import pick_device, pick_precision
 from ..model.inference import predict
@@ -44,6 +44,10 @@ def _evaluate(args) -> int:
     model, tokenizer, info = load_for_inference(args.adapter, args.model, device)
     cfg, labels = info["train"], info["labels"]
     if args.eval_file:
+        theirs = class_names(Path(args.eval_file))
+        if theirs is not None and theirs != labels:  # the same check python -m train makes: never remap silently
+            raise UserError(f"{Path(args.eval_file).parent / 'classes.txt'} lists {theirs}, but the adapter was "
+                            f"trained on {labels}; both must list the same classes in the same order")
         split = read_split(Path(args.eval_file), labels)
     else:
         corpus = load_corpus(args.data or cfg.data, None if args.data else cfg.train_file,

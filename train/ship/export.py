@@ -8,10 +8,11 @@ merged model with dynamic batch and sequence axes, checked against PyTorch in ON
 from __future__ import annotations
 
 import json
+import os
 import shutil
-from dataclasses import dataclass
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,8 +20,9 @@ from torch import nn
 
 from lora import merge_and_unload
 from lora.adapter import CONFIG_NAME as ADAPTER_CONFIG
+from lora.files import sweep_temps, temp_name
 
-from ..cli import Parser, UserError, run_main
+from ..cli import Parser, UserError, interruptible, run_main
 from ..model.load import load_for_inference
 from ..model.prefix import Logits
 from ..rundir import ADAPTER, EVAL, RUN_INFO, read_json, read_run_info
@@ -29,8 +31,8 @@ from .modelcard import write_model_card
 FORMATS = ("hf", "peft", "onnx")
 ONNX_FILE = "model.onnx"
 ONNX_TOLERANCE = 1e-4  # max |Δlogit| between ONNX Runtime and PyTorch that the export accepts
-# What an export writes: --overwrite replaces only a directory that holds one of these (never other data).
-MARKERS = ("config.json", ADAPTER_CONFIG, ONNX_FILE)
+# Written into every export: --overwrite replaces only a directory that holds it (never a run, never other data).
+MARKER = ".roberta-lora-export"
 
 
 @dataclass
@@ -62,12 +64,17 @@ def find_run(path: str | Path) -> Run:
     return Run(adapter, {"train": cfg.to_flat(), "labels": labels}, report, finished=report is not None)
 
 
-def export(source: str, out: str, fmt: str, model_name: str | None = None, overwrite: bool = False) -> dict:
+def export(source: str, out: str, fmt: str, model_name: str | None = None, overwrite: bool = False,
+           allow_unfinished: bool = False) -> dict:
     """Write `source` (run or adapter directory) to `out` in format `fmt`; the directory appears whole or not
-    at all. Returns what was checked, e.g. {"onnx_max_abs_diff": 3e-7}."""
+    at all (a staging folder beside it, removed on any error or signal, swept when a kill left it). Returns
+    what was checked, e.g. {"onnx_max_abs_diff": 3e-7}."""
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     run = find_run(source)
+    if not run.finished and not allow_unfinished:
+        raise UserError(f"{source} is an unfinished run (no eval.json: its adapter is the best epoch so far); finish "
+                        "it with python -m train --resume, or export it as it is with --allow-unfinished")
     target = Path(out)
     _check_target(target, run, overwrite)
     if fmt == "onnx":
@@ -78,7 +85,8 @@ def export(source: str, out: str, fmt: str, model_name: str | None = None, overw
     trainable = (run.report or {}).get("trainable_params") or info["trainable_params"]
     info = {"train": info["train"].to_flat(), "labels": info["labels"]}  # the model card reads flat settings
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    sweep_temps(target.parent, target.name)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=temp_name(target)[0], suffix=temp_name(target)[1]))
     try:
         checks = {}
         if fmt == "peft":
@@ -95,6 +103,7 @@ def export(source: str, out: str, fmt: str, model_name: str | None = None, overw
                 model.config.save_pretrained(staging)
                 checks = _write_onnx(model, tokenizer, staging / ONNX_FILE)
         write_model_card(staging, fmt, info, run.report, trainable, base_model=model_name, shown=out)
+        (staging / MARKER).write_text(json.dumps({"format": fmt, "source": str(Path(source).resolve())}) + "\n")
         _replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -108,18 +117,21 @@ def _check_target(target: Path, run: Run, overwrite: bool) -> None:
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         if not overwrite:
             raise UserError(f"--out {target} already exists and is not empty; pick another directory or --overwrite")
-        if not target.is_dir() or not any((target / m).is_file() for m in MARKERS):
-            raise UserError(f"--out {target} is not an export (no {', '.join(MARKERS)}); --overwrite only "
-                            "replaces an export, remove it yourself if it should go")
+        if not target.is_dir() or not (target / MARKER).is_file():
+            raise UserError(f"--out {target} is not an export of python -m train.export (no {MARKER}); --overwrite "
+                            "only replaces an export: remove it yourself if it should go")
 
 
 def _replace(staging: Path, target: Path) -> None:
-    """Put the finished export in place of `target` (empty, absent, or an export to overwrite)."""
+    """Put the finished export in place of `target` (empty, absent, or an export to overwrite), every file and
+    folder with the mode the umask gives (mkdtemp and transformers' save_pretrained make theirs private)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [staging, *staging.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)
-    # Written via mkdtemp, which makes the directory private: give it the usual permissions.
-    target.chmod(0o755)
 
 
 def _write_peft(run: Run, staging: Path, model_name: str | None) -> None:
@@ -181,6 +193,8 @@ def parser() -> Parser:
                    help="hf: merged transformers model; peft: adapter for PeftModel; onnx: merged model in ONNX")
     p.add_argument("--model", help="base model (default: the one the adapter was trained on)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier export")
+    p.add_argument("--allow-unfinished", action="store_true", help="export a run that has not finished (its best "
+                   "epoch so far)")
     return p
 
 
@@ -190,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(args) -> int:
-    checks = export(args.source, args.out, args.format, args.model, args.overwrite)
+    with interruptible():  # SIGTERM mid-export: the staging folder goes, nothing half-written stays
+        checks = export(args.source, args.out, args.format, args.model, args.overwrite, args.allow_unfinished)
     extra = f" (ONNX Runtime vs PyTorch: max |Δlogit| {checks['onnx_max_abs_diff']:.1e})" if checks else ""
     print(f"wrote {args.format} export to {args.out}{extra}; its README.md says how to use it")
     return 0

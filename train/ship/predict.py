@@ -62,9 +62,15 @@ def load_merged(path: str | Path, device: torch.device) -> tuple[nn.Module, obje
     try:
         model = AutoModelForSequenceClassification.from_pretrained(str(path))
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"cannot load model '{path}': {str(e).splitlines()[0]}") from None
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    except Exception as e:  # safetensors, pickle refusals, a foreign config: many types, one meaning
+        raise UserError(f"cannot load model '{path}': {(str(e).strip().splitlines() or [type(e).__name__])[0]}"
+                        ) from None
+    names = {int(k) if str(k).lstrip("-").isdigit() else k: v for k, v in (model.config.id2label or {}).items()}
+    missing = [i for i in range(model.config.num_labels) if i not in names]
+    if missing:
+        raise UserError(f"{path}/config.json names no label for class {missing[0]} (id2label has "
+                        f"{sorted(names, key=str)}); each of its {model.config.num_labels} classes needs one")
+    labels = [str(names[i]) for i in range(model.config.num_labels)]
     limit = tokenizer.model_max_length
     return model.to(device).eval(), tokenizer, labels, limit if limit < 1_000_000 else 512
 

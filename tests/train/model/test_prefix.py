@@ -180,10 +180,12 @@ def test_the_disk_check_refuses_in_one_line(monkeypatch, tmp_path):
     model, data = make("roberta"), encoded()
     monkeypatch.setattr(prefix.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
     need = data.ids.numel() * 32 * 8
-    message = f"needs {need / 1e9:.1f} GB in {tmp_path}, which has only 0.0 GB free"
+    message = f"needs {need / 1e3:.0f} kB in {tmp_path}, which has only 1.0 kB free"  # units that show the numbers
     with pytest.raises(UserError, match=re.escape(message)) as e:
         build_prefix_cache(model, data, 1, None, tmp_path)
     assert "\n" not in str(e.value) and not list(tmp_path.glob("prefix-*"))
+    assert [prefix.human(n) for n in (12, 35_000, 812e6, 10.4e9, 2.25e9)] == [
+        "12 bytes", "35 kB", "812 MB", "10 GB", "2.2 GB"]
     # Full AG News on roberta-base at s=8 in bf16: about 10 GB, as the README says.
     ag_news = Encoded(torch.zeros(0, dtype=torch.int32), torch.tensor([0, 120_000 * 55]), torch.zeros(1))
     assert cache_bytes(ag_news, 768, torch.bfloat16) == pytest.approx(10.1e9, rel=0.01)

@@ -182,8 +182,8 @@ def test_overwrite_replaces_an_earlier_export(encoder, tmp_path, capsys):
     out = tmp_path / "out"
     assert export([str(run), "--out", str(out), "--format", "hf"]) == 0
     assert export([str(run), "--out", str(out), "--format", "peft", "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
-                                                     "eval.json", "train_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".roberta-lora-export", "README.md", "adapter_config.json",
+                                                     "adapter_model.safetensors", "eval.json", "train_config.json"]
 
 
 def test_legacy_lean_head_adapter_still_predicts_but_is_not_exported(encoder, tmp_path, capsys):
