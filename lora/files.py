@@ -43,7 +43,7 @@ def sweep_temps(folder: Path, pattern: str = "*") -> None:
     """Remove the stale temp files and folders (stale_temp) in `folder` whose target's name matches `pattern`."""
     import shutil
 
-    for tmp in folder.glob(f".{pattern}{TEMP_SUFFIX}") if folder.is_dir() else ():
+    for tmp in folder.glob(f".{pattern}.*{TEMP_SUFFIX}") if folder.is_dir() else ():
         try:
             if stale_temp(tmp):
                 shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from oneline import refused
 from tiny import CLASSES, train_args
 from train.__main__ import main
 
@@ -19,17 +20,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def in_tmp(tmp_path, monkeypatch):
     """Run from a scratch directory, so a refusal that fails to happen cannot leave runs/ in the repo."""
     monkeypatch.chdir(tmp_path)
-
-
-def refused(argv, capsys, entry=main) -> str:
-    """Run a CLI in-process; it must exit 2 with exactly one 'error: ...' line on stderr. Returns that line."""
-    rc = entry([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 @pytest.mark.parametrize("flag, value, message", [

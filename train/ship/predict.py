@@ -22,7 +22,7 @@ from ..data.corpus import Split
 from ..model.device import pick_device, pick_precision
 from ..model.inference import predict
 from ..model.load import load_for_inference
-from ..rundir import ADAPTER
+from ..rundir import ADAPTER, read_json
 from .scoring import file_format, read_rows, write_predictions
 
 
@@ -59,18 +59,18 @@ def load_merged(path: str | Path, device: torch.device) -> tuple[nn.Module, obje
     hf_logging.disable_progress_bar()
     if not is_merged_export(path):
         raise UserError(f"{path} is not a merged model directory (config.json and model.safetensors)")
+    config = read_json(Path(path) / "config.json", "model config")
+    names = config.get("id2label") if isinstance(config, dict) else None
+    if not isinstance(names, dict) or sorted(map(str, names)) != sorted(map(str, range(len(names)))):
+        raise UserError(f"{path}/config.json must name each class in id2label, numbered 0..K-1; it has "
+                        f"{sorted(names, key=str) if isinstance(names, dict) else 'none'}")
     try:
         model = AutoModelForSequenceClassification.from_pretrained(str(path))
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception as e:  # safetensors, pickle refusals, a foreign config: many types, one meaning
         raise UserError(f"cannot load model '{path}': {(str(e).strip().splitlines() or [type(e).__name__])[0]}"
                         ) from None
-    names = {int(k) if str(k).lstrip("-").isdigit() else k: v for k, v in (model.config.id2label or {}).items()}
-    missing = [i for i in range(model.config.num_labels) if i not in names]
-    if missing:
-        raise UserError(f"{path}/config.json names no label for class {missing[0]} (id2label has "
-                        f"{sorted(names, key=str)}); each of its {model.config.num_labels} classes needs one")
-    labels = [str(names[i]) for i in range(model.config.num_labels)]
+    labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
     limit = tokenizer.model_max_length
     return model.to(device).eval(), tokenizer, labels, limit if limit < 1_000_000 else 512
 

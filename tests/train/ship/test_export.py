@@ -1,6 +1,7 @@
 """python -m train.export: for every head and target set, PEFT, plain transformers (pipeline) and ONNX Runtime
 reproduce our model; the model cards' snippets run; every bad input is one line and exit 2."""
 import json
+import os
 import re
 
 import pytest
@@ -198,3 +199,71 @@ def test_legacy_lean_head_adapter_still_predicts_but_is_not_exported(encoder, tm
     assert "lean linear head (from before heads were stock) has no place in the stock classifier" in line
     rows = our_predictions(run / "adapter", capsys)
     assert len(rows) == len(TEXTS) and all(r["label"] in CLASSES for r in rows)
+
+
+def test_overwrite_never_replaces_a_training_run(encoder, tmp_path, capsys, tiny_model_dir, tiny_data_dir):
+    from train.__main__ import main as train
+
+    run, _, _ = make_adapter(tmp_path / "run", encoder, "linear", ("query", "value"))
+    other = tmp_path / "other"
+    assert train(train_args(tiny_model_dir, tiny_data_dir, other, "--epochs", "1")) == 0
+    before = sorted(p.name for p in other.rglob("*"))
+    line = refused([run, "--out", other, "--format", "hf", "--overwrite"], capsys)
+    assert "is not an export of python -m train.export" in line and sorted(p.name for p in other.rglob("*")) == before
+
+
+def test_an_unfinished_run_is_exported_only_when_asked(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
+    from train.__main__ import main as train
+
+    run = tmp_path / "run"
+    assert train(train_args(tiny_model_dir, tiny_data_dir, run, "--epochs", "2", "--stop-after", "16")) == 0
+    capsys.readouterr()
+    line = refused([run, "--out", tmp_path / "e", "--format", "peft"], capsys)
+    assert "is an unfinished run" in line and "--allow-unfinished" in line and not (tmp_path / "e").exists()
+    assert export([str(run), "--out", str(tmp_path / "e"), "--format", "peft", "--allow-unfinished"]) == 0
+
+
+def test_exports_follow_the_umask_and_leave_no_staging(encoder, tmp_path):
+    run, _, _ = make_adapter(tmp_path / "run", encoder, "linear", SIX)
+    mask = os.umask(0o022)
+    try:
+        assert export([str(run), "--out", str(tmp_path / "hf"), "--format", "hf"]) == 0
+    finally:
+        os.umask(mask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "hf").iterdir()}
+    assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}
+    assert (tmp_path / "hf").stat().st_mode & 0o777 == 0o755
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_staging_folder_a_kill_left_is_swept_and_sigterm_removes_its_own(encoder, tmp_path, monkeypatch, capsys):
+    import signal
+    import subprocess
+    import sys
+
+    from lora.files import _host
+    import train.ship.export as export_module
+
+    run, _, _ = make_adapter(tmp_path / "run", encoder, "linear", SIX)
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    left = tmp_path / f".out.{_host()}.{gone}.abc.roberta-lora.tmp"
+    left.mkdir()
+    (left / "model.safetensors").write_text("half")
+
+    def stopped(*args, **kwargs):
+        from train.cli import Interrupted
+
+        raise Interrupted(signal.SIGTERM)
+    monkeypatch.setattr(export_module, "write_model_card", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        export([str(run), "--out", str(tmp_path / "out"), "--format", "peft"])
+    assert not left.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_a_truncated_or_foreign_eval_json_is_one_line(encoder, tmp_path, capsys):
+    run, _, _ = make_adapter(tmp_path / "run", encoder, "linear", SIX)
+    (run / "eval.json").write_text('{"accuracy": 0.5, "mac')
+    assert "eval.json is not valid JSON" in refused([run, "--out", tmp_path / "a", "--format", "peft"], capsys)
+    (run / "eval.json").write_text('{"loss": [1, 2]}')
+    assert "is not the eval.json of a run" in refused([run, "--out", tmp_path / "a", "--format", "peft"], capsys)

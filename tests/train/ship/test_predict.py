@@ -4,6 +4,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from shipping import TEXTS, make_adapter, make_encoder_dir
 from tiny import CLASSES
@@ -141,3 +142,64 @@ def test_ag_news_layout_is_scored_by_line(run, tmp_path, capsys):
     got = [json.loads(x) for x in out.read_text().splitlines()]
     want = expected_rows(run, [f"market shares {TEXTS[2]}", "war border"], capsys)
     assert [r["line"] for r in got] == [1, 3] and [r["label"] for r in got] == [w["label"] for w in want]
+
+
+def test_broken_models_and_adapters_are_one_line(run, tmp_path, capsys):
+    """A truncated or pickle base checkpoint, a truncated or pickle adapter, a merged export with a label missing."""
+    import shutil
+
+    from oneline import refused
+
+    merged = tmp_path / "merged"
+    shutil.copytree(run.parent / "merged", merged)
+    config = json.loads((merged / "config.json").read_text())
+    config["id2label"] = {"0": "World", "2": "Business", "3": "Sci/Tech"}
+    (merged / "config.json").write_text(json.dumps(config))
+    line = refused(["--model", merged, "hello"], capsys, predict)
+    assert "config.json must name each class in id2label, numbered 0..K-1; it has ['0', '2', '3']" in line
+    del config["id2label"]
+    (merged / "config.json").write_text(json.dumps(config))
+    assert "it has none" in refused(["--model", merged, "hello"], capsys, predict)
+    config["id2label"] = dict(enumerate(CLASSES))
+    (merged / "config.json").write_text(json.dumps(config))
+    weights = merged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    assert "cannot load model" in refused(["--model", merged, "hello"], capsys, predict)
+    adapter = tmp_path / "adapter"
+    shutil.copytree(run / "adapter", adapter)
+    data = (adapter / "adapter_model.safetensors").read_bytes()
+    (adapter / "adapter_model.safetensors").write_bytes(data[:len(data) // 2])
+    assert "cannot load adapter" in refused(["--adapter", adapter, "hello"], capsys, predict)
+    torch.save({"x": torch.zeros(1)}, adapter / "adapter_model.safetensors")  # a pickle under a safetensors name
+    assert "cannot load adapter" in refused(["--adapter", adapter, "hello"], capsys, predict)
+
+
+def test_a_pickle_base_model_is_refused_without_advising_to_unpickle(tmp_path, capsys):
+    from transformers import AutoTokenizer, RobertaForSequenceClassification
+
+    from shipping import make_encoder_dir
+    from oneline import refused
+    from train.__main__ import main as train
+
+    import numpy as np
+
+    encoder = make_encoder_dir(tmp_path / "e")
+    model = RobertaForSequenceClassification.from_pretrained(encoder)
+    model.save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    AutoTokenizer.from_pretrained(encoder).save_pretrained(tmp_path / "pickled")
+    # a pickle that torch's weights_only loader refuses (a numpy array inside): what an untrusted file may hold
+    torch.save({"roberta.pooler.dense.bias": np.zeros(3)}, tmp_path / "pickled" / "pytorch_model.bin")
+    capsys.readouterr()
+    line = refused(["--model", tmp_path / "pickled", "--data", "ag_news_sample", "--output-dir", tmp_path / "o"],
+                   capsys, train)
+    assert "cannot load model" in line and "weights_only=False" not in line and not (tmp_path / "o").exists()
+
+
+def test_scoring_names_the_line_of_bad_text(run, tmp_path, capsys):
+    bad = write(tmp_path / "bad.jsonl", '{"text": "fine"}\n{"text": "half \\ud800 a surrogate"}\n')
+    code, err = score("--adapter", run, "--input", bad, "--output", tmp_path / "o.jsonl", capsys=capsys)
+    assert code == 2 and "line 2: text is not valid Unicode (a lone surrogate at character 5)" in err
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"text\nfine\ncaf\xe9\n")
+    code, err = score("--adapter", run, "--input", latin, "--output", tmp_path / "o.jsonl", capsys=capsys)
+    assert code == 2 and f"{latin} line 3 is not UTF-8 text" in err
