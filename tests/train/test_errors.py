@@ -120,6 +120,35 @@ def test_bad_jsonl_rows(content, message, tmp_path, capsys):
     assert message in refused(["--train-file", good, "--eval-file", bad], capsys)
 
 
+@pytest.mark.parametrize("content, message", [
+    ('{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n{"text": "c", "label": "Sports"}\n',
+     "train.jsonl line 3: label 'Sports' is a class name, but the label at "),
+    ('{"text": "a", "label": "World"}\n{"text": "b", "label": 1}\n', "train.jsonl line 2: label 1 is a whole number"),
+    ('{"text": "a", "label": 0}\n{"text": "b", "label": 1.0}\n', "train.jsonl line 2: label 1.0 is neither"),
+    ('{"text": "a", "label": 0}\n{"text": "b", "label": 1000000000000}\n',
+     "label 1000000000000 would make 1,000,000,000,001 classes, but only 2 distinct labels appear"),
+    ('{"text": "a", "label": 0}\n{"text": "b", "label": 2000000}\n', "label 2000000 would make 2,000,001 classes"),
+    ('{"text": "a", "label": -1}\n{"text": "b", "label": 1}\n', "label -1 is below 0"),
+    ('{"text": "a", "label": null}\n', "train.jsonl line 1: label None is neither a whole number nor a class name"),
+])
+def test_labels_of_the_training_file_are_numbers_or_names_never_new_classes(content, message, tmp_path, capsys):
+    """Without classes.txt the training labels name the classes: a label of neither kind, a mix, or a number that
+    is no class index is refused before any model is built."""
+    train = tmp_path / "train.jsonl"
+    train.write_text(content)
+    line = refused(["--train-file", train, "--holdout", "1", "--output-dir", tmp_path / "o"], capsys)
+    assert message in line and not (tmp_path / "o").exists()
+
+
+def test_a_parquet_null_label_is_refused(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a", "b", "c"], "label": [0, None, 1]}), tmp_path / "train.parquet")
+    line = refused(["--train-file", tmp_path / "train.parquet", "--holdout", "1"], capsys)
+    assert "train.parquet row 2: label None is neither a whole number nor a class name" in line
+
+
 @pytest.mark.parametrize("train, message", [
     ("", "train.csv is empty"),
     ("\n\n", "train.csv is empty"),

@@ -157,3 +157,19 @@ def test_sweep_keeps_live_builders_and_other_machines_fresh_parts(tmp_path):
 
 def test_cache_file_names_the_key():
     assert cache_file("/c", "ab12") == Path("/c/ab12.safetensors")
+
+
+def test_a_cache_whose_labels_were_changed_is_said_and_rebuilt(tokenizer, tmp_path, capsys):
+    """A valid file with other labels (flipped to other valid classes) would train on wrong labels silently:
+    the checksum written after the build catches it."""
+    built = encode(SPLIT, tokenizer, 12, tmp_path)
+    [entry] = tmp_path.glob("*.safetensors")
+    del built
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(entry)
+    tensors["labels"] = (tensors["labels"] + 1) % 4
+    save_file(tensors, entry, metadata={"format": "2", "rows": "50", "tokens": str(len(tensors["ids"]))})
+    again = encode(SPLIT, tokenizer, 12, tmp_path)
+    assert f"the token cache {entry} is damaged" in capsys.readouterr().err
+    assert again.labels.tolist() == SPLIT.labels

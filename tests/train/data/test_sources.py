@@ -4,11 +4,13 @@ import json
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tiny import synthetic_rows
+from train.cli import UserError
 from train.data.batches import EpochBatches, collate, encode
 from train.data.corpus import Split, load_corpus, open_corpus, stratified_subset, subset_rows, to_split
-from train.cli import UserError
 from train.data.sources import Rows
 
 ROWS = synthetic_rows(90, seed=5)  # (class 1..4, title, description)
@@ -171,3 +173,62 @@ class _Words:
 
     def __call__(self, texts, truncation, max_length):
         return {"input_ids": [([0] + [len(w) for w in t.split()] + [2])[:max_length] for t in texts]}
+
+
+# Fuzzing the readers: whatever a file holds, reading it is a correct split or one UserError, never a traceback.
+
+JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**13), st.floats(), st.text(max_size=6),
+                        st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(),
+                                                                             max_size=1))
+JSONL_LINES = st.lists(st.one_of(
+    st.fixed_dictionaries({"text": JSON_VALUES, "label": JSON_VALUES}),
+    st.fixed_dictionaries({"text": st.text(min_size=1, max_size=12), "label": st.integers(0, 3)}),
+    st.dictionaries(st.sampled_from(["text", "label", "id"]), JSON_VALUES, max_size=3),
+    st.text(max_size=10)), min_size=0, max_size=8)
+CSV_CELLS = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=8)
+CSV_ROWS = st.lists(st.lists(CSV_CELLS, min_size=0, max_size=4), max_size=8)
+
+
+def _read_everything(directory) -> None:
+    """What python -m train does with a data directory before the model loads, plus a full read."""
+    from train.data.corpus import check_rows, load_corpus, open_corpus
+
+    corpus = open_corpus(str(directory))
+    check_rows(corpus)
+    loaded = load_corpus(str(directory))
+    assert all(0 <= y < len(loaded.label_names) for y in loaded.train.labels + loaded.eval.labels)
+    assert all(isinstance(t, str) and t.strip() for t in loaded.train.texts + loaded.eval.texts)
+
+
+def _one_line_or_fine(directory) -> None:
+    try:
+        _read_everything(directory)
+    except UserError as e:
+        assert "\n" not in str(e) and str(e)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(train=JSONL_LINES, test=JSONL_LINES)
+def test_fuzzed_jsonl_is_read_or_refused_in_one_line(train, test, tmp_path_factory):
+    import json as _json
+
+    directory = tmp_path_factory.mktemp("jsonl")
+    for name, lines in (("train.jsonl", train), ("test.jsonl", test)):
+        (directory / name).write_text("".join((x if isinstance(x, str) else _json.dumps(x)) + "\n" for x in lines))
+    _one_line_or_fine(directory)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(train=CSV_ROWS, test=CSV_ROWS, header=st.sampled_from([None, ["text", "label"], ["label", "text", "id"]]),
+       classes=st.sampled_from([None, "World\nSports\n", "a\na\n", ""]))
+def test_fuzzed_csv_is_read_or_refused_in_one_line(train, test, header, classes, tmp_path_factory):
+    import csv as _csv
+
+    directory = tmp_path_factory.mktemp("csv")
+    for name, rows in (("train.csv", train), ("test.csv", test)):
+        with (directory / name).open("w", newline="") as f:
+            writer = _csv.writer(f)
+            writer.writerows(([header] if header else []) + rows)
+    if classes is not None:
+        (directory / "classes.txt").write_text(classes)
+    _one_line_or_fine(directory)

@@ -271,3 +271,39 @@ def test_python_m_train_with_the_cache_equals_without_and_resumes_exactly(model_
     assert run(tmp_path / "resumed", "--cache-dir", cache, "--stop-after", "20") == 0
     assert main(["--resume", str(tmp_path / "resumed")]) == 0
     assert _losses(tmp_path / "resumed") == cached  # bit for bit, from the same cache
+
+
+def test_a_cache_whose_bytes_changed_is_said_and_rebuilt_never_read(counted, tmp_path, capsys):
+    """Same size, same index, other bytes (a bad disk, a stray write): the checksum catches it; NaNs it would
+    have fed the run are never blamed on the learning rate."""
+    model, data = make("roberta"), encoded()
+    expected = build_prefix_cache(model, data, 1, None, tmp_path).hidden.clone()
+    [binary] = tmp_path.glob("prefix-*.bin")
+    raw = bytearray(binary.read_bytes())
+    raw[8:16] = b"\xff" * 8  # a NaN, exactly where a float64 lives
+    binary.write_bytes(bytes(raw))
+    rebuilt = build_prefix_cache(model, data, 1, None, tmp_path).hidden
+    assert f"the frozen-prefix cache {binary} is damaged" in capsys.readouterr().err
+    torch.testing.assert_close(rebuilt, expected, rtol=0, atol=0)
+    assert len(counted) == 2
+
+
+def test_a_full_disk_is_one_line_and_a_dead_builds_temp_file_is_swept(monkeypatch, tmp_path):
+    import errno
+    import subprocess
+    import sys
+
+    from lora.files import _host
+
+    model, data = make("roberta"), encoded()
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    left = tmp_path / f".prefix-abc.bin.{_host()}.{gone}.x.roberta-lora.tmp"
+    left.write_bytes(b"\0" * 4096)  # what a kill -9 mid-build left: it holds disk space, and is swept
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(prefix.os, "posix_fallocate", full)
+    with pytest.raises(OSError, match=r"the frozen-prefix cache needs .* no space left on the device"):
+        build_prefix_cache(model, data, 1, None, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the dead build's file swept, this one's temp file gone
