@@ -267,3 +267,37 @@ def test_dense_is_a_role_and_its_run_evaluates_predicts_and_exports(tiny_model_d
     assert main(run_args(tiny_model_dir, tiny_data_dir, out, "--targets", "dense", "--recipe", "all-linear")) == 0
     assert evaluate(["--adapter", str(out / "adapter"), "--data", str(tiny_data_dir), "--precision", "fp32"]) == 0
     assert export([str(out), "--out", str(tmp_path / "hf"), "--format", "hf"]) == 0
+
+
+def test_a_signal_during_the_final_write_out_lets_it_finish(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
+    """SIGTERM after eval.json's scores are known and before the plots: the write-out completes (eval.json is
+    written last), so the run is finished and whole, not marked finished without its plots."""
+    import train.trainer
+
+    real = train.trainer.plot_run
+
+    def plot_then_term(*args):
+        os.kill(os.getpid(), signal.SIGTERM)  # the graceful handler only sets a flag here
+        real(*args)
+    monkeypatch.setattr(train.trainer, "plot_run", plot_then_term)
+    out = tmp_path / "run"
+    assert main(run_args(tiny_model_dir, tiny_data_dir, out)) == 0
+    assert (out / "eval.json").is_file() and (out / "curves.png").is_file() and (out / "confusion.png").is_file()
+
+
+def test_a_full_disk_while_checkpointing_is_one_line(tiny_model_dir, tiny_data_dir, tmp_path, capsys, monkeypatch):
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos; No space left on device")
+    monkeypatch.setattr(torch, "save", full)
+    out = tmp_path / "run"
+    line = refused(run_args(tiny_model_dir, tiny_data_dir, out), capsys)
+    assert "cannot write" in line and "No space left on device" in line and "checkpoint.pt" in line
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_moved_run_resumes_with_another_cache_dir(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model_dir, tiny_data_dir, out, "--epochs", "1", "--stop-after", "3",
+                           "--cache-dir", str(tmp_path / "c1"))) == 0
+    assert main(["--resume", str(out), "--cache-dir", str(tmp_path / "c2")]) == 0
+    assert list((tmp_path / "c2").glob("*.safetensors")) and (out / "eval.json").is_file()
