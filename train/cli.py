@@ -33,6 +33,16 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}\n")
 
 
+def progress(iterable=None, desc: str = "", total: int | None = None, unit: str = "rows", show: bool = True):
+    """A progress bar on stderr for a phase that can take more than a few seconds (tokenizing, the frozen
+    prefix, evaluating, scoring): rows/s, gone when the phase ends, off when stderr is not a terminal or
+    `show` is False."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, disable=None if show else True,
+                dynamic_ncols=True, unit_scale=True, mininterval=0.5)
+
+
 def csv_list(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 

@@ -270,7 +270,7 @@ def evaluate(s: State) -> None:
     """Score the epoch (with EMA weights when on); the best epoch so far saves its adapter."""
     p, started = s.progress, time.perf_counter()
     with s.ema.applied() if s.ema else nullcontext():
-        index, probs = predict_rows(s.model, s.eval_data, s.cfg.eval_batch_size, s.device, s.amp, s.dist, s.net)
+        index, probs = predict_rows(s.model, s.eval_data, s.cfg.eval_batch_size, s.device, s.amp, s.dist, s.net, True)
         mine = confusion_matrix(probs.argmax(-1), s.eval_data.labels[index], len(s.labels))
         report = report_from_confusion(all_reduce_confusion(mine, s.dist), s.labels)
         improved = report["accuracy"] > p.best_accuracy

@@ -20,6 +20,8 @@ import torch
 
 from lora.files import atomic_write
 
+from ..cli import progress
+
 from .sources import content_key
 
 # The layout written below. A file of any other format (the old ids+offsets cache, say) is not
@@ -63,7 +65,7 @@ def token_chunks(rows: Iterable[tuple[str, int]], tokenizer, max_length: int,
     chunk_rows = chunk_rows or CHUNK_ROWS
     texts: list[str] = []
     labels: list[int] = []
-    for text, label in rows:
+    for text, label in progress(rows, "tokenizing"):
         texts.append(text)
         labels.append(label)
         if len(texts) == chunk_rows:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cli import UserError
+from ..cli import UserError, progress
 from ..config import TrainConfig
 from .hub import hub_corpus
 from .sources import EXTENSIONS, LabelKinds, Rows, expand_paths, file_kind, file_rows, raw_labels, raw_rows
@@ -263,4 +263,5 @@ def load_data(cfg: TrainConfig) -> RowCorpus:
 def check_rows(corpus: RowCorpus) -> tuple[int, int]:
     """Read every row once (a streaming pass, nothing held) so that a malformed row is reported before
     the slow model loading, not after it. Returns the numbers of training and evaluation rows."""
-    return sum(1 for _ in corpus.train), sum(1 for _ in corpus.eval)
+    return tuple(sum(1 for _ in progress(split, f"checking {name} rows")) for name, split in
+                 (("training", corpus.train), ("evaluation", corpus.eval)))

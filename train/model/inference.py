@@ -6,10 +6,10 @@ from itertools import islice
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from lora import merge_lora, unmerge_lora
 
+from ..cli import progress as bar_of
 from ..data.batches import eval_windows
 from ..distributed import Dist, gather_rows
 from .device import autocast, inference_attention
@@ -35,8 +35,7 @@ def predict_rows(model: nn.Module, data, batch_size: int, device: torch.device, 
     merge_lora(model)  # outside inference_mode: the saved base weight must stay a normal tensor
     try:
         index, probs = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, model.config.num_labels)]
-        bar = tqdm(total=len(data), unit="rows", desc="scoring", leave=False, disable=not progress or None,
-                   dynamic_ncols=True)
+        bar = bar_of(desc="scoring", total=len(data), show=progress and d.main)
         with inference_attention(model), torch.inference_mode(), bar:
             for rows in islice(eval_windows(data, batch_size), d.rank, None, d.world):
                 batch = data.batch(rows)

@@ -10,7 +10,7 @@ from torch import nn
 
 from lora import LoRALinear
 
-from ..cli import UserError
+from ..cli import UserError, progress
 from ..data.batches import eval_windows
 from .families import FAMILIES, Family, family_of
 
@@ -114,8 +114,9 @@ def run_prefix(model: nn.Module, data, start: int, amp: torch.dtype | None, batc
     try:
         for m in modules:
             m.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), progress(desc=f"frozen prefix (layers 0-{start - 1})", total=len(data)) as bar:
             for rows in eval_windows(data, batch_size):
+                bar.update(len(rows))
                 batch = data.batch(rows)
                 mask = batch["attention_mask"].to(device)
                 with torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext():
