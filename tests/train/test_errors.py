@@ -183,7 +183,15 @@ def test_hub_dataset_while_offline_names_the_local_alternative(monkeypatch, caps
     started = time.perf_counter()
     line = refused(["--data", "no_such_dataset_xyz"], capsys)
     assert time.perf_counter() - started < 30
-    assert "cannot fetch dataset 'no_such_dataset_xyz'" in line and "--data DIR" in line
+    # The default model (roberta-base) is not cached either: one line names both, and the offline first run.
+    assert "cannot fetch dataset 'no_such_dataset_xyz' nor model 'roberta-base'" in line and "--data DIR" in line
+    assert "--data ag_news_sample and the MiniLM package" in line
+
+
+def test_a_hub_dataset_alone_offline_names_it_alone(tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    line = refused(["--data", "no_such_dataset_xyz", "--model", tiny_model_dir], capsys)
+    assert "cannot fetch dataset 'no_such_dataset_xyz': the Hugging Face hub is unreachable" in line
 
 
 def test_output_dir_with_a_run_and_resume_without_checkpoint(tiny_model_dir, tiny_data_dir, tmp_path, capsys):

@@ -16,7 +16,7 @@ import torch
 
 from ..cli import UserError, progress
 from ..config import TrainConfig
-from .hub import hub_corpus
+from .hub import OFFLINE_RUN, HubUnreachable, hub_corpus, model_needs_hub
 from .sources import EXTENSIONS, LabelKinds, Rows, expand_paths, file_kind, file_rows, raw_labels, raw_rows
 
 EVAL_NAMES = ("test", "dev", "validation")
@@ -254,8 +254,14 @@ def load_data(cfg: TrainConfig) -> RowCorpus:
         train, held = carve_holdout(corpus.train, cfg.holdout)
         return RowCorpus(stratified_subset(train, cfg.max_train_samples, cfg.seed),
                          stratified_subset(held, cfg.max_eval_samples, cfg.seed), corpus.label_names)
-    else:
+    try:
         corpus = open_corpus(cfg.data, cfg.train_file, cfg.eval_file, streaming=cfg.streaming)
+    except HubUnreachable:
+        if not model_needs_hub(cfg.model):
+            raise
+        raise HubUnreachable(f"cannot fetch dataset '{cfg.data}' nor model '{cfg.model}': the Hugging Face hub is "
+                             "unreachable and they are not in the local cache; pass local ones (--data DIR or "
+                             f"--train-file/--eval-file, and --model DIR), or run {OFFLINE_RUN}") from None
     return RowCorpus(subset_rows(corpus.train, cfg.max_train_samples, cfg.seed),
                      subset_rows(corpus.eval, cfg.max_eval_samples, cfg.seed), corpus.label_names)
 

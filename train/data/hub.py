@@ -29,11 +29,30 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def unreachable(what: str, name: str, local_flag: str) -> UserError:
-    return UserError(
-        f"cannot fetch {what} '{name}': the Hugging Face hub is unreachable and it is not in the local cache; "
-        f"pass a local directory instead with {local_flag}"
-    )
+OFFLINE_RUN = "with no network at all: --data ag_news_sample and the MiniLM package (README, 'The offline first run')"
+
+
+class HubUnreachable(UserError):
+    """A model or dataset that only the hub has, while the hub cannot be reached."""
+
+
+def unreachable(what: str, name: str, local_flag: str) -> HubUnreachable:
+    return HubUnreachable(f"cannot fetch {what} '{name}': the Hugging Face hub is unreachable and it is not in the "
+                          f"local cache; pass a local one instead ({local_flag}), or run {OFFLINE_RUN}")
+
+
+def model_needs_hub(name: str) -> bool:
+    """Whether loading model `name` would need the hub: not a local directory, nor in the local hub cache."""
+    from pathlib import Path
+
+    if Path(name).expanduser().is_dir():
+        return False
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return not isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # not a repo id at all: the loader says what is wrong with it
+        return False
 
 
 def hub_corpus(name: str, streaming: bool, eval_names: tuple[str, ...]) -> tuple[Rows, Rows, list[str]]:
