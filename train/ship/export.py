@@ -26,7 +26,7 @@ from ..cli import Parser, UserError, interruptible, run_main
 from ..model.load import load_for_inference
 from ..model.prefix import Logits
 from ..rundir import ADAPTER, EVAL, RUN_INFO, read_json, read_run_info
-from .modelcard import write_model_card
+from .modelcard import base_license, hub_base, write_model_card
 
 FORMATS = ("hf", "peft", "onnx")
 ONNX_FILE = "model.onnx"
@@ -65,7 +65,7 @@ def find_run(path: str | Path) -> Run:
 
 
 def export(source: str, out: str, fmt: str, model_name: str | None = None, overwrite: bool = False,
-           allow_unfinished: bool = False) -> dict:
+           allow_unfinished: bool = False, base_model_id: str | None = None, license: str | None = None) -> dict:
     """Write `source` (run or adapter directory) to `out` in format `fmt`; the directory appears whole or not
     at all (a staging folder beside it, removed on any error or signal, swept when a kill left it). Returns
     what was checked, e.g. {"onnx_max_abs_diff": 3e-7}."""
@@ -84,13 +84,16 @@ def export(source: str, out: str, fmt: str, model_name: str | None = None, overw
         raise UserError(f"cannot export {run.adapter_dir}: {info['legacy']}; retrain it with this version")
     trainable = (run.report or {}).get("trainable_params") or info["trainable_params"]
     info = {"train": info["train"].to_flat(), "labels": info["labels"]}  # the model card reads flat settings
+    trained_on = model_name or info["train"]["model"]
+    base = hub_base(trained_on, base_model_id)  # a hub id or None: the card and adapter never name a local path
+    license = license or base_license(trained_on, base)
     target.parent.mkdir(parents=True, exist_ok=True)
     sweep_temps(target.parent, target.name)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=temp_name(target)[0], suffix=temp_name(target)[1]))
     try:
         checks = {}
         if fmt == "peft":
-            _write_peft(run, staging, model_name)
+            _write_peft(run, staging, base)
         else:
             merge_and_unload(model)
             model.config.problem_type = "single_label_classification"
@@ -102,7 +105,8 @@ def export(source: str, out: str, fmt: str, model_name: str | None = None, overw
             else:
                 model.config.save_pretrained(staging)
                 checks = _write_onnx(model, tokenizer, staging / ONNX_FILE)
-        write_model_card(staging, fmt, info, run.report, trainable, base_model=model_name, shown=out)
+        write_model_card(staging, fmt, info, run.report, trainable, base_model=base, shown=target.name,
+                         license=license)
         (staging / MARKER).write_text(json.dumps({"format": fmt, "source": str(Path(source).resolve())}) + "\n")
         _replace(staging, target)
     except BaseException:
@@ -134,16 +138,15 @@ def _replace(staging: Path, target: Path) -> None:
     staging.rename(target)
 
 
-def _write_peft(run: Run, staging: Path, model_name: str | None) -> None:
+def _write_peft(run: Run, staging: Path, base: str | None) -> None:
     """The adapter's own files: save_adapter already writes what PEFT loads (the whole head stored)."""
     for name in ("adapter_model.safetensors", ADAPTER_CONFIG, RUN_INFO):
         shutil.copyfile(run.adapter_dir / name, staging / name)
     if run.report is not None:  # the scores travel with the adapter, so it can be exported again with its card
         (staging / EVAL).write_text(json.dumps(run.report, indent=2) + "\n")
-    if model_name:  # the base it should be loaded on
-        raw = json.loads((staging / ADAPTER_CONFIG).read_text())
-        raw["base_model_name_or_path"] = model_name
-        (staging / ADAPTER_CONFIG).write_text(json.dumps(raw, indent=2) + "\n")
+    raw = json.loads((staging / ADAPTER_CONFIG).read_text())
+    raw["base_model_name_or_path"] = base  # where PEFT finds the base: its hub id, never this machine's path
+    (staging / ADAPTER_CONFIG).write_text(json.dumps(raw, indent=2) + "\n")
 
 
 def _need_onnx() -> None:
@@ -193,6 +196,9 @@ def parser() -> Parser:
                    help="hf: merged transformers model; peft: adapter for PeftModel; onnx: merged model in ONNX")
     p.add_argument("--model", help="base model (default: the one the adapter was trained on)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier export")
+    p.add_argument("--base-model-id", help="the base model's hub id, for the card and the adapter (default: the "
+                   "model trained on when it is a hub id, else the name its config.json records)")
+    p.add_argument("--license", help="the card's license (default: the base model card's, when it names one)")
     p.add_argument("--allow-unfinished", action="store_true", help="export a run that has not finished (its best "
                    "epoch so far)")
     return p
@@ -205,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _export(args) -> int:
     with interruptible():  # SIGTERM mid-export: the staging folder goes, nothing half-written stays
-        checks = export(args.source, args.out, args.format, args.model, args.overwrite, args.allow_unfinished)
+        checks = export(args.source, args.out, args.format, args.model, args.overwrite, args.allow_unfinished,
+                        args.base_model_id, args.license)
     extra = f" (ONNX Runtime vs PyTorch: max |Δlogit| {checks['onnx_max_abs_diff']:.1e})" if checks else ""
     print(f"wrote {args.format} export to {args.out}{extra}; its README.md says how to use it")
     return 0

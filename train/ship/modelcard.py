@@ -1,11 +1,17 @@
-"""README.md model cards in Hugging Face's conventions: YAML front matter, the recipe with its exact
-trainable count, the evaluation table, and a usage snippet that runs as written."""
+"""README.md model cards ready for the hub: front matter that huggingface_hub parses (base_model as a hub id,
+never a local path; license when it is known; datasets, metrics and a model-index with accuracy and macro-F1),
+the recipe with its exact trainable count, the evaluation table, and a usage snippet that runs as written."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from lora.files import atomic_write
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # ORG/NAME or NAME: what the hub takes as a repo id
+# Where the data of a run came from, as a hub dataset id (the shipped sample is rows of AG News' test split).
+DATASETS = {"ag_news": "fancyzhx/ag_news", "ag_news_sample": "fancyzhx/ag_news"}
 
 KINDS = ("adapter", "peft", "hf", "onnx")
 LIBRARY = {"adapter": "peft", "peft": "peft", "hf": "transformers", "onnx": "onnx"}
@@ -23,34 +29,88 @@ HEADS = {
 }
 
 
-def write_model_card(directory: str | Path, kind: str, info: dict, report: dict | None,
-                     trainable: int | None, base_model: str | None = None, shown: str | None = None) -> Path:
-    """Write `directory`/README.md. The snippet names the directory as `shown` (default `directory`): the
-    path its reader will use. info: {"train": TrainConfig dict, "labels": [...]}; report: eval.json or None."""
+def hub_base(model: str, given: str | None = None) -> str | None:
+    """The hub id of the base model: `given` (--base-model-id), else `model` when it names a hub repo and no
+    local folder, else the name a local checkpoint records (config.json's _name_or_path) when that is a hub id;
+    None when none is known. Never a local path."""
+    def hub(name) -> bool:
+        return isinstance(name, str) and bool(HUB_ID.fullmatch(name)) and not Path(name).expanduser().exists()
+    if given or hub(model):
+        return given or model
+    try:
+        recorded = json.loads((Path(model).expanduser() / "config.json").read_text()).get("_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if hub(recorded) else None
+
+
+def base_license(model: str, base: str | None) -> str | None:
+    """The license in the base model's own card (its README.md front matter, in its folder or the local hub
+    cache), or None."""
+    places = [Path(model).expanduser() / "README.md"]
+    if base:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(base, "README.md")
+            places += [Path(cached)] if isinstance(cached, str) else []
+        except Exception:  # no cache, or not a repo id: no license known
+            pass
+    for card in (p for p in places if p.is_file()):
+        front = card.read_text(errors="replace").split("---")
+        found = re.search(r"(?m)^license:\s*([\w.-]+)", front[1]) if len(front) > 2 else None
+        if found:
+            return found.group(1)
+    return None
+
+
+def write_model_card(directory: str | Path, kind: str, info: dict, report: dict | None, trainable: int | None,
+                     base_model: str | None = None, shown: str | None = None, license: str | None = None) -> Path:
+    """Write `directory`/README.md. The snippet names the directory as `shown` (default: its name, the folder a
+    reader has it in). info: {"train": TrainConfig dict, "labels": [...]}; report: eval.json or None;
+    base_model: its hub id (hub_base), or None."""
     path = Path(directory) / "README.md"
-    text = model_card(str(shown or directory), kind, info, report, trainable, base_model)
+    text = model_card(str(shown or Path(directory).name), kind, info, report, trainable, base_model, license)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return path
 
 
+def front_matter(name: str, kind: str, cfg: dict, report: dict | None, base: str | None,
+                 license: str | None) -> str:
+    """The card's YAML, made by huggingface_hub's own ModelCardData, so the hub reads what it wrote."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset = DATASETS.get(cfg["data"], cfg["data"] if HUB_ID.fullmatch(cfg["data"]) and not cfg.get("train_file")
+                           and not Path(cfg["data"]).exists() else None)
+    results = None
+    if report:
+        results = [EvalResult(task_type="text-classification", task_name="Text classification",
+                              dataset_type=dataset or "local", dataset_name=dataset or Path(
+                                  cfg.get("eval_file") or cfg["data"]).name, dataset_split="test",
+                              metric_type=metric, metric_name=label, metric_value=round(report[key], 4),
+                              metric_config=config)
+                   for metric, label, key, config in (("accuracy", "Accuracy", "accuracy", None),
+                                                      ("f1", "Macro-F1", "macro_f1", "macro"))]
+    data = ModelCardData(base_model=base, library_name=LIBRARY[kind], pipeline_tag="text-classification",
+                         license=license, tags=["lora", "text-classification", "roberta-lora"],
+                         datasets=[dataset] if dataset else None, metrics=["accuracy", "f1"], model_name=name,
+                         eval_results=results)
+    return f"---\n{data.to_yaml()}\n---"
+
+
 def model_card(directory: str, kind: str, info: dict, report: dict | None, trainable: int | None,
-               base_model: str | None = None) -> str:
+               base_model: str | None = None, license: str | None = None) -> str:
     """The card's text; see write_model_card."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     cfg, labels = info["train"], info["labels"]
-    base = base_model or cfg["model"]
-    front = "\n".join([
-        "---", f"base_model: {json.dumps(base)}", f"library_name: {LIBRARY[kind]}",
-        "pipeline_tag: text-classification",
-        "license: other  # placeholder: set the license your base model and training data allow",
-        "tags:", "- lora", "- text-classification", "metrics:", "- accuracy", "- f1", "---"])
+    name = Path(directory).name
     return "\n\n".join([
-        front, f"# {Path(directory).name}",
-        f"A {len(labels)}-class text classifier ({', '.join(labels)}): `{base}` fine-tuned with LoRA by "
-        f"`python -m train` (roberta-lora). This directory is {WHAT[kind]}.",
+        front_matter(name, kind, cfg, report, base_model, license), f"# {name}",
+        f"A {len(labels)}-class text classifier ({', '.join(labels)}): `{base_model or Path(cfg['model']).name}` "
+        f"fine-tuned with LoRA by `python -m train` (roberta-lora). This directory is {WHAT[kind]}.",
         "## Recipe", _recipe(cfg, trainable), "## Evaluation", _evaluation(cfg, report),
-        "## Usage", _usage(kind, directory, base, labels, cfg["max_length"])]) + "\n"
+        "## Usage", _usage(kind, directory, base_model, labels, cfg["max_length"])]) + "\n"
 
 
 def _recipe(cfg: dict, trainable: int | None) -> str:
@@ -86,8 +146,8 @@ def _evaluation(cfg: dict, report: dict | None) -> str:
     return "\n".join(lines)
 
 
-def _usage(kind: str, directory: str, base: str, labels: list[str], max_length: int) -> str:
-    d, b = json.dumps(directory), json.dumps(base)
+def _usage(kind: str, directory: str, base: str | None, labels: list[str], max_length: int) -> str:
+    d, b = json.dumps(directory), json.dumps(base or "BASE-MODEL")
     if kind == "hf":
         code = (f'from transformers import pipeline\n\n'
                 f'classify = pipeline("text-classification", model={d}, top_k=None, truncation=True)\n'
@@ -107,8 +167,11 @@ def _usage(kind: str, directory: str, base: str, labels: list[str], max_length: 
         note = "Inputs are int64 `input_ids` and `attention_mask` of shape (batch, sequence); the output is `logits`."
     else:
         code = (f"import torch\nfrom peft import PeftModel\n"
-                f"from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
-                f"labels = {json.dumps(labels)}\n"
+                f"from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+                f"from transformers.utils import logging\n\n"
+                + ("" if base else "# BASE-MODEL: the hub id (or folder) of the model this adapter was trained on\n")
+                + f"labels = {json.dumps(labels)}\n"
+                f"logging.set_verbosity_error()  # the base has no head for these labels: the adapter brings it\n"
                 f"base = AutoModelForSequenceClassification.from_pretrained(\n"
                 f"    {b}, num_labels=len(labels), id2label=dict(enumerate(labels)),\n"
                 f"    label2id={{name: i for i, name in enumerate(labels)}})\n"

@@ -125,28 +125,51 @@ def snippet(card: str) -> str:
     return re.search(r"```python\n(.*?)```", card, re.S).group(1)
 
 
-def test_real_run_exports_with_cards_whose_snippets_run(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
-    """A run of python -m train (the default recipe) -> each format, and each card's snippet, run as written."""
+def test_real_run_exports_with_cards_whose_snippets_run(tiny_model_dir, tiny_data_dir, tmp_path, capsys, monkeypatch):
+    """A run of python -m train (the default recipe) -> each format, and each card's snippet, run as written from
+    the folder that holds the export. The tiny base has no hub id: the card names none (never its local path),
+    and the PEFT snippet's one BASE-MODEL line is what a reader fills in."""
+    from huggingface_hub import ModelCard
+
     from train.__main__ import main as train
 
     run = tmp_path / "run"
     assert train([*train_args(tiny_model_dir, tiny_data_dir, run, "--epochs", "1"), "--recipe", "all-linear"]) == 0
     report = json.loads((run / "eval.json").read_text())
+    monkeypatch.chdir(tmp_path)
     for fmt in ("peft", "hf", "onnx"):
         out = tmp_path / f"export-{fmt}"
-        assert export([str(run), "--out", str(out), "--format", fmt]) == 0
+        assert export([str(run), "--out", str(out), "--format", fmt, "--license", "apache-2.0"]) == 0
         card = (out / "README.md").read_text()
-        front = card.split("---")[1]
-        for line in ("pipeline_tag: text-classification", f'base_model: "{tiny_model_dir}"', "license: other",
-                     "- accuracy", "- f1", f"library_name: {dict(peft='peft', hf='transformers', onnx='onnx')[fmt]}"):
-            assert line in front, line
+        data = ModelCard(card).data  # huggingface_hub's own parse: the model-index must be well formed
+        assert data.license == "apache-2.0" and data.pipeline_tag == "text-classification"
+        assert data.library_name == dict(peft="peft", hf="transformers", onnx="onnx")[fmt]
+        assert data.base_model is None and {r.metric_type: r.metric_value for r in data.eval_results} == {
+            "accuracy": round(report["accuracy"], 4), "f1": round(report["macro_f1"], 4)}
+        for path in out.iterdir():  # what the hub and PEFT read names none of this machine's folders
+            if path.name in ("README.md", "adapter_config.json", "config.json", "tokenizer_config.json"):
+                assert str(tmp_path) not in path.read_text() and str(tiny_model_dir) not in path.read_text(), path
         assert f"**{report['trainable_params']:,}**" in card and "| linear: the stock head" in card
         assert f"| {report['accuracy']:.4f} | {report['macro_f1']:.4f} |" in card
         assert all(f"| {c['label']} | {c['precision']:.4f} |" in card for c in report["per_class"])
         capsys.readouterr()
-        exec(compile(snippet(card), f"{fmt}/README.md", "exec"), {})
-        printed = capsys.readouterr().out
-        assert any(label in printed for label in CLASSES), printed
+        code = snippet(card).replace('"BASE-MODEL"', json.dumps(str(tiny_model_dir)))
+        exec(compile(code, f"{fmt}/README.md", "exec"), {})
+        printed = capsys.readouterr()
+        assert any(label in printed.out for label in CLASSES), printed.out
+        assert "LOAD REPORT" not in printed.out + printed.err and "MISSING" not in printed.out + printed.err
+
+
+def test_the_card_names_the_base_by_its_hub_id(tmp_path):
+    from train.ship.modelcard import hub_base
+
+    local = tmp_path / "m"
+    local.mkdir()
+    (local / "config.json").write_text(json.dumps({"_name_or_path": "microsoft/mpnet-base"}))
+    assert hub_base("roberta-base") == "roberta-base" and hub_base(str(local)) == "microsoft/mpnet-base"
+    assert hub_base(str(local), "sentence-transformers/all-mpnet-base-v2") == "sentence-transformers/all-mpnet-base-v2"
+    (local / "config.json").write_text(json.dumps({"_name_or_path": str(tmp_path / "elsewhere")}))
+    assert hub_base(str(local)) is None and hub_base(str(tmp_path / "nowhere/x")) is None
 
 
 def refused(argv, capsys) -> str:

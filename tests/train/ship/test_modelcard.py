@@ -14,12 +14,17 @@ REPORT = {"accuracy": 0.9125, "macro_f1": 0.9101, "examples": 800, "best_epoch":
 
 @pytest.mark.parametrize("kind, library", [("adapter", "peft"), ("peft", "peft"), ("hf", "transformers"),
                                            ("onnx", "onnx")])
-def test_front_matter_follows_hub_conventions(kind, library):
-    card = model_card("runs/x/adapter", kind, INFO, REPORT, 998_404)
-    front = card.split("---\n")[1].splitlines()
-    assert front[:4] == ['base_model: "roberta-base"', f"library_name: {library}", "pipeline_tag: text-classification",
-                         "license: other  # placeholder: set the license your base model and training data allow"]
-    assert "metrics:" in front and "- accuracy" in front and "- f1" in front
+def test_front_matter_is_what_huggingface_hub_reads(kind, library):
+    from huggingface_hub import ModelCard
+
+    data = ModelCard(model_card("runs/x/adapter", kind, INFO, REPORT, 998_404, "roberta-base", "mit")).data
+    assert (data.base_model, data.library_name, data.pipeline_tag, data.license) == (
+        "roberta-base", library, "text-classification", "mit")
+    assert data.metrics == ["accuracy", "f1"] and data.datasets == ["fancyzhx/ag_news"]
+    assert [(r.dataset_type, r.metric_type, r.metric_value) for r in data.eval_results] == [
+        ("fancyzhx/ag_news", "accuracy", 0.9125), ("fancyzhx/ag_news", "f1", 0.9101)]
+    bare = ModelCard(model_card("runs/x/adapter", kind, INFO, None, None)).data  # nothing known: nothing claimed
+    assert bare.base_model is None and bare.license is None and not bare.eval_results
 
 
 def test_recipe_and_exact_trainable_count():
@@ -44,7 +49,7 @@ def test_card_without_scores_or_count_says_so():
     assert "No evaluation was recorded" in card and "| trainable parameters | unknown |" in card
 
 
-def test_usage_names_the_directory_as_shown(tmp_path):
+def test_usage_names_the_directory_as_shown(tmp_path):  # noqa: D103
     path = write_model_card(tmp_path, "hf", INFO, REPORT, 5, shown="exports/agnews")
     card = path.read_text()
     assert path == tmp_path / "README.md" and card.startswith("---\n") and "# agnews" in card
