@@ -17,6 +17,17 @@ def _host() -> str:
     return socket.gethostname().replace(".", "_") or "host"
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 def stale_temp(path: Path) -> bool:
     """Whether `path` is an atomic_write temp file whose process is gone: made on this machine by a pid that
     no longer runs, or on another machine (a shared folder) and untouched for a day."""
@@ -25,13 +36,7 @@ def stale_temp(path: Path) -> bool:
         return False  # not ours: never touched
     if parts[-3] != _host():
         return time.time() - path.stat().st_mtime > 24 * 3600
-    try:
-        os.kill(int(parts[-2]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not alive(int(parts[-2]))
 
 
 def temp_name(target: Path) -> tuple[str, str]:

@@ -43,6 +43,16 @@ def progress(iterable=None, desc: str = "", total: int | None = None, unit: str 
                 dynamic_ncols=True, unit_scale=True, mininterval=0.5)
 
 
+def add_scoring_flags(p: argparse.ArgumentParser, batch_size: int) -> None:
+    """--batch-size, --precision and --device, as evaluate and predict take them."""
+    p.add_argument("--batch-size", type=int, default=batch_size, help="rows per batch (default: %(default)s)")
+    from .config import PRECISIONS
+
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 on CUDA and on CPUs with AVX512-BF16 or AMX, else fp32 (default: auto)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda or cuda:N")
+
+
 def csv_list(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lora.files import atomic_write, sweep_temps
+from lora.files import alive, atomic_write, sweep_temps
 
 from .cli import UserError
 from .config import TrainConfig
@@ -62,17 +62,6 @@ def read_run_info(adapter_dir: str | Path) -> tuple[TrainConfig, list[str]]:
     if not path.is_file():
         raise UserError(f"{adapter_dir} is not an adapter written by python -m train (no {RUN_INFO})")
     return parse_record(read_json(path, "run config"), path)
-
-
-def alive(pid: int) -> bool:
-    """Whether process `pid` runs on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,7 @@ import json
 import mmap
 import os
 import shutil
-import socket
-import time
+import tempfile
 from collections.abc import Iterable, Iterator
 from itertools import chain
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lora.files import atomic_write
+from lora.files import atomic_write, sweep_temps, temp_name
 
 from ..cli import progress
 
@@ -29,7 +28,6 @@ from .sources import content_key
 TOKEN_FORMAT = "2"
 CHUNK_ROWS = 8192  # rows tokenized per call: ~10 MB of Python token lists at AG News lengths
 _DTYPES = {"I32": np.int32, "I64": np.int64}
-STALE_SECONDS = 24 * 3600  # a partial build this old, from any machine, is abandoned
 
 
 def token_key(rows: Iterable[tuple[str, int]], tokenizer, max_length: int) -> str:
@@ -112,12 +110,11 @@ def cache_state(path: Path) -> str:
 
 def build(path: Path, chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> int:
     """Write the chunks into `path`, whole or not at all; returns the row count. The parts go to a
-    folder named for this machine and process; a kill leaves only that folder, which sweep() clears."""
+    folder named for this machine and process (lora.files.temp_name); a kill leaves only that folder, which
+    the next build sweeps once its process is gone (or, from another machine, after a day)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    sweep(path)
-    partial = path.parent / f".{path.stem}.{socket.gethostname()}.{os.getpid()}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
+    sweep_temps(path.parent, path.name)
+    partial = Path(tempfile.mkdtemp(dir=path.parent, prefix=temp_name(path)[0], suffix=temp_name(path)[1]))
     try:
         n = tokens = 0
         with (partial / "ids").open("wb") as fi, (partial / "offsets").open("wb") as fo, \
@@ -238,29 +235,3 @@ def _view(whole: mmap.mmap, entry: dict, base: int) -> torch.Tensor:
     if count == 0:
         return torch.from_numpy(np.zeros(0, dtype))
     return torch.from_numpy(np.frombuffer(whole, dtype=dtype, count=count, offset=base + start))
-
-
-def sweep(path: Path) -> None:
-    """Remove partial builds of `path` whose process is gone (same machine) or that are stale."""
-    host = socket.gethostname()
-    for partial in path.parent.glob(f".{path.stem}.*.partial"):
-        owner_host, _, pid = partial.name[len(path.stem) + 2:-len(".partial")].rpartition(".")
-        try:
-            if owner_host == host:
-                gone = not (pid.isdigit() and _alive(int(pid)))
-            else:  # another machine's (a shared cache folder): only its age tells
-                gone = time.time() - partial.stat().st_mtime > STALE_SECONDS
-        except OSError:
-            continue
-        if gone:
-            shutil.rmtree(partial, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True

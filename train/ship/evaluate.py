@@ -6,8 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..cli import Parser, UserError, positive, run_main
-from ..config import PRECISIONS
+from ..cli import Parser, UserError, add_scoring_flags, positive, run_main
 from ..data import encode
 from ..data.corpus import class_names, load_corpus, read_split, stratified_subset
 from ..metrics import classification_report, format_report
@@ -24,10 +23,7 @@ def parser() -> Parser:
     p.add_argument("--eval-file", help="CSV/JSONL file to score")
     p.add_argument("--max-eval-samples", type=int, help="stratified subset, drawn as the training run drew it")
     p.add_argument("--seed", type=int, help="seed of the subset (default: the training run's seed)")
-    p.add_argument("--batch-size", type=int, default=128, help="rows per batch (default: %(default)s)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto: bf16 on CUDA and on CPUs with AVX512-BF16 or AMX, else fp32 (default: auto)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda or cuda:N")
+    add_scoring_flags(p, batch_size=128)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 

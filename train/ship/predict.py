@@ -15,8 +15,7 @@ from torch import nn
 
 from lora.adapter import CONFIG_NAME as ADAPTER_CONFIG
 
-from ..cli import Parser, UserError, positive, run_main
-from ..config import PRECISIONS
+from ..cli import Parser, UserError, add_scoring_flags, positive, run_main
 from ..data import encode
 from ..data.corpus import Split
 from ..model.device import pick_device, pick_precision
@@ -87,10 +86,7 @@ def parser() -> Parser:
     p.add_argument("--output", help="with --input: predictions as .jsonl or .csv, one per row, in input order")
     p.add_argument("--on-bad-row", choices=("stop", "skip"), default="stop",
                    help="a malformed input row stops the run (default), or is reported and skipped")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per batch (default: %(default)s)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto: bf16 on CUDA and on CPUs with AVX512-BF16 or AMX, else fp32 (default: auto)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda or cuda:N")
+    add_scoring_flags(p, batch_size=64)
     p.add_argument("--json", action="store_true", help="one JSON object per text")
     return p
 

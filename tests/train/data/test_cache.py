@@ -1,7 +1,6 @@
 """The token cache: chunked build, memory-mapped reads, atomic publication, and rebuilds after a kill."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from safetensors.torch import load_file
 import train.data.cache
 from tiny import Counting, synthetic_rows
 from train.data.batches import EpochBatches, collate, encode, eval_windows
-from train.data.cache import build, cache_file, open_cached, sweep
+from train.data.cache import build, cache_file, open_cached
 from train.data.corpus import Split
 
 SPLIT = Split([f"{t} {d}" for _, t, d in synthetic_rows(50, seed=2)], [y - 1 for y, _, _ in synthetic_rows(50, seed=2)])
@@ -134,7 +133,7 @@ def test_a_killed_builder_is_detected_swept_and_rebuilt(tmp_path):
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
-    [partial] = tmp_path.glob(".k.*.partial")
+    [partial] = tmp_path.glob(".k.safetensors.*.roberta-lora.tmp")
     assert (partial / "ids").is_file() and not path.exists()  # a half build never has the name
     assert open_cached(path) is None
     rows = build(path, [(np.array([5, 6, 7], np.int32), np.array([1, 2]), np.array([3, 0]))])
@@ -144,14 +143,15 @@ def test_a_killed_builder_is_detected_swept_and_rebuilt(tmp_path):
 
 
 def test_sweep_keeps_live_builders_and_other_machines_fresh_parts(tmp_path):
-    path = tmp_path / "x.safetensors"
-    mine = tmp_path / f".x.{socket.gethostname()}.{os.getpid()}.partial"
-    other = tmp_path / ".x.elsewhere.123.partial"
-    stale = tmp_path / ".x.faraway.456.partial"
+    from lora.files import _host, sweep_temps
+
+    mine = tmp_path / f".x.safetensors.{_host()}.{os.getpid()}.a.roberta-lora.tmp"
+    other = tmp_path / ".x.safetensors.elsewhere.123.b.roberta-lora.tmp"
+    stale = tmp_path / ".x.safetensors.faraway.456.c.roberta-lora.tmp"
     for p in (mine, other, stale):
         p.mkdir()
-    os.utime(stale, (time.time() - 2 * train.data.cache.STALE_SECONDS,) * 2)
-    sweep(path)
+    os.utime(stale, (time.time() - 2 * 24 * 3600,) * 2)
+    sweep_temps(tmp_path, "x.safetensors")
     assert mine.exists() and other.exists() and not stale.exists()
 
 
