@@ -121,6 +121,10 @@ def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[
                                        pick_attention(cfg.attention, device))
     set_model_dropout(model, cfg.model_dropout)
     cfg, lora, plan_rows, trainable = prepare(cfg, model, say)  # cfg resolved: rank, layers, usable length
+    if auto and mode != "fresh":  # the run here must be the one these settings describe, finished or not
+        on_main(lambda: run_dir.same_settings(cfg), d)
+    if mode == "finished":
+        raise Finished(f"{run_dir.path} is a finished run (eval.json is written); nothing to resume")
     amp = pick_precision(cfg.precision, device)
     total_steps = -(-rows[0] // cfg.batch_size) * cfg.epochs
     warmup = int(cfg.warmup_ratio * total_steps)
@@ -141,10 +145,6 @@ def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[
               enabled=amp == torch.float16), ema=EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
               base_lrs=[g["lr"] for g in groups], total_steps=total_steps, warmup_steps=warmup, say=say, tracker=None,
               data_keys=data_keys)
-    if auto and mode != "fresh":
-        on_main(lambda: run_dir.same_settings(cfg), d)
-    if mode == "finished":
-        raise Finished(f"{run_dir.path} is a finished run (eval.json is written); nothing to resume")
     if mode == "resume":
         restore(s)
         say(f"resuming at step {s.progress.step} of {total_steps}")
