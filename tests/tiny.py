@@ -70,7 +70,8 @@ def write_jsonl(path: Path, n: int, seed: int) -> Path:
 def train_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
     """A fast, learnable tiny run of the reference recipe: fp32 so results are bit-reproducible on any CPU."""
     return ["--recipe", "reference", "--model", str(model), "--data", str(data), "--output-dir", str(out),
-            "--epochs", "4", "--batch-size", "16", "--lr", "2e-2", "--rank", "8", "--precision", "fp32", "--cache-dir", "",
+            "--epochs", "4", "--batch-size", "16", "--lr", "2e-2", "--rank", "8", "--precision", "fp32",
+            "--cache-dir", "",
             *extra]
 
 

@@ -66,7 +66,8 @@ def _recipe_flags(a, d: TrainConfig) -> None:
     a("--dropout", type=float, help="dropout on LoRA's input" + _default("dropout", d.lora.dropout))
     a("--targets", type=csv_list, help="comma-separated roles (RoBERTa's module names, mapped to each family's) or "
       "module names" + _default("targets", d.lora.targets))
-    a("--layers", type=layer_list, help="comma-separated layer indices, or 'all'" + _default("layers", d.lora.layers, "all"))
+    a("--layers", type=layer_list,
+      help="comma-separated layer indices, or 'all'" + _default("layers", d.lora.layers, "all"))
     a("--top-layers", type=int, metavar="K", help="LoRA only in the top K encoder layers (the layers below run "
       "once per example, cached)" + _default("top_layers", None))
     a("--no-prefix-cache", dest="prefix_cache", action="store_false",
@@ -169,7 +170,8 @@ def _train(args: argparse.Namespace) -> int:
 
     lead = "\n" if sys.stderr.isatty() else ""  # a line of its own, not glued to a progress bar
     try:
-        done = run(cfg, resume="auto" if resume == "auto" else bool(resume), overwrite=getattr(args, "overwrite", False))
+        resume = "auto" if resume == "auto" else bool(resume)
+        done = run(cfg, resume=resume, overwrite=getattr(args, "overwrite", False))
     except Finished as e:
         print(e)
         return 0

@@ -125,7 +125,8 @@ class TrainConfig:
                  f"got {getattr(self, name)!r}")
         need(_int(self.max_length) and self.max_length >= 2, f"max_length must be a whole number >= 2, "
              f"got {self.max_length!r}")
-        need(_int(self.seed) and 0 <= self.seed < 2**63, f"seed must be a whole number in 0..2**63-1, got {self.seed!r}")
+        need(_int(self.seed) and 0 <= self.seed < 2**63,
+             f"seed must be a whole number in 0..2**63-1, got {self.seed!r}")
         need(isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda", "mps")
                                                or (self.device.startswith("cuda:") and self.device[5:].isdigit())),
              f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")

@@ -70,7 +70,7 @@ def test_adapter_saved_after_cast_frozen_is_float32_and_unchanged(tiny_roberta, 
     model = randomize(inject_lora(tiny_roberta(), config))
     save_adapter(model, tmp_path / "before", config)
     save_adapter(cast_frozen(model, torch.bfloat16), tmp_path / "after", config)
-    before, after = load_file(str(tmp_path / "before" / WEIGHTS_NAME)), load_file(str(tmp_path / "after" / WEIGHTS_NAME))
+    before, after = (load_file(str(tmp_path / side / WEIGHTS_NAME)) for side in ("before", "after"))
     assert before.keys() == after.keys() and len(after) == 2 * 12 + 4
     assert all(t.dtype == torch.float32 and torch.equal(t, before[k]) for k, t in after.items())
 

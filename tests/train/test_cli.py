@@ -16,7 +16,8 @@ def config(*argv: str) -> TrainConfig:
     return config_from_args(parser().parse_args(list(argv)))
 
 
-@pytest.mark.parametrize("abbreviated", [["--warmup", "0.2"], ["--ran", "8"], ["--recipe", "reference", "--lr-plus", "2"]])
+@pytest.mark.parametrize("abbreviated", [["--warmup", "0.2"], ["--ran", "8"],
+                                         ["--recipe", "reference", "--lr-plus", "2"]])
 def test_abbreviated_flags_are_refused_not_silently_overwritten(abbreviated, capsys):
     with pytest.raises(SystemExit) as stop:
         parser().parse_args(abbreviated)
@@ -84,7 +85,8 @@ def test_evaluation_classes_must_match_training(tiny_model_dir, tiny_data_dir, t
     other.mkdir()
     (other / "test.csv").write_text((tiny_data_dir / "test.csv").read_text())
     (other / "classes.txt").write_text("A\nB\nC\nD\nE\n")
-    argv = [a for a in train_args(tiny_model_dir, tiny_data_dir, tmp_path / "o") if a not in ("--data", str(tiny_data_dir))]
+    argv = [a for a in train_args(tiny_model_dir, tiny_data_dir, tmp_path / "o")
+            if a not in ("--data", str(tiny_data_dir))]
     rc = main(argv + ["--train-file", str(tiny_data_dir / "train.csv"), "--eval-file", str(other / "test.csv")])
     err = capsys.readouterr().err
     assert rc == 2 and "the evaluation file's classes.txt lists ['A', 'B', 'C', 'D', 'E']" in err

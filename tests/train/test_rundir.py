@@ -78,8 +78,8 @@ def test_corrupt_and_foreign_files_end_in_one_line(finished, tmp_path, capsys):
     assert "train_config.json is not valid JSON" in refused(["--adapter", run / "adapter", "--eval-file", "x.csv"],
                                                            capsys, evaluate)
     (run / "adapter/train_config.json").write_text(json.dumps({"train": {"rank": "x"}, "labels": ["a"]}))
-    assert "is not a run config written by python -m train" in refused(["--adapter", run / "adapter", "--eval-file", "x"],
-                                                                       capsys, evaluate)
+    argv = ["--adapter", run / "adapter", "--eval-file", "x"]
+    assert "is not a run config written by python -m train" in refused(argv, capsys, evaluate)
 
 
 def test_output_dir_that_is_a_file_is_refused_before_loading(tiny_model_dir, tiny_data_dir, tmp_path, capsys):

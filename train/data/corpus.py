@@ -17,7 +17,8 @@ import torch
 from ..cli import UserError, progress
 from ..config import TrainConfig
 from .hub import OFFLINE_RUN, HubUnreachable, hub_corpus, model_needs_hub
-from .sources import EXTENSIONS, LabelKinds, Rows, expand_paths, file_kind, file_rows, raw_labels, raw_rows
+from .labels import LabelKinds
+from .sources import EXTENSIONS, Rows, expand_paths, file_kind, file_rows, raw_labels, raw_rows
 
 EVAL_NAMES = ("test", "dev", "validation")
 # Shipped with the package, so a clone trains offline: --data ag_news_sample (its README says what it is).

@@ -15,7 +15,8 @@ import torch
 from lora.files import atomic_write
 
 from ..cli import UserError
-from ..data.sources import records, text_problem
+from ..data.labels import text_problem
+from ..data.sources import records
 
 OUTPUTS = (".csv", ".jsonl")
 INPUTS = (*OUTPUTS, ".parquet")

@@ -6,7 +6,8 @@ from tiny import CLASSES
 from train.config import TrainConfig
 from train.ship.modelcard import model_card, write_model_card
 
-INFO = {"train": TrainConfig.from_flat(dict(rank=6, head="linear", lr=4e-4, lora_plus_ratio=16, ema_decay=0.99)).to_flat(),
+TRAIN = dict(rank=6, head="linear", lr=4e-4, lora_plus_ratio=16, ema_decay=0.99)
+INFO = {"train": TrainConfig.from_flat(TRAIN).to_flat(),
         "labels": CLASSES}
 REPORT = {"accuracy": 0.9125, "macro_f1": 0.9101, "examples": 800, "best_epoch": 3,
           "per_class": [{"label": c, "precision": 0.9, "recall": 0.8, "f1": 0.85, "support": 200} for c in CLASSES]}

@@ -1,0 +1,79 @@
+"""Labels and texts as a reader finds them, checked: a label is a whole number or a class name, never both
+in one split, and never anything else; a text is a non-empty, valid Unicode string."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from ..cli import UserError
+
+RawRow = tuple[object, object, int]  # text, label as written, line (or Parquet row) number
+
+
+def label_of(raw: object) -> int | str | None:
+    """A label as written, as a whole number (also when written as text: "3") or a class name; None for
+    anything else (null, true, 1.5, [1], {"a": 1}, NaN, 1e23): such a label is refused, never made a class."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, str):
+        text = raw.strip()
+        return int(text) if text.lstrip("-").isdigit() else (text or None)
+    return None
+
+
+def text_problem(text: object) -> str | None:
+    """What makes `text` no text to classify (not a string, empty, a lone surrogate), or None."""
+    if not isinstance(text, str):
+        return f"text is {type(text).__name__}, not a string"
+    if not text.strip():
+        return "empty text"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"text is not valid Unicode (a lone surrogate at character {e.start})"
+    return None
+
+
+class LabelKinds:
+    """Labels are all whole numbers or all class names: remembers the first, refuses a label of the other kind
+    (a stray "Sports" among numbers would otherwise become a fifth class)."""
+
+    def __init__(self) -> None:
+        self.first: tuple[type, str] | None = None  # the first label's kind, and where it was
+
+    def check(self, raw: object, where: str) -> int | str:
+        label = label_of(raw)
+        if label is None:
+            raise UserError(f"{where}: label {raw!r} is neither a whole number nor a class name")
+        if self.first is None:
+            self.first = (type(label), where)
+        elif type(label) is not self.first[0]:
+            kinds = {int: "a whole number", str: "a class name"}
+            raise UserError(f"{where}: label {raw!r} is {kinds[type(label)]}, but the label at "
+                            f"{self.first[1]} is {kinds[self.first[0]]}; labels are all one or the other")
+        return label
+
+
+def labelled(rows: Iterable[RawRow], names: list[str], kind: str, path: Path,
+             kinds: LabelKinds | None = None) -> Iterator[tuple[str, int]]:
+    """(text, label 0..K-1) per row. Whole-number labels count from 1 in AG News files and from 0
+    otherwise; names are looked up among `names`. One LabelKinds checks every file of a split."""
+    base, kinds = 1 if kind == "agnews" else 0, kinds or LabelKinds()
+    index = {n: i for i, n in enumerate(names)}
+    unit = "row" if path.suffix == ".parquet" else "line"
+    for text, raw, line in rows:
+        where = f"{path} {unit} {line}"
+        problem = text_problem(text)
+        if problem:
+            raise UserError(f"{where}: {problem}")
+        label = kinds.check(raw, where)
+        if isinstance(label, int):
+            if not base <= label < base + len(names):
+                raise UserError(f"{where}: label {label} is outside {base}..{base + len(names) - 1}")
+            yield text, label - base
+        elif label in index:
+            yield text, index[label]
+        else:
+            raise UserError(f"{where}: unknown label {raw!r} (labels: {', '.join(names)})")
