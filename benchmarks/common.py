@@ -1,6 +1,6 @@
-"""What every benchmark shares: paths, medians and per-round ratios, interleaved timing, machine
-info and atomic JSON writes. Kept free of a torch import at module level, because report.py imports
-it and must stay light.
+"""What every benchmark shares: paths, medians and per-round ratios, interleaved timing, a training step's
+memory, machine info and atomic JSON writes. Kept free of a torch import at module level, because report.py
+imports it and must stay light.
 """
 from __future__ import annotations
 
@@ -54,6 +54,39 @@ def interleave(fns: dict[str, Callable[[], object]], warmup: int, repeats: int,
             wall[name].append(time.perf_counter() - start)
             cpu[name].append(time.process_time() - start_cpu)
     return wall, cpu
+
+
+def step_memory(model: torch.nn.Module, step: Callable, device: torch.device) -> dict[str, int]:
+    """Memory one training step adds on top of the frozen weights, measured on an extra, untimed step.
+
+    saved_activation_bytes: every tensor autograd keeps for backward, once per storage, parameters
+    excluded (the frozen weights are the same for all); the bulk of training memory, and exact on
+    any device (CPU has no honest peak-allocation statistic). grad_bytes, optimizer_bytes: trainable
+    gradients and AdamW state. On CUDA also cuda_peak_bytes: max_memory_allocated during the step
+    minus what was allocated before it."""
+    import torch  # here, not at module level (see above)
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in params:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    state = [t for s in step.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+    out = {"saved_activation_bytes": sum(saved.values()),
+           "grad_bytes": sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad),
+           "optimizer_bytes": sum(t.numel() * t.element_size() for t in state)}
+    if device.type == "cuda":
+        out["cuda_peak_bytes"] = torch.cuda.max_memory_allocated() - before
+    return out
 
 
 def ratio(num: list[float], den: list[float]) -> float:

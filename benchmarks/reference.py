@@ -155,34 +155,19 @@ def run_reference(model_path: str, corpus: Corpus, epochs: int, max_train_sample
 
     labels = torch.as_tensor(pred.label_ids)
     report = classification_report(torch.as_tensor(pred.predictions).argmax(-1), labels, names)
-    return {
-        "accuracy": report["accuracy"],
-        "macro_f1": report["macro_f1"],
-        "train_seconds": train_seconds,
-        "eval_seconds": eval_seconds,
-        "loop_seconds": timer.step_seconds + timer.collate_seconds,
-        "loop_collate_seconds": timer.collate_seconds,
-        "loop_includes": LOOP_INCLUDES,
-        "steps": timer.steps,
-        "train_examples_per_s": len(train_split.labels) * epochs / train_seconds,
-        "eval_examples_per_s": len(labels) / eval_seconds,
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "train_examples": len(train_split.labels),
-        "eval_examples": len(labels),
-        "epochs": epochs,
-        "device": str(args.device),
-        # transformers' default AdamW flavour, recorded since it changes between versions
-        "optim": str(getattr(args.optim, "value", args.optim)),
-        "torch_threads": torch.get_num_threads(),
-        "recipe": recipe,
-        "variant": variant,
-        "layers": layers,
-        "tuned": tuned,
-        "tuned_arguments": extra,
-        "tuned_kernels": kernels,
-        "precision": "bf16" if extra.get("bf16") else "fp32",
-        "seed": seed,
-    }
+    return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
+            "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+            "loop_seconds": timer.step_seconds + timer.collate_seconds, "loop_collate_seconds": timer.collate_seconds,
+            "loop_includes": LOOP_INCLUDES, "steps": timer.steps,
+            "train_examples_per_s": len(train_split.labels) * epochs / train_seconds,
+            "eval_examples_per_s": len(labels) / eval_seconds,
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "train_examples": len(train_split.labels), "eval_examples": len(labels), "epochs": epochs,
+            "device": str(args.device),
+            # transformers' default AdamW flavour, recorded since it changes between versions
+            "optim": str(getattr(args.optim, "value", args.optim)), "torch_threads": torch.get_num_threads(),
+            "recipe": recipe, "variant": variant, "layers": layers, "tuned": tuned, "tuned_arguments": extra,
+            "tuned_kernels": kernels, "precision": "bf16" if extra.get("bf16") else "fp32", "seed": seed}
 
 
 def main(argv: list[str] | None = None) -> dict:

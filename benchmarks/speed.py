@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers/peft import 
 import torch
 from torch import nn
 
-from benchmarks.common import RESULTS_DIR, interleave, machine_info, summarize, sync, write_json
+from benchmarks.common import RESULTS_DIR, interleave, machine_info, step_memory, summarize, sync, write_json
 from benchmarks.report import speed_tables
 from lora import LoRAConfig, cast_frozen, count_trainable, inject_lora, lora_layers, merge_lora
 from lora.fused import fuse
@@ -109,37 +109,6 @@ def train_step(model: nn.Module, batch: dict, amp: Callable) -> Callable[[], tor
         return loss.detach()
     step.optimizer = opt  # for the memory account
     return step
-
-
-def step_memory(model: nn.Module, step: Callable, device: torch.device) -> dict[str, int]:
-    """Memory one training step adds on top of the frozen weights, measured on an extra, untimed step.
-
-    saved_activation_bytes: every tensor autograd keeps for backward, once per storage, parameters
-    excluded (the frozen weights are the same for all); the bulk of training memory, and exact on
-    any device (CPU has no honest peak-allocation statistic). grad_bytes, optimizer_bytes: trainable
-    gradients and AdamW state. On CUDA also cuda_peak_bytes: max_memory_allocated during the step
-    minus what was allocated before it."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.untyped_storage().data_ptr() not in params:
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        step()
-    state = [t for s in step.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
-    out = {"saved_activation_bytes": sum(saved.values()),
-           "grad_bytes": sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad),
-           "optimizer_bytes": sum(t.numel() * t.element_size() for t in state)}
-    if device.type == "cuda":
-        out["cuda_peak_bytes"] = torch.cuda.max_memory_allocated() - before
-    return out
 
 
 def train_contestants(base: nn.Module, precision: str) -> dict[str, nn.Module]:

@@ -7,9 +7,9 @@ through a frozen layer with LoRA is about as costly as its forward (activation g
 the total weighs both alike.
 
     ours       train.data.EpochBatches (length-grouped), one evaluation per epoch
-               (train.data.eval_windows: sorted by length): the planners the loop itself uses. With LoRA only from layer s, no
-               backward runs below s; with the frozen-prefix cache layers 0..s-1 run once per
-               example (train and eval), not per epoch.
+               (train.data.eval_windows: sorted by length): the planners the loop itself uses.
+               With LoRA only from layer s, no backward runs below s; with the frozen-prefix cache
+               layers 0..s-1 run once per example (train and eval), not per epoch.
     reference  uniformly shuffled batches, each padded to its longest row (DataCollatorWithPadding),
                one evaluation at the end in file order (SequentialSampler).
     tuned      Trainer's length-grouped sampler (transformers' own get_length_grouped_indices), for

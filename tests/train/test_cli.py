@@ -159,3 +159,9 @@ def test_defaults_that_depend_on_the_recipe_are_shown_per_recipe():
     text = " ".join(parser().format_help().split())
     assert "passes over the training data (default: all-linear: 5; fast: 2; reference: 5)" in text
     assert "(default: all-linear: 6; fast: 36; reference: 4)" in text
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBERTA_LORA_DEBUG", "1")
+    with pytest.raises(UserError, match="nothing to resume"):
+        main(["--resume", str(tmp_path)])

@@ -250,38 +250,6 @@ def test_real_process_exits_2_with_one_line_and_no_traceback(tmp_path):
     assert "Traceback" not in done.stderr + done.stdout
 
 
-@pytest.mark.parametrize("offline", ["1", "true", "ON", " yes "])
-def test_offline_env_means_unreachable_without_touching_the_network(offline, monkeypatch):
-    import train.data.hub
-
-    def no_network(*args, **kwargs):
-        raise AssertionError("connected although HF_HUB_OFFLINE is set")
-
-    monkeypatch.setattr(train.data.hub.socket, "create_connection", no_network)
-    monkeypatch.setenv("HF_HUB_OFFLINE", offline)
-    assert train.data.hub.hub_reachable() is False
-
-
-@pytest.mark.parametrize("endpoint, address", [
-    ("http://mirror.local", ("mirror.local", 80)),
-    ("https://mirror.local", ("mirror.local", 443)),
-    ("https://mirror.local:8443/", ("mirror.local", 8443)),
-    ("not a url", None),
-])
-def test_hub_probe_dials_the_endpoint_port(endpoint, address, monkeypatch):
-    import contextlib
-
-    import train.data.hub
-
-    dialled = []
-    monkeypatch.setattr(train.data.hub.socket, "create_connection",
-                        lambda addr, timeout: dialled.append(addr) or contextlib.nullcontext())
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setenv("HF_ENDPOINT", endpoint)
-    assert train.data.hub.hub_reachable() is (address is not None)
-    assert dialled == ([address] if address else [])
-
-
 def test_resume_refuses_other_flags_and_long_max_length_is_refused(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
     line = refused(["--resume", tmp_path, "--lr", "1e-3"], capsys)
     assert "--resume continues a run with its saved config; drop --lr" in line

@@ -117,14 +117,6 @@ def test_fp16_on_a_cpu_is_refused_with_the_alternative(tiny_model_dir, tiny_data
     assert "--precision fp16 on a CPU is slow" in line and ("--precision bf16" in line or "--precision fp32" in line)
 
 
-def test_debug_shows_the_traceback(tmp_path, monkeypatch):
-    from train.cli import UserError
-
-    monkeypatch.setenv("ROBERTA_LORA_DEBUG", "1")
-    with pytest.raises(UserError, match="nothing to resume"):
-        main(["--resume", str(tmp_path)])
-
-
 def run_args(tiny_model_dir, data, out, *extra):
     return train_args(tiny_model_dir, data, out, "--epochs", "1", *extra)
 

@@ -7,7 +7,8 @@
     for rows in EpochBatches(train, cfg.batch_size, cfg.seed, epoch):   # windowed length grouping
         batch = train.batch(rows)    # input_ids, attention_mask, labels; eval_windows plans evaluation
 
-Modules: sources (CSV/JSONL/Parquet readers), labels (label and text checks), hub (hub datasets), corpus (splits, subsets, holdout,
+Modules: sources (CSV/JSONL/Parquet readers), labels (label and text checks), hub (hub datasets), corpus
+(splits, subsets, holdout,
 checks), cache (the token cache), batches (Encoded, the two planners, collate), prefetch (batches made ahead).
 """
 from .batches import Encoded, EpochBatches, collate, encode, eval_windows

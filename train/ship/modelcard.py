@@ -166,9 +166,9 @@ def _usage(kind: str, directory: str, base: str | None, labels: list[str], max_l
                 f"print([labels[int(i)] for i in probs.argmax(-1)], probs)")
         note = "Inputs are int64 `input_ids` and `attention_mask` of shape (batch, sequence); the output is `logits`."
     else:
-        code = (f"import torch\nfrom peft import PeftModel\n"
-                f"from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
-                f"from transformers.utils import logging\n\n"
+        code = ("import torch\nfrom peft import PeftModel\n"
+                "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+                "from transformers.utils import logging\n\n"
                 + ("" if base else "# BASE-MODEL: the hub id (or folder) of the model this adapter was trained on\n")
                 + f"labels = {json.dumps(labels)}\n"
                 f"logging.set_verbosity_error()  # the base has no head for these labels: the adapter brings it\n"
