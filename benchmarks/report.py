@@ -154,6 +154,14 @@ def _accuracy(s: dict) -> str:
     return f"{s['accuracy_mean'] * 100:.2f}%" + ("" if std is None else f" ± {std * 100:.2f}")
 
 
+def _under_way(data: dict) -> str:
+    """For a race still running (or cut off): which runs its figures cover so far; empty for a finished race."""
+    if data.get("complete", True):
+        return ""
+    done = ", ".join(f"{r['contestant']} (seed {r['seed']})" for r in data["runs"])
+    return f"**Race under way**: {len(data['runs'])} run(s) so far ({done}); every figure may still change. "
+
+
 def race_table(data: dict) -> str:
     """The race: per contestant its precision, whole-process time, paired ratios against both
     references (measured, then counted work beside them), loop time and accuracy."""
@@ -174,7 +182,7 @@ def race_table(data: dict) -> str:
         rows.append(row)
     seeds = setup["seeds"]
     model = setup.get("model_name") or Path(setup["model"]).name
-    head = (f"`{data['command']}`\n\nMachine: {machine_line(data['machine'])}. Model {model} "
+    head = (f"`{data['command']}`\n\n{_under_way(data)}Machine: {machine_line(data['machine'])}. Model {model} "
             f"({setup['layers']} layers), {setup['train_examples']:,} training × {setup['eval_examples']:,} "
             f"evaluation examples, {len(seeds)} round(s) (seeds {', '.join(map(str, seeds))}), contestants "
             "alternating A B C D, D C B A. Times are medians over rounds; each ratio is the median of per-round "
@@ -203,7 +211,8 @@ def race_headline(data: dict) -> str:
             if n in s]
     refs = [f"{label} {_accuracy(s[n])}" for n, label in (("tuned", "tuned"), ("reference", "as specified"))
             if n in s]
-    return (f"**{model}** ({setup['layers']} layers; {data['machine'].get('cpu')}, {setup['train_examples']:,} "
+    return (f"{_under_way(data)}**{model}** ({setup['layers']} layers; {data['machine'].get('cpu')}, "
+            f"{setup['train_examples']:,} "
             f"training rows, seeds {', '.join(map(str, setup['seeds']))}): {', '.join(ours)} the tuned PEFT + "
             f"Trainer reference's whole-process time; PEFT + Trainer {', '.join(refs)}.")
 

@@ -63,3 +63,13 @@ def test_the_committed_results_still_render(which):
     readme = READMES[which]
     assert "<!-- results:" in readme.read_text()
     assert update_readme(readme.read_text()) == readme.read_text(), "run python -m benchmarks.report"
+
+
+def test_a_race_under_way_says_which_runs_its_figures_cover():
+    from benchmarks.report import render
+
+    data = _race_json() | {"complete": False, "runs": [{"contestant": "reference", "seed": 0},
+                                                       {"contestant": "fast", "seed": 0}]}
+    for text in (render(data), render(data, "headline")):
+        assert text.count("**Race under way**: 2 run(s) so far (reference (seed 0), fast (seed 0))") == 1
+    assert "under way" not in render(_race_json()) + render(_race_json(), "headline")
