@@ -72,7 +72,7 @@ def summarize(runs: list[dict], names: list[str], seeds: list[int]) -> tuple[dic
                       "trainable_params": rs[0]["trainable_params"], "loop_includes": rs[0]["loop_includes"]}
     ratios: dict = {}
     for base in (b for b in BASES if b in by):
-        for n in (x for x in names if x != base):
+        for n in (x for x in names if x != base and x in by):
             # paired by round: only the seeds both ran (a contestant run once pairs with round 1 alone)
             both = [seed for seed in seeds if any(r["seed"] == seed for r in by[base])
                     and any(r["seed"] == seed for r in by[n])]

@@ -36,6 +36,16 @@ def test_summarize_pairs_runs_by_seed_and_the_headline_picks_the_fast_recipe():
     assert met["fast ≤ 0.33× the tuned reference (whole process)"] is None
 
 
+def test_a_race_under_way_summarizes_the_runs_it_has():
+    from benchmarks.accuracy import headline, summarize, targets
+
+    summary, ratios = summarize([_run("reference", 0, 50.0, 0.87, 1000)], ["reference", "tuned", "fast"], [0, 1])
+    assert list(summary) == ["reference"] and ratios == {}
+    head = headline(summary, ratios, {})
+    assert head["accuracy_reference"] == 0.87 and head["time_ratio_vs_reference"] is None
+    assert all(t["met"] is None for t in targets(head))
+
+
 @pytest.mark.slow
 def test_a_tiny_race_end_to_end(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
     """Two contestants as real child processes on the tiny model: the tuned reference and a stand-in
