@@ -23,7 +23,9 @@ def variant_recipe(variant: str) -> dict:
         return dict(RECIPE, r=None, learning_rate=2e-5, warmup_ratio=0.06, weight_decay=0.01, top_layers=None,
                     head="full", model_dropout=None)
     fast = RECIPES["fast"]
+    # rank and layers as our planner resolves them on the model (model_for): "auto" and a share of the layers
     return dict(RECIPE, r=fast["rank"], lora_alpha=fast["alpha"], lora_dropout=fast["dropout"],
+                use_rslora=fast.get("use_rslora", False), ours="fast",
                 target_modules=list(fast["targets"]), top_layers=fast["top_layers"], head=fast["head"],
                 learning_rate=fast["lr"], warmup_ratio=fast["warmup_ratio"], weight_decay=fast["weight_decay"],
                 label_smoothing_factor=fast["label_smoothing"], epochs=fast["epochs"],
@@ -83,15 +85,20 @@ def model_for(model_path: str, names: list[str], seed: int, recipe: dict, attent
     set_model_dropout(model, recipe["model_dropout"])  # a Trainer user's hidden/attention_probs_dropout_prob=0
     if recipe["r"] is None:
         return model, None
-    total = model.config.num_hidden_layers
-    layers = None if recipe["top_layers"] is None else list(range(total - recipe["top_layers"], total))
+    rank, layers = recipe["r"], None
+    if recipe.get("ours"):  # our recipe: the rank and layers our planner picks for this model
+        from train.model.plan import plan
+        from train.recipes import recipe as ours
+
+        rank, lora, _ = plan(TrainConfig.from_flat({**ours(recipe["ours"]), "model": model_path}), model)
+        layers = list(lora.layers) if lora.layers is not None else None
     targets = list(resolve_targets(model, tuple(recipe["target_modules"]), layers and tuple(layers)))
     saved = list(recipe["modules_to_save"])
     if recipe["head"] == "linear":  # only the head's output layer trains; its dense layer, frozen, is the identity
         apply_head(TrainConfig(head="linear"), model)
         saved = [head_modules(model)[0]]
     peft_model = get_peft_model(model, LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=recipe["r"], lora_alpha=recipe["lora_alpha"],
+        task_type=TaskType.SEQ_CLS, r=rank, lora_alpha=recipe["lora_alpha"], use_rslora=recipe.get("use_rslora", False),
         lora_dropout=recipe["lora_dropout"], target_modules=targets, layers_to_transform=layers,
         modules_to_save=saved))
     if recipe["head"] == "linear":  # PEFT adds the whole `classifier` for SEQ_CLS: keep its dense layer frozen

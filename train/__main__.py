@@ -13,7 +13,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .cli import Diverged, Finished, Parser, Stopped, UserError, csv_list, layer_list, rank_value, run_main
+from .cli import (Diverged, Finished, Parser, Stopped, UserError, csv_list, layer_list, rank_value, run_main,
+                  top_layers_value)
 from .config import ATTENTIONS, HEADS, PRECISIONS, TRACKERS, TrainConfig
 from .recipes import DEFAULT_RECIPE, RECIPES, recipe
 
@@ -68,15 +69,17 @@ def _recipe_flags(a, d: TrainConfig) -> None:
       "module names" + _default("targets", d.lora.targets))
     a("--layers", type=layer_list,
       help="comma-separated layer indices, or 'all'" + _default("layers", d.lora.layers, "all"))
-    a("--top-layers", type=int, metavar="K", help="LoRA only in the top K encoder layers (the layers below run "
-      "once per example, cached)" + _default("top_layers", None))
+    a("--top-layers", type=top_layers_value, metavar="K", help="LoRA only in the top K encoder layers, or a share "
+      "of them (0.5: the top half, rounded up); the layers below run once per example, cached"
+      + _default("top_layers", None))
     a("--no-prefix-cache", dest="prefix_cache", action="store_false",
       help="run the frozen layers below the first LoRA layer every epoch (with dropout) instead of once")
     a("--model-dropout", type=float, help="dropout inside the pretrained model (hidden, attention, head)"
       + _default("model_dropout", d.model_dropout, "the model's own, 0.1 for RoBERTa"))
     a("--head", choices=HEADS, help="full: the stock head trained whole; linear: only its output layer; lora: LoRA "
       "on its dense layer and the output layer trained" + _default("head", d.head))
-    a("--rslora", dest="use_rslora", action="store_true", help="scale by alpha/sqrt(rank)")
+    a("--rslora", dest="use_rslora", action=argparse.BooleanOptionalAction, help="rsLoRA: scale the update by "
+      "alpha/sqrt(rank), not alpha/rank, so a high rank is not damped" + _default("use_rslora", False))
     a("--lr", type=float, help="peak learning rate" + _default("lr", d.lr))
     a("--lora-plus-ratio", type=float, help="LoRA+: learning-rate multiplier for B"
       + _default("lora_plus_ratio", d.lora_plus_ratio))

@@ -66,6 +66,21 @@ def layer_list(text: str) -> tuple[int, ...] | None:
         raise argparse.ArgumentTypeError(f"expected 'all' or comma-separated layer numbers, got {text!r}") from None
 
 
+def top_layers_value(text: str) -> int | float:
+    """A layer count (6) or a share of the layers in (0, 1) (0.5)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        share = float(text)
+    except ValueError:
+        share = -1.0
+    if not 0 < share < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of layers or a share in (0, 1), got {text!r}")
+    return share
+
+
 def rank_value(text: str) -> int | str:
     if text == "auto":
         return text

@@ -29,9 +29,9 @@ class TrainConfig:
     lora: LoRAConfig = field(default_factory=_default_lora)
     # pick the largest rank under max_trainable_params at start; the chosen rank is then written to lora.rank
     auto_rank: bool = False
-    # adapt only the top K encoder layers; resolved into lora.layers at start (layers below run once per
-    # example, through the frozen-prefix cache); None = as lora.layers says
-    top_layers: int | None = None
+    # adapt only the top K encoder layers, or a share of them (0.5: the top half, rounded up); resolved into
+    # lora.layers at start (layers below run once per example, through the frozen-prefix cache); None = lora.layers
+    top_layers: int | float | None = None
     # run the frozen layers below the first LoRA layer once per example (eval mode) and reuse their output
     prefix_cache: bool = True
     # encoder: hub id or local directory; needs query/value nn.Linear layers
@@ -141,7 +141,10 @@ class TrainConfig:
         need(_int(self.save_every) and self.save_every >= 0, f"save_every must be a whole number >= 0, "
              f"got {self.save_every!r}")
         need(self.top_layers is None or self.lora.layers is None, "give top_layers or layers, not both")
-        for name in ("max_train_samples", "max_eval_samples", "stop_after", "top_layers", "holdout"):
+        top = self.top_layers
+        need(top is None or (_int(top) and top >= 1) or (isinstance(top, float) and 0 < top < 1),
+             f"top_layers must be a whole number >= 1 or a share in (0, 1), got {top!r}")
+        for name in ("max_train_samples", "max_eval_samples", "stop_after", "holdout"):
             value = getattr(self, name)
             need(value is None or (_int(value) and value >= 1), f"{name} must be a whole number >= 1, got {value!r}")
         for name in ("auto_rank", "prefix_cache", "streaming", "allow_empty_classes", "compile"):

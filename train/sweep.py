@@ -102,6 +102,11 @@ def roberta_base_count(cfg: TrainConfig, num_labels: int) -> int:
     return sum(v for _, v in plan(cfg, model)[2])
 
 
+def top_label(top: int | float | None) -> str:
+    """The layers column: "top 4", "top 50%" (a share of the model's layers), or "all"."""
+    return "all" if top is None else f"top {top:.0%}" if isinstance(top, float) else f"top {top}"
+
+
 def _model_dropout(row: dict) -> str:
     value = row.get("model_dropout")
     return "model's own" if value is None else f"{value:g}"
@@ -119,7 +124,7 @@ def results_table(rows: list[dict]) -> str:
         std = statistics.stdev(acc) if len(acc) > 1 else 0.0
         secs = [t for t in r.get("seconds", []) if t is not None]
         lines.append(f"| {r['name']} | {','.join(r['targets'])} | {r.get('layers', 'all')} | {r['rank']} "
-                     f"| {r['alpha']:g} | {r['dropout']:g} | {_model_dropout(r)} | {r['lr']:g} | {r['head']} "
+                     f"| {r['alpha']:g}{'/√r' if r.get('rslora') else ''} | {r['dropout']:g} | {_model_dropout(r)} | {r['lr']:g} | {r['head']} "
                      f"| {r.get('epochs', '')} "
                      f"| {r['roberta_base_params']:,} | {len(acc)} "
                      f"| {100 * statistics.mean(acc):.2f} ± {100 * std:.2f} | {100 * statistics.mean(f1):.2f} "
@@ -206,11 +211,12 @@ def run_sweep(base: dict, runs: list[dict], seeds: list[int], out: Path, only: s
                 f1s.append(last["macro_f1"])
         labels = 4 if not accs else len(json.loads(done.read_text())["labels"])
         c = cfgs[0]
-        rows.append({"name": spec["name"], "targets": list(c.lora.targets), "rank": c.lora.rank,
+        rows.append({"name": spec["name"], "targets": list(c.lora.targets),
+                     "rank": "auto" if c.auto_rank else c.lora.rank, "rslora": c.lora.use_rslora,
                      "alpha": c.lora.alpha, "dropout": c.lora.dropout, "model_dropout": c.model_dropout, "lr": c.lr,
                      "head": c.head, "seeds": seeds[: len(accs)],
                      "roberta_base_params": roberta_base_count(c, labels), "accuracies": accs, "macro_f1s": f1s,
-                     "epochs": c.epochs, "layers": f"top {c.top_layers}" if c.top_layers else "all", "seconds": secs,
+                     "epochs": c.epochs, "layers": top_label(c.top_layers), "seconds": secs,
                      "config": {k: v for k, v in spec.items()}})
     return rows
 

@@ -39,13 +39,14 @@ def test_the_engine_contestant_trains_our_fast_recipe_in_peft(tmp_path, model_ty
 
     encoder = make_family_dir(tmp_path / "m", model_type, layers=3)
     fast = variant_recipe("engine")
-    assert (fast["r"], fast["top_layers"], fast["epochs"]) == (recipe("fast")["rank"], recipe("fast")["top_layers"],
-                                                               recipe("fast")["epochs"])
+    assert (fast["epochs"], fast["use_rslora"]) == (recipe("fast")["epochs"], recipe("fast")["use_rslora"])
     peft_model, layers = model_for(str(encoder), CLASSES, 0, fast, "eager")
     cfg = TrainConfig.from_flat({**recipe("fast"), "model": str(encoder)})
     ours, _ = load_pretrained(str(encoder), 4, CLASSES)
     apply_head(cfg, ours)
     assert layers == [1, 2] and sum(p.numel() for p in peft_model.parameters() if p.requires_grad) == sum(
         v for _, v in plan(cfg, ours)[2])
+    lora = next(m for m in peft_model.modules() if isinstance(getattr(m, "scaling", None), dict))
+    assert lora.scaling["default"] == pytest.approx(plan(cfg, ours)[1].scaling)  # rsLoRA's alpha/sqrt(r) in both
     dense = peft_model.base_model.model.classifier.dense
     assert torch.equal(dense.weight, torch.eye(64)) and not dense.weight.requires_grad

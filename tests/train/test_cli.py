@@ -25,6 +25,12 @@ def test_abbreviated_flags_are_refused_not_silently_overwritten(abbreviated, cap
     assert f"unrecognized arguments: {abbreviated[-2]}" in capsys.readouterr().err
 
 
+def test_rslora_is_switched_either_way_over_the_recipe():
+    assert config("--rslora").lora.use_rslora and not config("--no-rslora").lora.use_rslora
+    assert not config().lora.use_rslora and not config("--recipe", "reference").lora.use_rslora
+    assert config("--recipe", "all-linear", "--rslora", "--rank", "12").lora.scaling == pytest.approx(16 / 12 ** 0.5)
+
+
 def test_given_flags_win_over_the_recipe_and_others_come_from_it():
     assert config("--warmup-ratio", "0.2").warmup_ratio == 0.2  # the default recipe says 0.06
     assert config("--rank", "8").lora.rank == 8
@@ -131,13 +137,18 @@ def test_holdout_scores_on_fixed_training_rows_never_on_the_eval_file(tiny_model
     assert sum(map(sum, result["confusion"])) == 32 and result["train_examples"] == 256 - 32
 
 
-def test_the_fast_recipe_adapts_the_top_two_layers_inside_the_budget():
-    from train.sweep import roberta_base_count
+def test_the_fast_recipe_adapts_the_top_half_at_the_largest_rank_inside_the_budget():
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from train.model.plan import plan
 
     fast = config("--recipe", "fast")
-    assert (fast.top_layers, fast.lora.rank, fast.epochs, fast.head) == (2, 36, 2, "linear")
-    assert roberta_base_count(fast, 4) == 998_404  # 36 × 13,824 × 2 + 3,076 on roberta-base
+    assert (fast.top_layers, fast.auto_rank, fast.lora.use_rslora, fast.epochs, fast.head) == (0.5, True, True, 2,
+                                                                                            "linear")
+    rank, lora, rows = plan(fast, RobertaForSequenceClassification(RobertaConfig(num_labels=4)))  # roberta-base
+    assert (rank, lora.layers, sum(v for _, v in rows)) == (12, tuple(range(6, 12)), 998_404)  # 12 × 13,824 × 6
     assert config("--recipe", "fast", "--layers", "5").top_layers is None  # the user's layers win
+    assert config("--recipe", "fast", "--top-layers", "3").top_layers == 3
 
 
 @pytest.mark.parametrize("module", ["train.__main__", "train.ship.evaluate", "train.ship.predict",
@@ -158,7 +169,7 @@ def test_defaults_that_depend_on_the_recipe_are_shown_per_recipe():
 
     text = " ".join(parser().format_help().split())
     assert "passes over the training data (default: all-linear: 5; fast: 2; reference: 5)" in text
-    assert "(default: all-linear: 6; fast: 36; reference: 4)" in text
+    assert "(default: all-linear: 6; fast: auto; reference: 4)" in text
 
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):

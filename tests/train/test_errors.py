@@ -30,6 +30,7 @@ def in_tmp(tmp_path, monkeypatch):
     ("--dropout", "-0.1", "dropout must be in [0, 1), got -0.1"),
     ("--epochs", "0", "epochs must be a whole number >= 1, got 0"),
     ("--max-train-samples", "0", "max_train_samples must be a whole number >= 1, got 0"),
+    ("--top-layers", "0", "top_layers must be a whole number >= 1 or a share in (0, 1), got 0"),
     ("--seed", "99999999999999999999999", "seed must be a whole number in 0..2**63-1"),
     ("--device", "meta", "device must be auto, cpu, cuda, cuda:N or mps, got 'meta'"),
     ("--train-file", "train.csv", "train_file and eval_file go together"),
@@ -41,11 +42,15 @@ def test_bad_flag_values(flag, value, message, tmp_path, capsys):
     assert not out.exists()  # refused before anything was written
 
 
-def test_unparsable_flag_value_is_one_line_too(capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["--rank", "big"], "argument --rank: expected a whole number or 'auto', got 'big'"),
+    (["--top-layers", "1.5"], "argument --top-layers: expected a number of layers or a share in (0, 1), got '1.5'"),
+    (["--top-layers", "half"], "argument --top-layers: expected a number of layers or a share in (0, 1), got 'half'"),
+])
+def test_unparsable_flag_value_is_one_line_too(argv, message, capsys):
     with pytest.raises(SystemExit, match="2"):
-        main(["--rank", "big"])
-    err = capsys.readouterr().err
-    assert err.strip().splitlines() == ["error: argument --rank: expected a whole number or 'auto', got 'big'"]
+        main(argv)
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
 
 
 def test_missing_files(tiny_data_dir, tmp_path, capsys):

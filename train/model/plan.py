@@ -2,6 +2,7 @@
 count per module group (printed as the plan), the optimizer's parameter groups, and the EMA of the weights."""
 from __future__ import annotations
 
+import math
 import re
 from contextlib import contextmanager
 from dataclasses import replace
@@ -70,13 +71,15 @@ def apply_head(cfg: TrainConfig, model: nn.Module) -> None:
 
 
 def resolve_top_layers(cfg: TrainConfig, model: nn.Module) -> TrainConfig:
-    """top_layers=K becomes lora.layers = the last K encoder layers of this model."""
+    """top_layers=K becomes lora.layers = the last K encoder layers of this model; a share (0 < K < 1) the last
+    ceil(K × layers): 0.5 is 6 of roberta-base's 12, 3 of MiniLM's 6."""
     if cfg.top_layers is None:
         return cfg
     total = model.config.num_hidden_layers
-    if cfg.top_layers > total:
+    top = math.ceil(cfg.top_layers * total) if isinstance(cfg.top_layers, float) else cfg.top_layers
+    if top > total:
         raise UserError(f"--top-layers {cfg.top_layers}: {cfg.model} has only {total} encoder layers")
-    return replace(cfg, top_layers=None, lora=replace(cfg.lora, layers=tuple(range(total - cfg.top_layers, total))))
+    return replace(cfg, top_layers=None, lora=replace(cfg.lora, layers=tuple(range(total - top, total))))
 
 
 def plan(cfg: TrainConfig, model: nn.Module) -> tuple[int, LoRAConfig, list[tuple[str, int]]]:
@@ -154,7 +157,8 @@ def describe_plan(say, cfg: TrainConfig, model: nn.Module, labels: list[str], ro
         f"attention {model.config._attn_implementation}, device {device}"
         + (f", {d.world} processes" if d.world > 1 else "") + ")")
     say(f"data       {counts[0]:,} train / {counts[1]:,} eval examples, {len(labels)} classes: {', '.join(labels)}")
-    say(f"LoRA       rank {cfg.lora.rank}, alpha {cfg.lora.alpha:g}, targets {', '.join(cfg.lora.targets)}, "
+    scale = f"{'rsLoRA: alpha/√rank' if cfg.lora.use_rslora else 'alpha/rank'} = {cfg.lora.scaling:.2f}"
+    say(f"LoRA       rank {cfg.lora.rank}, alpha {cfg.lora.alpha:g} ({scale}), targets {', '.join(cfg.lora.targets)}, "
         f"layers {adapted} of {layers}, head {cfg.head}")
     for name, count in rows:
         say(f"  {count:>10,}  {name}")
