@@ -95,7 +95,7 @@ def ratio(num: list[float], den: list[float]) -> float:
     return median([a / b for a, b in zip(num, den)])
 
 
-def summarize(wall: dict, cpu: dict, pairs: tuple[str, ...], device: torch.device) -> dict:
+def round_ratios(wall: dict, cpu: dict, pairs: tuple[str, ...], device: torch.device) -> dict:
     """Medians and, for each "a/b" in `pairs`, the median per-round ratio (wall; on CPU also CPU time)."""
     split = [pair.split("/") for pair in pairs]
     out = {"median_seconds": {n: median(t) for n, t in wall.items()}, "seconds": wall,

@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers/peft import 
 import torch
 from torch import nn
 
-from benchmarks.common import RESULTS_DIR, interleave, machine_info, step_memory, summarize, sync, write_json
+from benchmarks.common import RESULTS_DIR, interleave, machine_info, round_ratios, step_memory, sync, write_json
 from benchmarks.report import speed_tables
 from lora import LoRAConfig, cast_frozen, count_trainable, inject_lora, lora_layers, merge_lora
 from lora.fused import fuse
@@ -139,7 +139,7 @@ def bench_train(base: nn.Module, batch: dict, device: torch.device, precision: s
     wall, cpu = interleave(steps, max(warmup - 1, 0), repeats, device)
     pairs = ("ours/peft", "ours/floor", "peft/floor", "ours_all_linear/ours", "ours/ours_all_linear",
              "ours_all_linear/floor", "ours_all_linear/ours_all_linear_plain", "ours/ours_all_linear_plain")
-    return {**summarize(wall, cpu, pairs, device), "cast_frozen": precision == "bf16",
+    return {**round_ratios(wall, cpu, pairs, device), "cast_frozen": precision == "bf16",
             "first_loss": first,
             "trainable_params": {n: count_trainable(m) for n, m in models.items()},
             "memory": {n: step_memory(models[n], steps[n], device) for n in models}}
@@ -175,7 +175,7 @@ def bench_eval(base: nn.Module, batch: dict, device: torch.device, precision: st
     logits = {name: fn().float() for name, fn in fns.items()}
     wall, cpu = interleave(fns, max(warmup - 1, 0), repeats, device)
     # ours merged and PEFT merged do identical work: their ratio shows how noisy the run was.
-    out = summarize(wall, cpu, ("peft_unmerged/ours_merged", "peft_merged/ours_merged",
+    out = round_ratios(wall, cpu, ("peft_unmerged/ours_merged", "peft_merged/ours_merged",
                                 "peft_unmerged/peft_merged"), device)
     n = batch["input_ids"].shape[0]
     out["examples_per_s"] = {k: n / t for k, t in out["median_seconds"].items()}
