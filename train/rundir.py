@@ -162,7 +162,7 @@ class RunDir:
                           lora=replace(cfg.lora, rank=saved.lora.rank if cfg.auto_rank else cfg.lora.rank,
                                        layers=saved.lora.layers if cfg.top_layers else cfg.lora.layers))
         mine, theirs = replace(cfg, **ignore).to_dict(), replace(saved, **ignore).to_dict()
-        changed = [k for k in mine if mine[k] != theirs[k]]
+        changed = sorted(k for k in mine if mine[k] != theirs[k])
         if changed:
             raise UserError(f"{self.path} holds a run with other settings ({', '.join(changed)}); "
                             f"use another --output-dir, or --resume {self.path} to continue that run")

@@ -198,3 +198,20 @@ def test_saved_modules_that_swallow_every_lora_layer_are_refused(tiny_roberta, t
     model = inject_lora(tiny_roberta(), config)
     with pytest.raises(ValueError, match=r"every LoRA layer is inside the stored modules \['classifier'\]"):
         save_adapter(model, tmp_path, config)
+
+
+def test_a_full_disk_while_saving_is_an_os_error_naming_the_file_and_leaves_no_temp(tiny_roberta, tmp_path,
+                                                                                      monkeypatch):
+    """What safetensors raises on a full disk becomes the OSError that the CLIs print as one line."""
+    import lora.adapter
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, message: "No space left on device" })')
+    config = LoRAConfig(rank=2)
+    model = inject_lora(tiny_roberta(torch.float64), config)
+    monkeypatch.setattr(lora.adapter, "save_file", full)
+    with pytest.raises(OSError, match=r"cannot write \(Error while serializing.*No space left") as e:
+        save_adapter(model, tmp_path / "adapter", config)
+    assert e.value.filename == str(tmp_path / "adapter" / WEIGHTS_NAME)
+    assert list((tmp_path / "adapter").iterdir()) == []  # no temp file, no half adapter

@@ -254,10 +254,12 @@ def test_targets_outside_the_layers_are_one_line(argv, message, tiny_model_dir, 
 def test_dense_is_a_role_and_its_run_evaluates_predicts_and_exports(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
     from train.ship.evaluate import main as evaluate
     from train.ship.export import main as export
+    from train.ship.predict import main as predict
 
     out = tmp_path / "run"
     assert main(run_args(tiny_model_dir, tiny_data_dir, out, "--targets", "dense", "--recipe", "all-linear")) == 0
     assert evaluate(["--adapter", str(out / "adapter"), "--data", str(tiny_data_dir), "--precision", "fp32"]) == 0
+    assert predict(["--adapter", str(out / "adapter"), "--precision", "fp32", "Stocks rally"]) == 0
     assert export([str(out), "--out", str(tmp_path / "hf"), "--format", "hf"]) == 0
 
 

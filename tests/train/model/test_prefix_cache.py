@@ -103,6 +103,7 @@ def test_a_cache_whose_bytes_changed_is_said_and_rebuilt_never_read(counted, tmp
 
 def test_a_full_disk_is_one_line_and_a_dead_builds_temp_file_is_swept(monkeypatch, tmp_path):
     import errno
+    import os
     import subprocess
     import sys
 
@@ -113,10 +114,14 @@ def test_a_full_disk_is_one_line_and_a_dead_builds_temp_file_is_swept(monkeypatc
                               text=True).stdout)
     left = tmp_path / f".prefix-abc.bin.{_host()}.{gone}.x.roberta-lora.tmp"
     left.write_bytes(b"\0" * 4096)  # what a kill -9 mid-build left: it holds disk space, and is swept
+    # A build in flight (a live process: this one) keeps its file. Its space was allocated before it was mapped
+    # (posix_fallocate), so the disk check's free space already leaves it out: two builds never count it twice.
+    live = tmp_path / f".prefix-def.bin.{_host()}.{os.getpid()}.y.roberta-lora.tmp"
+    live.write_bytes(b"\0" * 4096)
 
     def full(fd, offset, length):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(prefix.os, "posix_fallocate", full)
     with pytest.raises(OSError, match=r"the frozen-prefix cache needs .* no space left on the device"):
         build_prefix_cache(model, data, 1, None, tmp_path)
-    assert list(tmp_path.iterdir()) == []  # the dead build's file swept, this one's temp file gone
+    assert list(tmp_path.iterdir()) == [live]  # the dead build's file swept, this one's temp file gone

@@ -21,3 +21,7 @@ def test_an_evaluation_file_whose_classes_txt_orders_them_otherwise_is_refused(t
     assert evaluate(["--adapter", str(run / "adapter"), "--eval-file", str(other / "test.csv"), "--json",
                      "--precision", "fp32"]) == 0
     assert json.loads(capsys.readouterr().out)["examples"] == 16
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine", "label": 0}\n{"text": "a\\ud800b", "label": 1}\n')  # a lone surrogate
+    assert f"{bad} line 2: text is not valid Unicode (a lone surrogate at character 1)" in refused(
+        ["--adapter", run / "adapter", "--eval-file", bad], capsys, evaluate)

@@ -144,7 +144,7 @@ def test_ag_news_layout_is_scored_by_line(run, tmp_path, capsys):
     assert [r["line"] for r in got] == [1, 3] and [r["label"] for r in got] == [w["label"] for w in want]
 
 
-def test_broken_models_and_adapters_are_one_line(run, tmp_path, capsys):
+def test_broken_models_and_adapters_are_one_line(run, tiny_data_dir, tmp_path, capsys):
     """A truncated or pickle base checkpoint, a truncated or pickle adapter, a merged export with a label missing."""
     import shutil
 
@@ -165,6 +165,11 @@ def test_broken_models_and_adapters_are_one_line(run, tmp_path, capsys):
     weights = merged / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated
     assert "cannot load model" in refused(["--model", merged, "hello"], capsys, predict)
+    assert "cannot load model" in refused(["--adapter", run / "adapter", "--model", merged, "hello"], capsys, predict)
+    from train.__main__ import main as train  # the same truncated file as the base of a training run
+
+    assert "cannot load model" in refused(["--model", merged, "--data", tiny_data_dir, "--output-dir",
+                                           tmp_path / "t"], capsys, train)
     adapter = tmp_path / "adapter"
     shutil.copytree(run / "adapter", adapter)
     data = (adapter / "adapter_model.safetensors").read_bytes()
