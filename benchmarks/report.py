@@ -202,19 +202,28 @@ def race_table(data: dict) -> str:
 
 
 def race_headline(data: dict) -> str:
-    """The race in one line: our recipes' accuracy and whole-process time against the tuned reference's, and
-    the references' accuracy, with the model and machine."""
+    """The race in one line: our recipes' accuracy and whole-process time against the tuned reference's, the
+    engine alone (our fast recipe against PEFT + Trainer running it), the references' accuracy, the model and
+    machine. A race under way names only what has run."""
     s, r, setup = data["summary"], data["ratios"], data["setup"]
     model = setup.get("model_name") or Path(setup["model"]).name
-    ours = [f"{label} {_accuracy(s[n])} in {r[f'{n}/tuned']['wall']['median']:.3f}×" if f"{n}/tuned" in r
-            else f"{label} {_accuracy(s[n])}" for n, label in (("fast", "fast recipe"), ("default", "default"))
-            if n in s]
+    ours = [f"{label} {_accuracy(s[n])}" + (f" in {r[f'{n}/tuned']['wall']['median']:.3f}×" if f"{n}/tuned" in r
+                                            else "")
+            for n, label in (("fast", "fast recipe"), ("default", "default")) if n in s]
+    parts = [", ".join(ours) + (" the tuned PEFT + Trainer reference's whole-process time"
+                                if any(f"{n}/tuned" in r for n in ("fast", "default")) else "")] if ours else []
+    if "fast/engine" in r:
+        parts.append(f"the fast recipe in {r['fast/engine']['wall']['median']:.3f}× the time of PEFT + Trainer "
+                     f"running it ({_accuracy(s['engine'])})")
     refs = [f"{label} {_accuracy(s[n])}" for n, label in (("tuned", "tuned"), ("reference", "as specified"))
             if n in s]
+    if refs:
+        parts.append(f"PEFT + Trainer {', '.join(refs)}")
+    if "ceiling" in s:
+        parts.append(f"full fine-tuning {_accuracy(s['ceiling'])}")
     return (f"{_under_way(data)}**{model}** ({setup['layers']} layers; {data['machine'].get('cpu')}, "
-            f"{setup['train_examples']:,} "
-            f"training rows, seeds {', '.join(map(str, setup['seeds']))}): {', '.join(ours)} the tuned PEFT + "
-            f"Trainer reference's whole-process time; PEFT + Trainer {', '.join(refs)}.")
+            f"{setup['train_examples']:,} training rows, seeds {', '.join(map(str, setup['seeds']))}): "
+            f"{'; '.join(parts)}.")
 
 
 def render(data: dict, view: str | None = None) -> str:

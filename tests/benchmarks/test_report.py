@@ -73,3 +73,19 @@ def test_a_race_under_way_says_which_runs_its_figures_cover():
     for text in (render(data), render(data, "headline")):
         assert text.count("**Race under way**: 2 run(s) so far (reference (seed 0), fast (seed 0))") == 1
     assert "under way" not in render(_race_json()) + render(_race_json(), "headline")
+
+
+def test_the_headline_names_only_what_has_run_and_the_engine_alone_when_it_raced():
+    from benchmarks.report import render
+
+    pair = lambda m: {"wall": {"median": m, "min": m, "max": m, "per_round": [m]}}  # noqa: E731
+    data = _race_json()
+    data["summary"] = {"fast": data["summary"]["fast"]}
+    line = render(data, "headline")
+    assert line.endswith("seeds 0, 1): fast recipe 89.00%.")  # no ratio, no reference: nothing dangling
+    data["summary"]["engine"] = dict(data["summary"]["fast"], accuracy_mean=0.885)
+    data["ratios"] = {"fast/engine": pair(0.71), "fast/tuned": pair(0.3)}
+    line = render(data, "headline")
+    assert "fast recipe 89.00% in 0.300× the tuned PEFT + Trainer reference's whole-process time" in line
+    assert "; the fast recipe in 0.710× the time of PEFT + Trainer running it (88.50%)." in line
+    assert "PEFT + Trainer tuned" not in line
