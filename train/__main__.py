@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .cli import (Diverged, Finished, Parser, Stopped, UserError, csv_list, layer_list, rank_value, run_main,
-                  top_layers_value)
+                  say_stopped, stop_signal, top_layers_value)
 from .config import ATTENTIONS, HEADS, PRECISIONS, TRACKERS, TrainConfig
 from .recipes import DEFAULT_RECIPE, RECIPES, recipe
 
@@ -171,7 +171,6 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     from .trainer import run
 
-    lead = "\n" if sys.stderr.isatty() else ""  # a line of its own, not glued to a progress bar
     try:
         resume = "auto" if resume == "auto" else bool(resume)
         done = run(cfg, resume=resume, overwrite=getattr(args, "overwrite", False))
@@ -185,15 +184,14 @@ def _train(args: argparse.Namespace) -> int:
         print(f"error: {e}; {where} a lower --lr", file=sys.stderr)
         return 1
     except Stopped as e:
-        print(f"{lead}stopped by {e} after step {e.step}, checkpointed; continue with --resume {out}",
-              file=sys.stderr)
+        say_stopped(f"stopped by {e} after step {e.step}, checkpointed; continue with --resume {out}")
         return 128 + e.signum
     except KeyboardInterrupt as e:  # while building (Interrupted), or a second signal: the last checkpoint stays
-        signum = getattr(e, "signum", signal.SIGINT)
+        signum = stop_signal(e)
         kept = (Path(out) / CHECKPOINT).is_file()
-        print(f"{lead}stopped by {signal.Signals(signum).name} "
-              + (f"before the next checkpoint; continue with --resume {out}" if kept else
-                 "before training began; nothing was kept: run the same command again"), file=sys.stderr)
+        say_stopped(f"stopped by {signal.Signals(signum).name} "
+                    + (f"before the next checkpoint; continue with --resume {out}" if kept else
+                       "before training began; nothing was kept: run the same command again"))
         return 128 + signum
     if done is None:
         print(f"stopped after step {cfg.stop_after} (--stop-after), checkpointed; continue with --resume {out}",

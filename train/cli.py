@@ -100,20 +100,27 @@ def debugging(argv: list[str] | None) -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0") or "--debug" in (sys.argv[1:] if argv is None else argv)
 
 
+def say_stopped(text: str) -> None:
+    """A stop's one line on stderr, on a line of its own (not glued to a progress bar)."""
+    print(("\n" if sys.stderr.isatty() else "") + text, file=sys.stderr)
+
+
+def stop_signal(e: KeyboardInterrupt) -> int:
+    """The signal behind a KeyboardInterrupt: Interrupted carries SIGTERM's, Ctrl-C raises it bare."""
+    return getattr(e, "signum", signal.SIGINT)
+
+
 def run_main(body: Callable[[], int], argv: list[str] | None = None) -> int:
     """Call body(); a UserError or a file-system error the user can fix becomes one line and exit 2; SIGTERM or
     Ctrl-C one line and the shell's code (143, 130): a sweep's run checkpointed, anything else left unwritten."""
-    lead = "\n" if sys.stderr.isatty() else ""  # a line of its own, not glued to a progress bar
     try:
         return body()
     except Stopped as e:  # a sweep's run stopped after the step in flight, checkpointed
-        print(f"{lead}stopped by {e} after step {e.step}, checkpointed; run the same command again to continue",
-              file=sys.stderr)
+        say_stopped(f"stopped by {e} after step {e.step}, checkpointed; run the same command again to continue")
         return 128 + e.signum
     except KeyboardInterrupt as e:  # Interrupted (SIGTERM) or Ctrl-C: atomic writes and staging leave nothing half
-        signum = getattr(e, "signum", signal.SIGINT)
-        print(f"{lead}stopped by {signal.Signals(signum).name}; what was in progress was not written", file=sys.stderr)
-        return 128 + signum
+        say_stopped(f"stopped by {signal.Signals(stop_signal(e)).name}; what was in progress was not written")
+        return 128 + stop_signal(e)
     except UserError as e:
         if debugging(argv):
             raise

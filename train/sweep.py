@@ -124,7 +124,8 @@ def results_table(rows: list[dict]) -> str:
         std = statistics.stdev(acc) if len(acc) > 1 else 0.0
         secs = [t for t in r.get("seconds", []) if t is not None]
         lines.append(f"| {r['name']} | {','.join(r['targets'])} | {r.get('layers', 'all')} | {r['rank']} "
-                     f"| {r['alpha']:g}{'/√r' if r.get('rslora') else ''} | {r['dropout']:g} | {_model_dropout(r)} | {r['lr']:g} | {r['head']} "
+                     f"| {r['alpha']:g}{'/√r' if r.get('rslora') else ''} | {r['dropout']:g} | {_model_dropout(r)} "
+                     f"| {r['lr']:g} | {r['head']} "
                      f"| {r.get('epochs', '')} "
                      f"| {r['roberta_base_params']:,} | {len(acc)} "
                      f"| {100 * statistics.mean(acc):.2f} ± {100 * std:.2f} | {100 * statistics.mean(f1):.2f} "
