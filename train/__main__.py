@@ -92,8 +92,8 @@ def _recipe_flags(a, d: TrainConfig) -> None:
     a("--epochs", type=int, help="passes over the training data" + _default("epochs", d.epochs))
     a("--batch-size", type=int, help="examples per optimizer step, over all processes"
       + _default("batch_size", d.batch_size))
-    a("--eval-batch-size", type=int, help="examples per evaluation batch" + _default("eval_batch_size",
-                                                                                   d.eval_batch_size))
+    a("--eval-batch-size", type=int, help="examples per evaluation and frozen-prefix batch (default: 32 on CPU, "
+      "128 on GPU)")
     a("--grad-clip", type=float, help="max gradient norm; 0 turns clipping off" + _default("grad_clip", d.grad_clip))
     a("--ema-decay", type=float, help="EMA of trainable weights for eval; 0 = off" + _default("ema_decay", d.ema_decay))
     a("--precision", choices=PRECISIONS, help="auto: bf16 on CUDA (fp16 where bf16 is missing) and on CPUs with "

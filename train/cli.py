@@ -43,9 +43,9 @@ def progress(iterable=None, desc: str = "", total: int | None = None, unit: str 
                 dynamic_ncols=True, unit_scale=True, mininterval=0.5)
 
 
-def add_scoring_flags(p: argparse.ArgumentParser, batch_size: int) -> None:
+def add_scoring_flags(p: argparse.ArgumentParser) -> None:
     """--batch-size, --precision and --device, as evaluate and predict take them."""
-    p.add_argument("--batch-size", type=int, default=batch_size, help="rows per batch (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, help="rows per batch (default: 32 on CPU, 128 on GPU)")
     from .config import PRECISIONS
 
     p.add_argument("--precision", choices=PRECISIONS, default="auto",

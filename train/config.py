@@ -73,8 +73,8 @@ class TrainConfig:
     epochs: int = _R["epochs"]
     # examples per optimizer step (global, across all processes)
     batch_size: int = 32
-    # examples per evaluation forward pass
-    eval_batch_size: int = 128
+    # examples per evaluation forward pass (and frozen-prefix batch); None: by device, 32 on CPU, 128 on GPU
+    eval_batch_size: int | None = None
     # max gradient norm; 0 disables clipping
     grad_clip: float = 1.0
     # exponential moving average of trainable weights used at eval; 0 = off
@@ -121,8 +121,9 @@ class TrainConfig:
         need(_finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
              f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         for name in ("epochs", "batch_size", "eval_batch_size", "max_trainable_params"):
-            need(_int(getattr(self, name)) and getattr(self, name) >= 1, f"{name} must be a whole number >= 1, "
-                 f"got {getattr(self, name)!r}")
+            value = getattr(self, name)  # eval_batch_size None: chosen by the device at the start of the run
+            need((value is None and name == "eval_batch_size") or (_int(value) and value >= 1),
+                 f"{name} must be a whole number >= 1, got {value!r}")
         need(_int(self.max_length) and self.max_length >= 2, f"max_length must be a whole number >= 2, "
              f"got {self.max_length!r}")
         need(_int(self.seed) and 0 <= self.seed < 2**63,

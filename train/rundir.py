@@ -156,7 +156,9 @@ class RunDir:
         directory. `cfg` may be unresolved (a sweep's spec): what a run resolves (the rank of --rank auto, the
         layers of --top-layers, a length capped at the model's) is then taken as the saved run resolved it."""
         saved, _ = self.load_config()
-        ignore = dict(stop_after=None, device="auto", output_dir="", cache_dir=None)
+        # Where and how it runs, not what it trains: the device, the folders, the evaluation batch (its default
+        # follows the device).
+        ignore = dict(stop_after=None, device="auto", output_dir="", cache_dir=None, eval_batch_size=None)
         if cfg.auto_rank or cfg.top_layers or cfg.max_length > saved.max_length:
             cfg = replace(cfg, auto_rank=False, top_layers=None, max_length=min(cfg.max_length, saved.max_length),
                           lora=replace(cfg.lora, rank=saved.lora.rank if cfg.auto_rank else cfg.lora.rank,

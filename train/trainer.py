@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -27,7 +27,7 @@ from .config import TrainConfig
 from .data import Encoded, EpochBatches, Prefetcher, check_classes, check_rows, encode, load_data
 from .distributed import Dist, agreed_signal, all_reduce_confusion, all_sum, barrier, on_main, shard, shutdown, wrap
 from .metrics import confusion_matrix, format_report, plot_run, report_from_confusion
-from .model.device import autocast, pick_attention, pick_precision, set_model_dropout, setup_device
+from .model.device import autocast, forward_batch_size, pick_attention, pick_precision, set_model_dropout, setup_device
 from .model.inference import predict_rows
 from .model.load import load_pretrained
 from .model.plan import EMA, describe_plan, param_groups, prepare
@@ -59,7 +59,7 @@ class State:
     """Everything the loop touches. `model` is the model itself (merge, save, checkpoint); `net` computes logits as
     net(**inputs): Logits(model), or a PrefixModel fed from the frozen-prefix cache; `step_model` is `net` as a
     step calls it (DDP under torchrun, torch.compile with --compile)."""
-    cfg: TrainConfig  # as resolved: the rank chosen, the layers of --top-layers, as written to config.json
+    cfg: TrainConfig  # as resolved (rank, layers, evaluation batch), as written to config.json
     run: RunDir
     model: nn.Module
     net: nn.Module
@@ -112,6 +112,7 @@ def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[
     True, or "auto": only if the output directory holds one). The plan is printed before the slow parts."""
     check_tracker(cfg.report_to)  # a missing tracker package is refused before anything is written
     run_dir, (device, d) = RunDir(cfg.output_dir), setup_device(cfg.device)
+    cfg = replace(cfg, eval_batch_size=cfg.eval_batch_size or forward_batch_size(device))
     auto, say = resume == "auto", say if d.main else (lambda *a, **k: None)
     mode = on_main(lambda: run_dir.start_mode(resume, overwrite), d)
     torch.manual_seed(cfg.seed)
@@ -176,8 +177,7 @@ def train(s: State) -> dict | None:
             batches = EpochBatches(s.train_data, cfg.batch_size, cfg.seed, epoch)
             bar = tqdm(total=len(batches), initial=p.batch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                        disable=None if s.dist.main else True, dynamic_ncols=True)
-            # An empty shard still runs one row, with weight 0, so DDP's all-reduce happens. Batches are made ahead
-            # on a thread on CUDA (pinned), inline on CPU (a thread beside a 2-core step cost it ~40%).
+            # Made ahead on a thread on CUDA (pinned), inline on CPU (a thread beside a 2-core step cost it ~40%).
             cuda = s.device.type == "cuda"
             with Prefetcher(batches, lambda rows: s.train_data.batch(shard(rows, s.dist) or rows[:1]), start=p.batch,
                             depth=2 if cuda else 0, pin=cuda) as ready:
@@ -215,7 +215,7 @@ def train_step(s: State, rows: list[int], batch: dict) -> torch.Tensor:
     """One optimizer step on global batch `rows`, of which `batch` is this process's shard (collated).
     Returns the global mean loss as a 0-dim tensor, not yet read (reading waits for the device)."""
     cfg, d, opt = s.cfg, s.dist, s.optimizer
-    weight = 1.0 if shard(rows, d) else 0.0  # see train(): an empty shard runs one row that counts for nothing
+    weight = 1.0 if shard(rows, d) else 0.0  # an empty shard runs one row, weight 0, so DDP's all-reduce happens
     batch = {k: v.to(s.device, non_blocking=True) for k, v in batch.items()}
     labels = batch.pop("labels")
     with autocast(s.device, s.amp):

@@ -29,6 +29,7 @@ def in_tmp(tmp_path, monkeypatch):
     ("--dropout", "1", "dropout must be in [0, 1), got 1.0"),
     ("--dropout", "-0.1", "dropout must be in [0, 1), got -0.1"),
     ("--epochs", "0", "epochs must be a whole number >= 1, got 0"),
+    ("--eval-batch-size", "0", "eval_batch_size must be a whole number >= 1, got 0"),
     ("--max-train-samples", "0", "max_train_samples must be a whole number >= 1, got 0"),
     ("--top-layers", "0", "top_layers must be a whole number >= 1 or a share in (0, 1), got 0"),
     ("--seed", "99999999999999999999999", "seed must be a whole number in 0..2**63-1"),

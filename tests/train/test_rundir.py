@@ -197,6 +197,10 @@ def test_resume_auto_on_a_finished_run_with_other_settings_is_refused(tiny_model
     capsys.readouterr()
     assert main(run_args(tiny_model_dir, tiny_data_dir, out, "--resume", "auto")) == 0  # the same: nothing to do
     assert "is a finished run" in capsys.readouterr().out
+    assert RunDir(out).load_config()[0].eval_batch_size == 32  # chosen by the device (CPU), and written down
+    # The evaluation batch is how a run scores, not what it trains: another one continues the same run.
+    assert main(run_args(tiny_model_dir, tiny_data_dir, out, "--resume", "auto", "--eval-batch-size", "5")) == 0
+    assert "is a finished run" in capsys.readouterr().out
     line = refused(run_args(tiny_model_dir, tiny_data_dir, out, "--resume", "auto", "--lr", "1e-3"), capsys)
     assert "holds a run with other settings (lr)" in line
 

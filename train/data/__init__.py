@@ -8,7 +8,8 @@
         batch = train.batch(rows)    # input_ids, attention_mask, labels; eval_windows plans evaluation
 
 Modules: sources (CSV/JSONL/Parquet readers), labels (label and text checks), hub (hub datasets), corpus
-(splits, subsets, holdout, checks), cache (the token cache), batches (Encoded, the two planners, collate), prefetch (batches made ahead).
+(splits, subsets, holdout, checks), cache (the token cache), batches (Encoded, the two planners, collate),
+prefetch (batches made ahead).
 """
 from .batches import Encoded, EpochBatches, collate, encode, eval_windows
 from .corpus import check_classes, check_rows, load_data

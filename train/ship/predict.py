@@ -18,7 +18,7 @@ from lora.adapter import CONFIG_NAME as ADAPTER_CONFIG
 from ..cli import Parser, UserError, add_scoring_flags, positive, run_main
 from ..data import encode
 from ..data.corpus import Split
-from ..model.device import pick_device, pick_precision
+from ..model.device import forward_batch_size, pick_device, pick_precision
 from ..model.inference import predict
 from ..model.load import load_for_inference
 from ..rundir import ADAPTER, read_json
@@ -86,7 +86,7 @@ def parser() -> Parser:
     p.add_argument("--output", help="with --input: predictions as .jsonl or .csv, one per row, in input order")
     p.add_argument("--on-bad-row", choices=("stop", "skip"), default="stop",
                    help="a malformed input row stops the run (default), or is reported and skipped")
-    add_scoring_flags(p, batch_size=64)
+    add_scoring_flags(p)
     p.add_argument("--json", action="store_true", help="one JSON object per text")
     return p
 
@@ -115,7 +115,8 @@ def _predict(args) -> int:
     model, tokenizer, labels, max_length = load_classifier(args.adapter, args.model, device)
     texts = rows.texts if args.input else texts
     data = encode(Split(texts, [0] * len(texts)), tokenizer, max_length, None)
-    probs = predict(model, data, args.batch_size, device, pick_precision(args.precision, device),
+    batch_size = args.batch_size or forward_batch_size(device)
+    probs = predict(model, data, batch_size, device, pick_precision(args.precision, device),
                     progress=bool(args.input))
     if args.input:
         write_predictions(args.output, rows, probs, labels)

@@ -142,3 +142,10 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it_and_explicit_choices_a
     assert device.pick_precision("auto", torch.device("cuda")) == torch.float16
     with pytest.raises(UserError, match="this GPU does not support bfloat16; use fp16"):
         device.pick_precision("bf16", torch.device("cuda"))
+
+
+def test_forward_batches_are_small_on_cpu_and_large_on_a_gpu():
+    from train.model.device import forward_batch_size
+
+    assert forward_batch_size(torch.device("cpu")) == 32
+    assert forward_batch_size(torch.device("cuda", 0)) == forward_batch_size(torch.device("mps")) == 128
