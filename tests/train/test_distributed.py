@@ -31,10 +31,10 @@ def test_two_processes_match_one_and_resume(model_without_dropout, tiny_data_dir
     assert main(train_args(model_without_dropout, tiny_data_dir, single, *args)) == 0
 
     first = torchrun(*train_args(model_without_dropout, tiny_data_dir, multi, *args, "--stop-after", "20"))
-    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.returncode == 0, first.stderr[-8000:]  # the failing rank's lines come before torchrun's summary
     assert not (multi / "eval.json").exists() and len(steps(multi)) == 20
     second = torchrun("--resume", str(multi))
-    assert second.returncode == 0, second.stderr[-2000:]
+    assert second.returncode == 0, second.stderr[-8000:]
 
     one, two = steps(single), steps(multi)
     assert [s["step"] for s in two] == [s["step"] for s in one]

@@ -12,24 +12,25 @@ from lora import merge_lora, unmerge_lora
 from ..cli import progress as bar_of
 from ..data.batches import eval_windows
 from ..distributed import Dist, gather_rows
-from .device import autocast, inference_attention
+from .device import autocast, forward_batch_size, inference_attention
 from .prefix import Logits
 
 
-def predict(model: nn.Module, data, batch_size: int, device: torch.device, amp: torch.dtype | None,
+def predict(model: nn.Module, data, batch_size: int | None, device: torch.device, amp: torch.dtype | None,
             d: Dist = Dist(), net: nn.Module | None = None, progress: bool = False) -> torch.Tensor:
     """Class probabilities (n, K) in data order, on every process; `progress` shows a bar of rows on stderr."""
     index, probs = predict_rows(model, data, batch_size, device, amp, d, net, progress)
     return gather_rows(index, probs, len(data), d)
 
 
-def predict_rows(model: nn.Module, data, batch_size: int, device: torch.device, amp: torch.dtype | None,
+def predict_rows(model: nn.Module, data, batch_size: int | None, device: torch.device, amp: torch.dtype | None,
                  d: Dist = Dist(), net: nn.Module | None = None,
                  progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(row indices (m,), class probabilities (m, K)) of this process's share of `data`, a batch source
     (token rows, or frozen-prefix rows with `net` the PrefixModel over `model`; default Logits(model)).
-    LoRA is merged in `model` while it scores."""
+    LoRA is merged in `model` while it scores. batch_size None: the device's (forward_batch_size)."""
     net = Logits(model) if net is None else net
+    batch_size = batch_size or forward_batch_size(device)
     was_training = model.training
     model.eval()
     merge_lora(model)  # outside inference_mode: the saved base weight must stay a normal tensor

@@ -10,7 +10,7 @@ from ..cli import Parser, UserError, add_scoring_flags, positive, run_main
 from ..data import encode
 from ..data.corpus import class_names, load_corpus, read_split, stratified_subset
 from ..metrics import classification_report, format_report
-from ..model.device import forward_batch_size, pick_device, pick_precision
+from ..model.device import pick_device, pick_precision
 from ..model.inference import predict
 from ..model.load import load_for_inference
 
@@ -59,8 +59,7 @@ def _evaluate(args) -> int:
               file=sys.stderr)
     data = encode(subset, tokenizer, cfg.max_length, None)
     started = time.perf_counter()
-    batch_size = args.batch_size or forward_batch_size(device)
-    probs = predict(model, data, batch_size, device, pick_precision(args.precision, device))
+    probs = predict(model, data, args.batch_size, device, pick_precision(args.precision, device))
     report = classification_report(probs.argmax(-1), data.labels, labels)
     report["eval_seconds"] = time.perf_counter() - started
     print(json.dumps(report) if args.json else format_report(report))

@@ -18,7 +18,7 @@ from lora.adapter import CONFIG_NAME as ADAPTER_CONFIG
 from ..cli import Parser, UserError, add_scoring_flags, positive, run_main
 from ..data import encode
 from ..data.corpus import Split
-from ..model.device import forward_batch_size, pick_device, pick_precision
+from ..model.device import pick_device, pick_precision
 from ..model.inference import predict
 from ..model.load import load_for_inference
 from ..rundir import ADAPTER, read_json
@@ -115,8 +115,7 @@ def _predict(args) -> int:
     model, tokenizer, labels, max_length = load_classifier(args.adapter, args.model, device)
     texts = rows.texts if args.input else texts
     data = encode(Split(texts, [0] * len(texts)), tokenizer, max_length, None)
-    batch_size = args.batch_size or forward_batch_size(device)
-    probs = predict(model, data, batch_size, device, pick_precision(args.precision, device),
+    probs = predict(model, data, args.batch_size, device, pick_precision(args.precision, device),
                     progress=bool(args.input))
     if args.input:
         write_predictions(args.output, rows, probs, labels)
