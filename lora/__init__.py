@@ -1,19 +1,22 @@
 """Our LoRA for frozen encoders: one LoRALinear, injected by module name, saved in PEFT's format.
 
-    from lora import LoRAConfig, inject_lora, save_adapter, load_adapter, merge_and_unload
+    from lora import LoRAConfig, adapter_files, fuse, inject_lora, load_adapter, merge_and_unload, save_adapter
 
-    model = inject_lora(model, LoRAConfig(rank=4, targets=("query", "value")))   # train it, then:
+    model = inject_lora(model, LoRAConfig(rank=4, targets=("query", "value")))
+    fuse(model)                                    # optional: the same formula in one autograd.Function per layer
+    # train it, then:
     save_adapter(model, "adapter/", config)       # loads in PeftModel.from_pretrained too
+    adapter_files(model, config)                   # the same two files as {name: bytes}, for the caller to write
     merge_and_unload(model)                        # a stock model again, W + ΔW in its Linears
 """
-from .adapter import load_adapter, read_adapter_config, save_adapter
+from .adapter import adapter_files, load_adapter, read_adapter_config, save_adapter
 from .config import LoRAConfig
-from .inject import (cast_frozen, count_trainable, inject_lora, lora_layers, lora_parameters, lora_targets,
-                     merge_and_unload, merge_lora, unmerge_lora)
+from .inject import (cast_frozen, count_trainable, fuse, inject_lora, lora_layers, lora_targets, merge_and_unload,
+                     merge_lora, unfuse, unmerge_lora)
 from .layer import LoRALinear
 
 __all__ = [
-    "LoRAConfig", "LoRALinear", "inject_lora", "lora_targets", "lora_layers", "lora_parameters", "count_trainable",
-    "merge_lora", "unmerge_lora", "merge_and_unload", "cast_frozen", "save_adapter", "load_adapter",
-    "read_adapter_config",
+    "LoRAConfig", "LoRALinear", "inject_lora", "lora_targets", "lora_layers", "count_trainable", "merge_lora",
+    "unmerge_lora", "merge_and_unload", "fuse", "unfuse", "cast_frozen", "adapter_files", "save_adapter",
+    "load_adapter", "read_adapter_config",
 ]

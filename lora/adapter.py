@@ -11,11 +11,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from .config import LoRAConfig
-from .files import atomic_write
 from .inject import inject_lora, layer_index, lora_layers, lora_targets, name_matches
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -143,25 +142,39 @@ def peft_config_dict(config: LoRAConfig, base_model_name: str | None) -> dict:
     }
 
 
+def adapter_files(model: nn.Module, config: LoRAConfig, base_model_name: str | None = None) -> dict[str, bytes]:
+    """The adapter as {file name: bytes}: WEIGHTS_NAME (safetensors) and CONFIG_NAME (JSON, utf-8), what
+    save_adapter writes. With `config.saved_modules`, in the form `file_config` describes (what PEFT can load).
+    For a caller that writes the files its own way (atomically, say).
+
+    Args:
+        model: the model with LoRA, trained.
+        config: the LoRAConfig it was injected with; it must describe the model's LoRA layers exactly.
+        base_model_name: written as base_model_name_or_path, where PEFT looks for the base.
+
+    Raises ValueError when `config` does not describe the model's LoRA layers."""
+    _check_layers_match(model, config)  # the JSON must describe the tensors actually written
+    # Saved as trained (unmerged A/B); contiguous CPU copies because safetensors wants owned storage.
+    with torch.no_grad():
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in file_state_dict(model, config).items()}
+    text = json.dumps(peft_config_dict(file_config(model, config), base_model_name), indent=2) + "\n"
+    return {WEIGHTS_NAME: save(tensors, metadata={"format": "pt"}), CONFIG_NAME: text.encode("utf-8")}
+
+
 def save_adapter(model: nn.Module, directory: str | os.PathLike, config: LoRAConfig,
                  base_model_name: str | None = None) -> Path:
-    """Write the adapter to `directory`, each file atomically (temp file, then rename). With
-    `config.saved_modules`, in the form `file_config` describes (what PEFT can load). Returns the directory.
+    """Write `adapter_files` into `directory`, plainly (as PEFT's save_pretrained does). Returns the directory.
 
     Args:
         model: the model with LoRA, trained.
         directory: where adapter_model.safetensors and adapter_config.json go (created if missing).
         config: the LoRAConfig it was injected with; it must describe the model's LoRA layers exactly.
         base_model_name: written as base_model_name_or_path, where PEFT looks for the base."""
-    _check_layers_match(model, config)  # the JSON must describe the tensors actually written
+    files = adapter_files(model, config, base_model_name)  # every check runs before anything is written
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    # Saved as trained (unmerged A/B); contiguous CPU copies because safetensors wants owned storage.
-    with torch.no_grad():
-        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in file_state_dict(model, config).items()}
-    atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(tensors, path, metadata={"format": "pt"}))
-    text = json.dumps(peft_config_dict(file_config(model, config), base_model_name), indent=2) + "\n"
-    atomic_write(directory / CONFIG_NAME, lambda path: Path(path).write_text(text))
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
     return directory
 
 

@@ -96,16 +96,6 @@ def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
     return ((n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear))
 
 
-def lora_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
-    """The A and B weights of every LoRALinear, layer by layer.
-
-    Args:
-        model: a model with LoRA layers."""
-    for _, layer in lora_layers(model):
-        yield layer.lora_A.weight
-        yield layer.lora_B.weight
-
-
 def count_trainable(model: nn.Module) -> int:
     """Number of scalars that require grad.
 
@@ -149,6 +139,27 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
         model: a model with LoRA layers, merged or not."""
     for _, layer in lora_layers(model):
         layer.unmerge()
+    return model
+
+
+def fuse(model: nn.Module) -> nn.Module:
+    """Run every LoRALinear's unmerged forward on the fused path (LoRALinear.fused): the same outputs and
+    gradients from one autograd.Function per layer. Returns the model.
+
+    Args:
+        model: a model with LoRA layers; parameters, state dict and merging are unchanged."""
+    for _, layer in lora_layers(model):
+        layer.fused = True
+    return model
+
+
+def unfuse(model: nn.Module) -> nn.Module:
+    """Put every LoRALinear back on the plain formula (undoes fuse). Returns the model.
+
+    Args:
+        model: a model with LoRA layers, fused or not."""
+    for _, layer in lora_layers(model):
+        layer.__dict__.pop("fused", None)  # back to the class default, as inject_lora leaves it
     return model
 
 

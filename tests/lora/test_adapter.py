@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lora import LoRAConfig, LoRALinear, inject_lora, load_adapter, merge_lora, read_adapter_config, save_adapter
+from lora import (LoRAConfig, LoRALinear, adapter_files, inject_lora, load_adapter, merge_lora, read_adapter_config,
+                  save_adapter)
 from lora.adapter import CONFIG_NAME, WEIGHTS_NAME
 
 CONFIG = LoRAConfig(rank=4, alpha=8.0, dropout=0.1, use_rslora=True)
@@ -44,7 +45,7 @@ def assert_untouched(model):
 
 def test_save_writes_peft_layout(saved):
     _, model, _, directory = saved
-    assert sorted(p.name for p in directory.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]  # no temp files left
+    assert sorted(p.name for p in directory.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
     tensors = load_file(str(directory / WEIGHTS_NAME))
     assert set(tensors) == expected_keys()
     params = dict(model.named_parameters())
@@ -200,18 +201,20 @@ def test_saved_modules_that_swallow_every_lora_layer_are_refused(tiny_roberta, t
         save_adapter(model, tmp_path, config)
 
 
-def test_a_full_disk_while_saving_is_an_os_error_naming_the_file_and_leaves_no_temp(tiny_roberta, tmp_path,
-                                                                                      monkeypatch):
-    """What safetensors raises on a full disk becomes the OSError that the CLIs print as one line."""
-    import lora.adapter
-    from safetensors import SafetensorError
+def test_adapter_files_are_the_bytes_save_adapter_writes(saved, tmp_path):
+    _, model, _, directory = saved
+    files = adapter_files(model, CONFIG, base_model_name="tiny-roberta")
+    assert sorted(files) == [CONFIG_NAME, WEIGHTS_NAME]
+    assert all(files[name] == (directory / name).read_bytes() for name in files)
+    assert files == adapter_files(model, CONFIG, base_model_name="tiny-roberta")  # deterministic
+    assert json.loads(files[CONFIG_NAME].decode("utf-8"))["r"] == 4
+    (tmp_path / "copy").mkdir()
+    for name, data in files.items():
+        (tmp_path / "copy" / name).write_bytes(data)
+    assert read_adapter_config(tmp_path / "copy")[0] == CONFIG
 
-    def full(*args, **kwargs):
-        raise SafetensorError('Error while serializing: IoError(Os { code: 28, message: "No space left on device" })')
-    config = LoRAConfig(rank=2)
-    model = inject_lora(tiny_roberta(torch.float64), config)
-    monkeypatch.setattr(lora.adapter, "save_file", full)
-    with pytest.raises(OSError, match=r"cannot write \(Error while serializing.*No space left") as e:
-        save_adapter(model, tmp_path / "adapter", config)
-    assert e.value.filename == str(tmp_path / "adapter" / WEIGHTS_NAME)
-    assert list((tmp_path / "adapter").iterdir()) == []  # no temp file, no half adapter
+
+def test_adapter_files_refuse_a_config_that_does_not_describe_the_model(saved):
+    _, model, _, _ = saved
+    with pytest.raises(ValueError, match=r"has rank 4 and scaling 4, the config says rank 8"):
+        adapter_files(model, LoRAConfig(rank=8, alpha=8.0, use_rslora=True))

@@ -1,201 +1,118 @@
-"""The opt-in fused path (lora.fused: one autograd function, SharedInput groups) against the plain formula
-and the plain LoRALinear."""
+"""The opt-in fused forward (LoRALinear.fused, lora.fuse): one autograd.Function per layer, against the plain
+LoRALinear's outputs and gradients."""
 import copy
 
 import pytest
 import torch
 from torch import nn
+from torch.func import functional_call
 
-import lora.fused
-from lora import LoRAConfig, LoRALinear, inject_lora, lora_layers, merge_lora
-from lora.fused import FusedLoRALinear, fuse, lora_linears, unfuse
+import lora.layer
+from lora import LoRAConfig, LoRALinear, fuse, inject_lora, lora_layers, merge_lora, unfuse, unmerge_lora
 
 SIX = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
 
 
-def by_hand(x, weights, biases, lora_a, lora_b, scalings, x_lora=None):
-    """The formula, one layer at a time, with plain autograd."""
-    x_lora = x if x_lora is None else x_lora
-    return [x @ w.T + (0 if b is None else b) + s * (x_lora @ a.T) @ bb.T
-            for w, b, a, bb, s in zip(weights, biases, lora_a, lora_b, scalings)]
+def layer_pair(bias=True, dropout=0.0, dtype=torch.float64):
+    """(fused, plain): twin LoRALinears (5 -> 4, rank 2) with random A, B and a non-trivial scaling."""
+    plain = LoRALinear.from_linear(nn.Linear(5, 4, bias=bias, dtype=dtype),
+                                   LoRAConfig(rank=2, alpha=3.0, dropout=dropout))
+    nn.init.normal_(plain.lora_B.weight)
+    fused = copy.deepcopy(plain)
+    fused.fused = True
+    return fused, plain
 
 
-def random_layers(sizes, n_in=5, bias=True, dtype=torch.float64):
-    """(weights, biases, A, B) for layers with (out, rank) in `sizes`, all requiring grad."""
-    def leaf(*shape):
-        return torch.randn(*shape, dtype=dtype, requires_grad=True)
-    return ([leaf(o, n_in) for o, _ in sizes], [leaf(o) if bias else None for o, _ in sizes],
-            [leaf(r, n_in) for _, r in sizes], [leaf(o, r) for o, r in sizes])
+def run(layer, x, seed=7):
+    """(y, grads of x, W, b, A, B) for a random cotangent, with every tensor a leaf that requires grad."""
+    params = {n: p.detach().clone().requires_grad_() for n, p in layer.named_parameters()}
+    x = x.detach().clone().requires_grad_()
+    torch.manual_seed(seed)  # the same dropout mask for both twins
+    y = functional_call(layer, params, (x,))
+    grads = torch.autograd.grad(y, [x, *params.values()], torch.ones_like(y).mul_(torch.arange(y.shape[-1])))
+    return y, grads
 
 
-@pytest.mark.parametrize("sizes", [[(4, 2)], [(4, 2), (3, 1), (4, 3)]])
 @pytest.mark.parametrize("bias", [True, False])
-def test_function_passes_gradcheck(seed, sizes, bias):
-    ws, bs, As, Bs = random_layers(sizes, bias=bias)
-    x = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
-    params = [t for group in zip(ws, bs, As, Bs) for t in group if t is not None]
-
-    def f(x, *_):
-        return lora_linears(x, ws, bs, As, Bs, [0.5, 2.0, 1.5][: len(sizes)])
-    assert torch.autograd.gradcheck(f, (x, *params))
-
-
-@pytest.mark.parametrize("with_dropout", [False, True])
-def test_function_values_and_grads_equal_the_formula_in_float64(seed, with_dropout):
-    sizes = [(6, 2), (4, 3), (6, 1)] if not with_dropout else [(6, 2)]
-    ws, bs, As, Bs = random_layers(sizes)
-    scalings = [2.0, 0.5, 3.0][: len(sizes)]
-    x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
-    mask = (torch.rand(3, 4, 5) > 0.3).double()
-    dropout = (lambda t: t * mask) if with_dropout else None
-    ours = lora_linears(x, ws, bs, As, Bs, scalings, dropout)
-    expected = by_hand(x, ws, bs, As, Bs, scalings, x * mask if with_dropout else None)
-    leaves = [x, *ws, *bs, *As, *Bs]
-    cotangents = [torch.randn_like(y) for y in expected]
-    got = torch.autograd.grad(ours, leaves, cotangents)
-    want = torch.autograd.grad(expected, leaves, cotangents)
-    for y, e in zip(ours, expected):
-        assert y.shape == e.shape and not y._is_view()  # a fresh tensor: callers may change it in place
-        torch.testing.assert_close(y, e, rtol=0, atol=1e-12)
+@pytest.mark.parametrize("dropout", [0.0, 0.4])
+def test_one_layer_equals_the_plain_layer_in_float64_values_and_grads(seed, bias, dropout):
+    fused, plain = (m.train() for m in layer_pair(bias, dropout))
+    x = torch.randn(3, 6, 5, dtype=torch.float64)
+    (y, got), (want_y, want) = run(fused, x), run(plain, x)
+    assert y.shape == want_y.shape and not y._is_view()  # a fresh tensor: callers may change it in place
+    torch.testing.assert_close(y, want_y, rtol=0, atol=1e-12)
+    assert len(got) == len(want) == (5 if bias else 4)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_layer_passes_gradcheck(seed, bias):
+    fused, _ = layer_pair(bias)
+    params = {n: p.detach().clone().requires_grad_() for n, p in fused.named_parameters()}
+    x = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
+
+    def f(x, *values):
+        return functional_call(fused, dict(zip(params, values)), (x,))
+    assert torch.autograd.gradcheck(f, (x, *params.values()))
+
+
 def test_frozen_base_is_not_saved_and_gets_no_grad(seed):
-    ws, bs, As, Bs = random_layers([(4, 2)])
-    ws[0].requires_grad_(False)
-    bs[0].requires_grad_(False)
+    fused, _ = layer_pair()
     x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
-    lora_linears(x, ws, bs, As, Bs, [1.0])[0].sum().backward()
-    assert ws[0].grad is None and bs[0].grad is None
-    assert x.grad is not None and As[0].grad is not None and Bs[0].grad is not None
-
-
-def test_dropout_needs_one_layer_per_call(seed):
-    ws, bs, As, Bs = random_layers([(4, 2), (4, 2)])
-    with pytest.raises(ValueError, match="dropout on the LoRA input needs one layer per call, got 2"):
-        lora_linears(torch.randn(3, 5, dtype=torch.float64), ws, bs, As, Bs, [1.0, 1.0], dropout=lambda t: t)
+    y = fused(x)
+    assert y.grad_fn.saved_tensors[0] is None  # x kept only for W's gradient, which a frozen W never needs
+    y.sum().backward()
+    assert fused.weight.grad is None and fused.bias.grad is None
+    assert x.grad is not None and fused.lora_A.weight.grad is not None and fused.lora_B.weight.grad is not None
 
 
 def twins(base, config, randomize):
-    """(fused, plain) models: the same LoRA weights, one with fuse() and one as inject_lora leaves it."""
-    fused = randomize(inject_lora(copy.deepcopy(base), config))
-    unfused = copy.deepcopy(fused)
-    fuse(fused)
-    return fused, unfused
+    """(fused, plain) models: the same LoRA weights, one after fuse() and one as inject_lora leaves it."""
+    plain = randomize(inject_lora(copy.deepcopy(base), config))
+    return fuse(copy.deepcopy(plain)), plain
+
+
+def forward_backward(model, batch, seed=3):
+    torch.manual_seed(seed)  # the encoder's own dropout (and LoRA's) draws the same masks in both
+    out = model.train()(**batch)
+    out.loss.backward()
+    return out.logits, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
 
 @pytest.mark.parametrize("family", ["tiny_roberta", "tiny_bert"])
-@pytest.mark.parametrize("targets", [SIX, ("query", "value")])
-def test_fused_model_equals_unfused_in_float64_values_and_grads(request, batch, randomize, family, targets):
+@pytest.mark.parametrize("targets, dropout", [(SIX, 0.0), (("query", "key", "value"), 0.0), (SIX, 0.3)])
+def test_fused_encoder_equals_plain_in_float64_values_and_grads(request, batch, randomize, family, targets, dropout):
     base = request.getfixturevalue(family)(torch.float64)
-    fused, unfused = twins(base, LoRAConfig(rank=3, targets=targets), randomize)
-    assert all(layer._group is not None for name, layer in lora_layers(fused) if name.endswith(("query", "value")))
-    assert all(type(layer) is LoRALinear for _, layer in lora_layers(unfused))
-    outs = []
-    for model in (fused, unfused):
-        torch.manual_seed(3)  # the encoder's own dropout draws the same masks in both
-        outs.append(model.train()(**batch))
-    torch.testing.assert_close(outs[0].logits, outs[1].logits, rtol=0, atol=1e-12)
-    for out in outs:
-        out.loss.backward()
-    theirs = dict(unfused.named_parameters())
-    for name, param in fused.named_parameters():
-        if param.requires_grad:
-            assert param.grad is not None and param.grad.abs().sum() > 0, name
-            torch.testing.assert_close(param.grad, theirs[name].grad, rtol=0, atol=1e-12, msg=name)
-    assert all(layer._group.active and not layer._group._waiting for _, layer in lora_layers(fused) if layer._group)
+    fused, plain = twins(base, LoRAConfig(rank=3, targets=targets, dropout=dropout), randomize)
+    assert all(m.fused for _, m in lora_layers(fused)) and not any(m.fused for _, m in lora_layers(plain))
+    (logits, grads), (want_logits, want_grads) = forward_backward(fused, batch), forward_backward(plain, batch)
+    torch.testing.assert_close(logits, want_logits, rtol=0, atol=1e-12)
+    assert grads.keys() == want_grads.keys()
+    for name, grad in grads.items():
+        assert grad is not None and grad.abs().sum() > 0, name
+        torch.testing.assert_close(grad, want_grads[name], rtol=0, atol=1e-12, msg=name)
 
 
-def test_groups_are_the_siblings_that_share_an_input(tiny_roberta):
-    model = inject_lora(tiny_roberta(), LoRAConfig(targets=SIX))
-    attention = "roberta.encoder.layer.{}.attention.self."
-    assert fuse(model) == [tuple(attention.format(i) + t for t in ("query", "key", "value"))
-                                         for i in (0, 1)]
-    assert fuse(inject_lora(tiny_roberta(), LoRAConfig(targets=("query", "value")))) == [
-        (attention.format(i) + "query", attention.format(i) + "value") for i in (0, 1)]
-
-
-def test_a_group_runs_its_layers_in_one_call(tiny_roberta, batch, monkeypatch):
+def test_layers_sharing_an_input_each_run_their_own_function(tiny_roberta, batch, monkeypatch):
     calls = []
+    apply = lora.layer._FusedLoRA.apply
 
-    def counting(x, weights, *args, **kwargs):
-        calls.append(len(weights))
-        return lora_linears(x, weights, *args, **kwargs)
-    monkeypatch.setattr(lora.fused, "lora_linears", counting)
-    model = inject_lora(tiny_roberta(), LoRAConfig(targets=SIX))
-    fuse(model)
+    def counting(x, *args):
+        calls.append(x.shape[-1])
+        return apply(x, *args)
+    monkeypatch.setattr(lora.layer._FusedLoRA, "apply", counting)
+    model = fuse(inject_lora(tiny_roberta(), LoRAConfig(targets=("query", "key", "value"))))
     model(input_ids=batch["input_ids"])
-    assert calls == [3, 1, 1, 1] * 2  # per layer: query+key+value at once, then the three others alone
+    assert len(calls) == 3 * 2  # query, key and value of both layers: one call each, none grouped
 
 
-class Attention(nn.Module):
-    """query on x, key and value on `memory` (cross-attention's shape): the group must notice."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        config = LoRAConfig(rank=2)
-        self.query, self.key, self.value = (LoRALinear.from_linear(nn.Linear(6, 6).double(), config)
-                                            for _ in range(3))
-        for layer in (self.query, self.key, self.value):
-            nn.init.normal_(layer.lora_B.weight)
-
-    def forward(self, x, memory):
-        return self.query(x) + self.key(memory) * self.value(memory)
-
-
-def test_a_group_called_on_different_inputs_stops_fusing_and_stays_correct(seed):
-    fused = Attention()
-    unfused = copy.deepcopy(fused)
-    assert len(fuse(fused)) == 1
-    x, memory = torch.randn(4, 6, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64)
-    for _ in range(2):
-        torch.testing.assert_close(fused(x, memory), unfused(x, memory), rtol=0, atol=1e-12)
-    group = fused.query._group
-    assert not group.active and group._waiting == {} and group._x is None
-
-
-def test_an_input_changed_in_place_between_calls_is_recomputed(seed):
-    model = Attention()
-    fuse(model)
-    x = torch.randn(4, 6, dtype=torch.float64)
-    with torch.no_grad():
-        q = model.query(x)
-        x.mul_(2)  # the waiting key output was computed from the old values
-        k = model.key(x)
-        torch.testing.assert_close(k, model.key.forward_alone(x), rtol=0, atol=1e-12)
-    assert not torch.allclose(q, model.query.forward_alone(x))
-
-
-def test_dropout_in_training_runs_the_layers_alone_with_their_own_masks(tiny_roberta, batch, randomize):
-    fused, unfused = twins(tiny_roberta(torch.float64), LoRAConfig(rank=2, targets=SIX, dropout=0.3), randomize)
-    logits = []
-    for model in (fused, unfused):
-        torch.manual_seed(5)
-        logits.append(model.train()(**batch).logits)
-    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=1e-12)  # same masks drawn in the same order
-
-
-def test_merged_fused_model_matches_unmerged_and_deepcopies_mid_forward(tiny_roberta, batch, randomize):
-    model = randomize(inject_lora(tiny_roberta(torch.float64), LoRAConfig(rank=2, targets=SIX)))
-    fuse(model)
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    query = model.roberta.encoder.layer[0].attention.self.query
-    query(torch.randn(2, 3, 32, dtype=torch.float64))  # key and value outputs now wait in the group
-    twin = copy.deepcopy(model)  # outputs in flight (tensors with history) are not copied
-    twin_query = twin.roberta.encoder.layer[0].attention.self.query
-    assert twin_query._group._waiting == {} and twin_query._group.layers[0] is twin_query
-    with torch.no_grad():
-        unmerged = twin(**inputs).logits
-        torch.testing.assert_close(merge_lora(twin)(**inputs).logits, unmerged, rtol=0, atol=1e-10)
-
-
-def test_bf16_autocast_fused_is_close_to_unfused_and_grads_stay_float32(tiny_roberta, batch, randomize):
-    fused, unfused = twins(tiny_roberta(), LoRAConfig(rank=2, targets=SIX), randomize)
+def test_bf16_autocast_fused_is_close_to_plain_and_grads_stay_float32(tiny_roberta, batch, randomize):
+    fused, plain = twins(tiny_roberta(), LoRAConfig(rank=2, targets=SIX), randomize)
     results = []
-    for model in (fused, unfused):
-        torch.manual_seed(3)
+    for model in (fused, plain):
         with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.manual_seed(3)
             out = model.train()(**batch)
         out.loss.backward()
         results.append((out.logits.float(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
@@ -205,12 +122,29 @@ def test_bf16_autocast_fused_is_close_to_unfused_and_grads_stay_float32(tiny_rob
         torch.testing.assert_close(grad, results[1][1][name], rtol=0.1, atol=0.02, msg=name)
 
 
-def test_unfuse_gives_back_plain_layers_with_the_same_state(tiny_roberta, randomize):
+def test_fuse_unfuse_round_trip_keeps_state_and_outputs(tiny_roberta, batch, randomize):
     model = randomize(inject_lora(tiny_roberta(torch.float64), LoRAConfig(rank=2, targets=SIX)))
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    fuse(model)
-    assert all(type(layer) is FusedLoRALinear for _, layer in lora_layers(model))
+    with torch.no_grad():
+        before = model(**batch).logits
+        assert fuse(model) is model and all(type(layer) is LoRALinear for _, layer in lora_layers(model))
+        torch.testing.assert_close(model(**batch).logits, before, rtol=0, atol=1e-12)
+        assert copy.deepcopy(model).roberta.encoder.layer[0].attention.self.query.fused
+        assert unfuse(model) is model
+    assert not any(layer.fused or "fused" in vars(layer) for _, layer in lora_layers(model))
     assert model.state_dict().keys() == state.keys()
-    unfuse(model)
-    assert all(type(layer) is LoRALinear and "_group" not in vars(layer) for _, layer in lora_layers(model))
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_a_merged_fused_layer_runs_the_merged_weight_and_unmerges_back(tiny_roberta, batch, randomize, monkeypatch):
+    model = fuse(randomize(inject_lora(tiny_roberta(torch.float64), LoRAConfig(rank=2, targets=SIX))))
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        unmerged = model(**inputs).logits
+        merge_lora(model)
+        monkeypatch.setattr(lora.layer._FusedLoRA, "apply", None)  # merged: one plain matmul, never the Function
+        torch.testing.assert_close(model(**inputs).logits, unmerged, rtol=0, atol=1e-10)
+        monkeypatch.undo()
+        unmerge_lora(model)
+        assert all(layer.fused and not layer.merged for _, layer in lora_layers(model))
+        torch.testing.assert_close(model(**inputs).logits, unmerged, rtol=0, atol=1e-12)

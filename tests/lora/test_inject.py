@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from transformers import RobertaConfig, RobertaForSequenceClassification
 
-from lora import (LoRAConfig, LoRALinear, count_trainable, inject_lora, lora_layers, lora_parameters,
-                  lora_targets, merge_lora, unmerge_lora)
+from lora import (LoRAConfig, LoRALinear, count_trainable, inject_lora, lora_layers, lora_targets, merge_lora,
+                  unmerge_lora)
 
 
 def roberta_base_on_meta() -> RobertaForSequenceClassification:
@@ -39,7 +39,7 @@ def test_injected_model_is_identical_to_base_at_init(tiny_roberta, batch):
 
 def test_only_lora_and_head_require_grad_and_base_survives_adamw(tiny_roberta, batch, randomize):
     model = randomize(inject_lora(tiny_roberta(), LoRAConfig(rank=4, alpha=8)))
-    lora_ids = {id(p) for p in lora_parameters(model)}
+    lora_ids = {id(p) for _, layer in lora_layers(model) for p in (layer.lora_A.weight, layer.lora_B.weight)}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     expected = {n for n, p in model.named_parameters() if id(p) in lora_ids or n.startswith("classifier.")}
     assert trainable == expected and len(lora_ids) == 8
