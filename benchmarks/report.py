@@ -1,10 +1,11 @@
-"""Markdown tables from the benchmark JSON, and the results sections of README.md and benchmarks/README.md.
+"""Markdown tables from the benchmark JSON, and the results sections of README.md, benchmarks/README.md and
+each sitting's page beside its JSON (benchmarks/results/*.md).
 
-    python -m benchmarks.report           # rewrite the tables in both READMEs
-    python -m benchmarks.report --check   # exit 1 if either README is out of date
+    python -m benchmarks.report           # rewrite the tables in every page
+    python -m benchmarks.report --check   # exit 1 if any page is out of date
 
 Each results/NAME.json is rendered between `<!-- results:NAME -->` and `<!-- /results:NAME -->` in
-the README, so the numbers there are never typed by hand. Pure JSON in, text out: no torch import.
+a page, so the numbers there are never typed by hand. Pure JSON in, text out: no torch import.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from benchmarks.common import RESULTS_DIR
 
 README = Path(__file__).resolve().parent / "README.md"
 READMES = (README.parent.parent / "README.md", README)  # the project's, with the race table; the benchmarks'
-# <!-- results:NAME --> renders results/NAME.json in full; <!-- results:NAME#headline --> in one line.
+# <!-- results:NAME --> renders results/NAME.json in full; <!-- results:NAME#headline --> its headline only (a race
+# in one line, a speed run in one table row per precision).
 MARKER = re.compile(r"(<!-- results:(?P<name>[\w.-]+)(?:#(?P<view>\w+))? -->\n)(.*?)"
                     r"(<!-- /results:(?P=name)(?:#(?P=view))? -->)", re.S)
 
@@ -111,6 +113,31 @@ def speed_tables(data: dict) -> str:
                      "LoRALinear's plain formula (kept where it saves 5% or more): " + "; ".join(
                          f"{p}: {r:.3f}" for p, r in h["fused_step_ratio_vs_plain"].items()) + ".")
     return "\n\n".join(parts)
+
+
+def speed_headline(data: dict) -> str:
+    """One speed-*.json in brief: its command and machine, then one row per precision with each headline ratio
+    against its target, met or missed (the full tables are `speed_tables`)."""
+    h = data["headline"]
+    cols = [("step_ratio_vs_peft", "ours / PEFT step (≤ 1)", ".3f", lambda v: v <= 1),
+            ("step_ratio_vs_floor", "ours / floor step (≤ 1.05)", ".3f", lambda v: v <= 1.05),
+            ("eval_speedup_vs_peft_unmerged", "eval speedup vs PEFT unmerged (≥ 3×)", ".2f", lambda v: v >= 3),
+            ("all_linear_step_ratio_vs_query_value", "all-linear r=6 / query-value r=4 step (≤ 1.15)", ".3f",
+             lambda v: v <= 1.15),
+            ("fused_step_ratio_vs_plain", "fused / plain all-linear step", ".3f", None)]
+    cols = [c for c in cols if c[0] in h]
+    rows = []
+    for p, r in data["precisions"].items():
+        row = [f"{'fp32' if p == 'fp32' else 'bf16 autocast'}, {r['batch_size']} × {r['seq_len']}"]
+        for key, _, fmt, target in cols:
+            v = h[key][p]
+            row.append(f"{v:{fmt}}" + ("×" if key.startswith("eval") else "")
+                       + ("" if target is None else f" ({'met' if target(v) else 'missed'})"))
+        rows.append(row)
+    head = ((f"`{data['command']}` on " if data.get("command") else "Machine: ") + machine_line(data["machine"])
+            + f". {data['repeats']} interleaved rounds after {data['warmup']} warm-up round(s); each figure is the "
+            "median of per-round wall-time ratios.")
+    return "\n\n".join([head, _table(["precision, batch × seq"] + [c[1] for c in cols], rows)])
 
 
 def accuracy_table(data: dict) -> str:
@@ -229,7 +256,7 @@ def race_headline(data: dict) -> str:
 def render(data: dict, view: str | None = None) -> str:
     """The markdown for one results file, by its kind (`view` "headline": the race in one line)."""
     if view == "headline":
-        return race_headline(data)
+        return speed_headline(data) if data.get("benchmark") == "speed" else race_headline(data)
     if data.get("benchmark") == "speed":
         return speed_tables(data)
     return race_table(data) if data.get("benchmark") == "race" else accuracy_table(data)
@@ -245,13 +272,20 @@ def update_readme(text: str, results_dir: Path = RESULTS_DIR) -> str:
     return MARKER.sub(fill, text)
 
 
+def pages(results_dir: Path = RESULTS_DIR) -> list[Path]:
+    """Every page whose marked sections this module fills: the two READMEs, then each sitting's page
+    beside its JSON (results/*.md), in name order."""
+    return [*READMES, *sorted(results_dir.glob("*.md"))]
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Regenerate the results tables in README.md and benchmarks/README.md.")
-    p.add_argument("--check", action="store_true", help="exit 1 if a README's tables are stale")
-    p.add_argument("--readme", type=Path, action="append", help="this README only (repeatable)")
+    p = argparse.ArgumentParser(description="Regenerate the results tables in README.md, benchmarks/README.md and "
+                                            "benchmarks/results/*.md.")
+    p.add_argument("--check", action="store_true", help="exit 1 if a page's tables are stale")
+    p.add_argument("--readme", type=Path, action="append", help="this page only (repeatable)")
     args = p.parse_args(argv)
     stale = False
-    for readme in args.readme or READMES:
+    for readme in args.readme or pages():
         old = readme.read_text()
         new = update_readme(old)
         if args.check:

@@ -3,6 +3,8 @@ import json
 
 import pytest
 
+from benchmarks.report import READMES, pages, render, update_readme
+
 
 def _race_json():
     pair = lambda m, lo, hi: {"median": m, "min": lo, "max": hi, "per_round": [lo, hi]}  # noqa: E731
@@ -29,8 +31,6 @@ def _race_json():
 
 
 def test_race_table_renders_every_contestant_from_the_json():
-    from benchmarks.report import render
-
     text = render(_race_json())
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert rows["reference as specified (PEFT + Trainer)"] == (
@@ -47,8 +47,6 @@ def test_race_table_renders_every_contestant_from_the_json():
 
 
 def test_update_readme_fills_the_marked_section_from_the_results_file(tmp_path):
-    from benchmarks.report import update_readme
-
     (tmp_path / "accuracy.json").write_text(json.dumps(_race_json()))
     readme = "# x\n<!-- results:accuracy -->\nstale\n<!-- /results:accuracy -->\ntail\n"
     new = update_readme(readme, tmp_path)
@@ -56,18 +54,45 @@ def test_update_readme_fills_the_marked_section_from_the_results_file(tmp_path):
     assert update_readme(new, tmp_path) == new
 
 
-@pytest.mark.parametrize("which", [0, 1], ids=["README.md", "benchmarks/README.md"])
-def test_the_committed_results_still_render(which):
-    from benchmarks.report import READMES, update_readme
+@pytest.mark.parametrize("page", pages(), ids=lambda p: p.relative_to(READMES[0].parent).as_posix())
+def test_the_committed_results_still_render(page):
+    assert page not in READMES or "<!-- results:" in page.read_text()  # a sitting's page may hold only prose
+    assert update_readme(page.read_text()) == page.read_text(), "run python -m benchmarks.report"
 
-    readme = READMES[which]
-    assert "<!-- results:" in readme.read_text()
-    assert update_readme(readme.read_text()) == readme.read_text(), "run python -m benchmarks.report"
+
+def test_the_pages_are_both_readmes_then_each_sittings_page(tmp_path):
+    (tmp_path / "speed-b.md").write_text("b")
+    (tmp_path / "speed-a.md").write_text("a")
+    (tmp_path / "speed-a.json").write_text("{}")
+    assert pages(tmp_path) == [*READMES, tmp_path / "speed-a.md", tmp_path / "speed-b.md"]
+
+
+def _speed_json():
+    part = lambda: {"batch_size": 4, "seq_len": 128}  # noqa: E731  the headline view reads only the shape
+    return {"benchmark": "speed", "command": "python -m benchmarks.speed --threads 2", "device": "cpu",
+            "repeats": 9, "warmup": 1, "precisions": {"bf16": part(), "fp32": part()},
+            "machine": _race_json()["machine"],
+            "headline": {"step_ratio_vs_peft": {"bf16": 0.9681, "fp32": 1.0049},
+                         "step_ratio_vs_floor": {"bf16": 1.0265, "fp32": 1.0083},
+                         "eval_speedup_vs_peft_unmerged": {"bf16": 1.0033, "fp32": 3.2},
+                         "all_linear_step_ratio_vs_query_value": {"bf16": 1.082, "fp32": 1.16}}}
+
+
+def test_a_speed_headline_is_one_row_per_precision_with_each_target_met_or_missed():
+    text = render(_speed_json(), "headline")
+    assert text.startswith("`python -m benchmarks.speed --threads 2` on Test CPU (2 cores")
+    assert "| bf16 autocast, 4 × 128 | 0.968 (met) | 1.026 (met) | 1.00× (missed) | 1.082 (met) |" in text
+    assert "| fp32, 4 × 128 | 1.005 (missed) | 1.008 (met) | 3.20× (met) | 1.160 (missed) |" in text
+    assert "fused" not in text  # a column only where the run measured it
+    data = _speed_json()
+    data["headline"]["fused_step_ratio_vs_plain"] = {"bf16": 0.9793, "fp32": 0.9315}
+    del data["command"]
+    text = render(data, "headline")
+    assert "| 1.082 (met) | 0.979 |" in text  # no target: a figure, no verdict
+    assert text.startswith("Machine: Test CPU (2 cores")  # older results have no command
 
 
 def test_a_race_under_way_says_which_runs_its_figures_cover():
-    from benchmarks.report import render
-
     data = _race_json() | {"complete": False, "runs": [{"contestant": "reference", "seed": 0},
                                                        {"contestant": "fast", "seed": 0}]}
     for text in (render(data), render(data, "headline")):
@@ -76,8 +101,6 @@ def test_a_race_under_way_says_which_runs_its_figures_cover():
 
 
 def test_the_headline_names_only_what_has_run_and_the_engine_alone_when_it_raced():
-    from benchmarks.report import render
-
     pair = lambda m: {"wall": {"median": m, "min": m, "max": m, "per_round": [m]}}  # noqa: E731
     data = _race_json()
     data["summary"] = {"fast": data["summary"]["fast"]}
