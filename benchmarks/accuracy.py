@@ -31,7 +31,7 @@ from benchmarks.contestants import LABELS, NAMES, RaceError, Setup, child_env, c
 from benchmarks.race import race_key, resumed_runs, run_race
 from benchmarks.report import race_table
 from benchmarks.work import Lengths
-from train.cli import UserError
+from train.errors import UserError
 from train.data.corpus import SAMPLES
 
 LOCAL_DATA = SAMPLES["ag_news_sample"]  # the AG News sample shipped with the project (train.csv 4,800, test.csv 800)

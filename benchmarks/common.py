@@ -107,7 +107,7 @@ def round_ratios(wall: dict, cpu: dict, pairs: tuple[str, ...], device: torch.de
 
 def cpu_isa() -> dict:
     """The CPU's name and bf16 instruction sets as torch's cpuinfo library reads them from CPUID
-    (not /proc/cpuinfo: the app's one reader of that file is train.model.device.cpu_has_bf16)."""
+    (not /proc/cpuinfo: the app's one reader of that file is train.device.cpu_has_bf16)."""
     import torch
 
     try:
@@ -124,7 +124,7 @@ def machine_info() -> dict:
     import torch
     import transformers
 
-    from train.model.device import cpu_has_bf16  # the decision `--precision auto` makes, from the same reader
+    from train.device import cpu_has_bf16  # the decision `--precision auto` makes, from the same reader
 
     isa = cpu_isa()
     info = {

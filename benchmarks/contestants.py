@@ -150,7 +150,7 @@ def read_result(name: str, run_dir: Path) -> dict:
 def ours_precision(config: dict) -> str:
     """The precision our run trained in: its --precision resolved by the app's own rule (for auto:
     bf16 on CUDA and on CPUs with native bf16, else fp32)."""
-    from train.model.device import pick_device, pick_precision
+    from train.device import pick_device, pick_precision
 
     dtype = pick_precision(config.get("precision", "auto"), pick_device(config.get("device", "auto")))
     return {None: "fp32"}.get(dtype, str(dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace(

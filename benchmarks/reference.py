@@ -11,7 +11,7 @@ at the end. This is the contestant our `python -m train` is measured against in 
   `bf16=True` where the device has native bf16 (CUDA with bf16 support, or a CPU with avx512_bf16/amx,
   where Trainer also needs `use_cpu=True`); on CUDA, SDPA without cuDNN's attention, as our app runs.
   Nothing else changes: same LoRA, optimizer, schedule, batch size and seed.
-- engine: our fast recipe (train.recipes) in PEFT + Trainer, with every engine-independent choice a Trainer
+- engine: our fast recipe (train.config) in PEFT + Trainer, with every engine-independent choice a Trainer
   user can make: its layers (`layers_to_transform`), targets in the model's own names, rank, alpha, epochs,
   lr, warmup, weight decay, the linear head (only its output layer trained, the dense layer frozen as the
   identity), no dropout inside the model, eager attention, plus the tuned variant's grouping and bf16. What
@@ -40,7 +40,7 @@ import torch
 
 from benchmarks.common import write_json
 from benchmarks.variants import RECIPE, VARIANTS, model_for, tuned_arguments, tuned_kernels, variant_recipe
-from train.cli import UserError
+from train.errors import UserError
 from train.data.corpus import Corpus, Split, load_corpus, stratified_subset
 from train.metrics import classification_report  # the same metric code scores both contestants
 

@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args, argv: list[str] | None) -> int:
     sys.path.insert(0, str(REPO_ROOT / "tests"))
-    from tiny import make_tiny_model
+    from helpers.tiny import make_tiny_model
 
     work = Path(args.work)
     model = make_tiny_model(work / "tiny-model")

@@ -28,9 +28,8 @@ from torch import nn
 
 from benchmarks.common import RESULTS_DIR, interleave, machine_info, round_ratios, step_memory, sync, write_json
 from benchmarks.report import speed_tables
-from lora import LoRAConfig, cast_frozen, count_trainable, inject_lora, lora_layers, merge_lora
-from lora.fused import fuse
-from train.recipes import RECIPES
+from lora import LoRAConfig, cast_frozen, count_trainable, fuse, inject_lora, lora_layers, merge_lora
+from train.config import RECIPES
 
 EVAL = ("ours_merged", "peft_unmerged", "peft_merged")
 # The default recipe's LoRA path (train's all-linear recipe): every Linear of each layer, rank 6.
@@ -42,7 +41,7 @@ def build_base(seed: int = 0, attention: str = "sdpa", model_dropout: float | No
     own dropout (0.1) unless `model_dropout` sets it (our recipes run with 0)."""
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    from train.model.device import set_model_dropout
+    from train.device import set_model_dropout
 
     torch.manual_seed(seed)
     model = RobertaForSequenceClassification._from_config(RobertaConfig(num_labels=4), attn_implementation=attention)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from train.model.device import avoid_cudnn_attention, cpu_has_bf16
-from train.recipes import RECIPES
+from train.device import avoid_cudnn_attention, cpu_has_bf16
+from train.config import RECIPES
 
 RECIPE = {"r": 4, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["query", "value"],
           "modules_to_save": ["classifier"], "learning_rate": 4e-4, "label_smoothing_factor": 0.1,
@@ -34,7 +34,7 @@ def variant_recipe(variant: str) -> dict:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 is a real speedup here: CUDA with bf16 support, or a CPU with AVX512-BF16/AMX
-    (decided by train.model.device.cpu_has_bf16, the same check our app's --precision auto makes)."""
+    (decided by train.device.cpu_has_bf16, the same check our app's --precision auto makes)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and cpu_has_bf16()
@@ -59,7 +59,7 @@ def tuned_arguments(device: torch.device) -> dict:
 
 def tuned_kernels(device: torch.device) -> dict:
     """The tuned reference's kernel choices, process-wide: on CUDA, SDPA without cuDNN, as our app runs
-    (train.model.device.avoid_cudnn_attention says why). Returns what it set, for the result."""
+    (train.device.avoid_cudnn_attention says why). Returns what it set, for the result."""
     if device.type != "cuda":
         return {}
     avoid_cudnn_attention()
@@ -74,9 +74,9 @@ def model_for(model_path: str, names: list[str], seed: int, recipe: dict, attent
     from transformers import AutoModelForSequenceClassification, set_seed
 
     from train.config import TrainConfig
-    from train.model.device import set_model_dropout
-    from train.model.families import resolve_targets
-    from train.model.plan import apply_head, head_modules
+    from train.device import set_model_dropout
+    from train.families import resolve_targets
+    from train.model import apply_head, head_modules
     set_seed(seed)  # before the model exists, so the new classifier head is the same every run
     model = AutoModelForSequenceClassification.from_pretrained(
         model_path, num_labels=len(names), id2label=dict(enumerate(names)),
@@ -87,8 +87,8 @@ def model_for(model_path: str, names: list[str], seed: int, recipe: dict, attent
         return model, None
     rank, layers = recipe["r"], None
     if recipe.get("ours"):  # our recipe: the rank and layers our planner picks for this model
-        from train.model.plan import plan
-        from train.recipes import recipe as ours
+        from train.model import plan
+        from train.config import recipe as ours
 
         rank, lora, _ = plan(TrainConfig.from_flat({**ours(recipe["ours"]), "model": model_path}), model)
         layers = list(lora.layers) if lora.layers is not None else None

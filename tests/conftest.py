@@ -78,7 +78,7 @@ def randomize(seed):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A saved 2-layer RoBERTa with a word-level tokenizer: a local --model for CLI runs."""
-    from tiny import make_tiny_model
+    from helpers.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
@@ -86,7 +86,7 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
     """A learnable AG News-layout directory (train.csv 256 rows, test.csv 64, classes.txt)."""
-    from tiny import write_agnews
+    from helpers.tiny import write_agnews
 
     return write_agnews(tmp_path_factory.mktemp("tiny-data"), n_train=256, n_eval=64)
 
@@ -97,7 +97,7 @@ def model_without_dropout(tmp_path_factory):
     frozen-prefix cache) can then match step for step."""
     from transformers import AutoConfig
 
-    from tiny import make_tiny_model
+    from helpers.tiny import make_tiny_model
 
     directory = make_tiny_model(tmp_path_factory.mktemp("tiny-nodrop"))
     config = AutoConfig.from_pretrained(directory)
@@ -111,6 +111,6 @@ def tokenizer(tiny_model_dir):
     """The tiny model's tokenizer, counting its calls and rows (tiny.Counting)."""
     from transformers import AutoTokenizer
 
-    from tiny import Counting
+    from helpers.tiny import Counting
 
     return Counting(AutoTokenizer.from_pretrained(tiny_model_dir))

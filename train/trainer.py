@@ -22,18 +22,18 @@ from tqdm import tqdm
 
 from lora import LoRAConfig, cast_frozen, count_trainable, save_adapter
 
-from .cli import Diverged, Finished, Stopped, StopSignals, interruptible
 from .config import TrainConfig
+from .console import StopSignals, interruptible
 from .data import Encoded, EpochBatches, Prefetcher, check_classes, check_rows, encode, load_data
+from .device import autocast, forward_batch_size, pick_attention, pick_precision, set_model_dropout, setup_device
 from .distributed import Dist, agreed_signal, all_reduce_confusion, all_sum, barrier, on_main, shard, shutdown, wrap
+from .errors import Diverged, Finished, Stopped
 from .metrics import confusion_matrix, format_report, plot_run, report_from_confusion
-from .model.device import autocast, forward_batch_size, pick_attention, pick_precision, set_model_dropout, setup_device
-from .model.inference import predict_rows
-from .model.load import load_pretrained
-from .model.plan import EMA, describe_plan, param_groups, prepare
-from .model.prefix_cache import frozen_prefix
-from .records import checkpoint_state, eval_record, restore_checkpoint, run_record
-from .rundir import CHECKPOINT, EVAL, RUN_INFO, RunDir, write_json
+from .model import EMA, describe_plan, load_pretrained, param_groups, prepare
+from .prefix import predict_rows
+from .prefix_cache import frozen_prefix
+from .rundir import (CHECKPOINT, EVAL, RUN_INFO, RunDir, checkpoint_state, eval_record, restore_checkpoint, run_record,
+                     write_json)
 from .trackers import check_tracker, open_tracker
 
 # Reading a loss makes the host wait for the device, and under torchrun a stop is agreed in an all-reduce:

@@ -64,7 +64,7 @@ def test_read_result_takes_ours_settings_from_the_runs_config(tmp_path):
         "accuracy": 0.9, "macro_f1": 0.9, "final_accuracy": 0.85, "final_macro_f1": 0.84, "train_seconds": 12.0,
         "trainable_params": 5, "history": [{"accuracy": 0.9, "macro_f1": 0.9}, {"accuracy": 0.85, "macro_f1": 0.84}]}))
     from train.config import TrainConfig
-    from train.records import run_record
+    from train.rundir import run_record
 
     cfg = TrainConfig.from_flat({"epochs": 2, "batch_size": 16, "eval_batch_size": 64, "max_length": 96,
                                  "layers": (4, 3, 5), "precision": "fp32"})

@@ -28,14 +28,14 @@ def test_the_engine_contestant_trains_our_fast_recipe_in_peft(tmp_path, model_ty
     """Same layers, targets (in the model's own names), rank and linear head as `python -m train --recipe fast`:
     the same trainable count, and a frozen head dense layer that is the identity."""
     pytest.importorskip("peft")
-    from shipping import make_family_dir
-    from tiny import CLASSES
+    from helpers.shipping import make_family_dir
+    from helpers.tiny import CLASSES
 
     from benchmarks.variants import model_for, variant_recipe
     from train.config import TrainConfig
-    from train.model.load import load_pretrained
-    from train.model.plan import apply_head, plan
-    from train.recipes import recipe
+    from train.model import load_pretrained
+    from train.model import apply_head, plan
+    from train.config import recipe
 
     encoder = make_family_dir(tmp_path / "m", model_type, layers=3)
     fast = variant_recipe("engine")

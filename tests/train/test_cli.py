@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from tiny import train_args
+from helpers.tiny import train_args
 from train.__main__ import config_from_args, main, parser
 from train.config import TrainConfig
-from train.cli import UserError
-from train.recipes import DEFAULT_RECIPE, RECIPES
+from train.errors import UserError
+from train.config import DEFAULT_RECIPE, RECIPES
 
 
 def config(*argv: str) -> TrainConfig:
@@ -102,7 +102,7 @@ def test_top_layers_resolve_to_the_last_k_layers_of_the_model_and_are_written_re
     import torch
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    from train.model.plan import apply_head, plan
+    from train.model import apply_head, plan
 
     with torch.device("meta"):
         base = RobertaForSequenceClassification(RobertaConfig(num_labels=4))
@@ -140,7 +140,7 @@ def test_holdout_scores_on_fixed_training_rows_never_on_the_eval_file(tiny_model
 def test_the_fast_recipe_adapts_the_top_half_at_the_largest_rank_inside_the_budget():
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    from train.model.plan import plan
+    from train.model import plan
 
     fast = config("--recipe", "fast")
     assert (fast.top_layers, fast.auto_rank, fast.lora.use_rslora, fast.epochs, fast.head) == (0.5, True, True, 2,

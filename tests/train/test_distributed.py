@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tiny import train_args
+from helpers.tiny import train_args
 from train.__main__ import main
 
 pytestmark = pytest.mark.slow  # torchrun, subprocesses or whole trainings: the second tier
@@ -53,7 +53,7 @@ def test_a_dead_peer_ends_the_whole_run_without_hanging(tmp_path):
 
     import psutil
 
-    from tiny import make_tiny_model, write_agnews
+    from helpers.tiny import make_tiny_model, write_agnews
 
     model, data, out = make_tiny_model(tmp_path / "m"), write_agnews(tmp_path / "d", 4000, 32), tmp_path / "o"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

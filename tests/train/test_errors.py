@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from oneline import refused
-from tiny import CLASSES, train_args
+from helpers.oneline import refused
+from helpers.tiny import CLASSES, train_args
 from train.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[2]

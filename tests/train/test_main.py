@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiny import train_args
+from helpers.tiny import train_args
 from train.__main__ import main
 
 
@@ -83,7 +83,7 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny_model_dir, tiny_d
 
     monkeypatch.setattr(train.trainer.F, "cross_entropy", poisoned)
     out = tmp_path / "nan"
-    assert main(train_args(tiny_model_dir, tiny_data_dir, out, "--save-every", "2")) == 1
+    assert main(train_args(tiny_model_dir, tiny_data_dir, out, "--save-every", "2")) == 2
     err = capsys.readouterr().err.strip()
     assert "loss became nan at step 5" in err and len(err.splitlines()) == 1
     state = torch.load(out / "checkpoint.pt", weights_only=True)

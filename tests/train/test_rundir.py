@@ -13,8 +13,8 @@ import time
 import pytest
 import torch
 
-from oneline import refused
-from tiny import train_args, write_agnews
+from helpers.oneline import refused
+from helpers.tiny import train_args, write_agnews
 from train.__main__ import main
 from train.rundir import RunDir
 
@@ -96,7 +96,7 @@ def test_temp_files_of_an_interrupted_write_are_removed_at_the_next_start(tmp_pa
     import subprocess
     import sys
 
-    from lora.files import _host
+    from train.files import _host
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     run, host, gone = RunDir(tmp_path), _host(), int(dead.stdout)
@@ -214,7 +214,7 @@ def test_a_refusal_after_the_folder_was_made_leaves_nothing_that_blocks_a_rerun(
     import train.trainer
 
     def stopped(*args, **kwargs):  # SIGTERM while the data loads
-        from train.cli import Interrupted
+        from train.errors import Interrupted
 
         raise Interrupted(signal.SIGTERM)
     monkeypatch.setattr(train.trainer, "load_data", stopped)

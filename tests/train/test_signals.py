@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny import train_args
+from helpers.tiny import train_args
 
 pytestmark = pytest.mark.slow  # torchrun, subprocesses or whole trainings: the second tier
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oneline import refused
+from helpers.oneline import refused
 from train.sweep import main as sweep
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -75,7 +75,7 @@ def test_a_signal_stops_a_sweep_in_one_line_and_the_same_command_continues(tmp_p
     import signal
 
     import train.trainer
-    from train.cli import Stopped
+    from train.errors import Stopped
 
     def stopped(cfg, resume=False):
         raise Stopped(signal.SIGTERM, 7)  # what trainer.run raises after checkpointing the step in flight

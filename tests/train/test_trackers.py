@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from train.cli import UserError
+from train.errors import UserError
 from train.trackers import metrics, open_tracker
 
 CONFIG = {"model": "roberta-base", "rank": 6, "targets": ["query", "value"], "layers": None, "lr": 5e-4}
@@ -103,7 +103,7 @@ def test_report_to_tensorboard_mirrors_every_metrics_line_of_a_run(tiny_model_di
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from tiny import train_args
+    from helpers.tiny import train_args
     from train.__main__ import main
 
     out = tmp_path / "run"

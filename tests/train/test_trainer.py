@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from tiny import train_args
+from helpers.tiny import train_args
 from train.__main__ import main
-from train.cli import Diverged
+from train.errors import Diverged
 from train.distributed import Dist, agreed_signal
 from train.trainer import lr_at, read_losses
 

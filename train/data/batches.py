@@ -1,7 +1,7 @@
 """Tokenize once (cached on disk and memory-mapped), then cut into dynamically padded batches: one planner
 for training (EpochBatches: length-grouped, shuffled, a window at a time) and one for evaluation
 (eval_windows: sorted by length, a window at a time), so no planner holds more than a window of row indices.
-Both read a batch source, token rows (Encoded) or frozen-prefix rows (train.model.prefix.PrefixCache) alike:
+Both read a batch source, token rows (Encoded) or frozen-prefix rows (train.prefix.PrefixCache) alike:
 `len(source)`, `source.offsets_range(start, stop)` and `source.batch(rows)`."""
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from ..distributed import Dist, barrier, broadcast_object_from_main
+from ..errors import UserError
 from .cache import CacheReader, cache_file, cache_state, open_cached, token_chunks, token_key
 from .cache import build as build_cache
-from ..cli import UserError
-from ..distributed import Dist, barrier, broadcast_object_from_main
 from .sources import Rows
 
 

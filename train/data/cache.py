@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lora.files import atomic_write, sweep_temps, temp_name
+from train.files import atomic_write, sweep_temps, temp_name
 
-from ..cli import progress
-
+from ..console import progress
 from .sources import content_key
 
 # The layout written below. A file of any other format (the old ids+offsets cache, say) is not
@@ -110,7 +109,7 @@ def cache_state(path: Path) -> str:
 
 def build(path: Path, chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> int:
     """Write the chunks into `path`, whole or not at all; returns the row count. The parts go to a
-    folder named for this machine and process (lora.files.temp_name); a kill leaves only that folder, which
+    folder named for this machine and process (train.files.temp_name); a kill leaves only that folder, which
     the next build sweeps once its process is gone (or, from another machine, after a day)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_temps(path.parent, path.name)

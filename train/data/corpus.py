@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cli import UserError, progress
 from ..config import TrainConfig
+from ..console import progress
+from ..errors import UserError
 from .hub import OFFLINE_RUN, HubUnreachable, hub_corpus, model_needs_hub
 from .labels import LabelKinds
 from .sources import EXTENSIONS, Rows, expand_paths, file_kind, file_rows, raw_labels, raw_rows

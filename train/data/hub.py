@@ -7,7 +7,7 @@ import socket
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
-from ..cli import UserError
+from ..errors import UserError
 from .sources import Rows
 
 

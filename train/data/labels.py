@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ..cli import UserError
+from ..errors import UserError
 
 RawRow = tuple[object, object, int]  # text, label as written, line (or Parquet row) number
 

@@ -12,7 +12,7 @@ from itertools import chain
 from pathlib import Path
 from typing import NamedTuple
 
-from ..cli import UserError
+from ..errors import UserError
 from .labels import LabelKinds, RawRow, labelled
 
 EXTENSIONS = (".csv", ".jsonl", ".parquet")

@@ -6,13 +6,14 @@ import sys
 import time
 from pathlib import Path
 
-from ..cli import Parser, UserError, add_scoring_flags, positive, run_main
+from ..cli import Parser, add_scoring_flags, positive, run_main
 from ..data import encode
 from ..data.corpus import class_names, load_corpus, read_split, stratified_subset
+from ..device import pick_device, pick_precision
+from ..errors import UserError
 from ..metrics import classification_report, format_report
-from ..model.device import pick_device, pick_precision
-from ..model.inference import predict
-from ..model.load import load_for_inference
+from ..model import load_for_inference
+from ..prefix import predict
 
 
 def parser() -> Parser:

@@ -20,11 +20,13 @@ from torch import nn
 
 from lora import merge_and_unload
 from lora.adapter import CONFIG_NAME as ADAPTER_CONFIG
-from lora.files import sweep_temps, temp_name
+from train.files import sweep_temps, temp_name
 
-from ..cli import Parser, UserError, interruptible, run_main
-from ..model.load import load_for_inference
-from ..model.prefix import Logits
+from ..cli import Parser, run_main
+from ..console import interruptible
+from ..errors import UserError
+from ..model import load_for_inference
+from ..prefix import Logits
 from ..rundir import ADAPTER, EVAL, RUN_INFO, read_json, read_run_info
 from .modelcard import base_license, hub_base, write_model_card
 
@@ -80,8 +82,6 @@ def export(source: str, out: str, fmt: str, model_name: str | None = None, overw
     if fmt == "onnx":
         _need_onnx()
     model, tokenizer, info = load_for_inference(str(run.adapter_dir), model_name, torch.device("cpu"))
-    if info["legacy"]:
-        raise UserError(f"cannot export {run.adapter_dir}: {info['legacy']}; retrain it with this version")
     trainable = (run.report or {}).get("trainable_params") or info["trainable_params"]
     info = {"train": info["train"].to_flat(), "labels": info["labels"]}  # the model card reads flat settings
     trained_on = model_name or info["train"]["model"]

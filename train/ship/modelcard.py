@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from lora.files import atomic_write
+from train.files import atomic_write
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # ORG/NAME or NAME: what the hub takes as a repo id
 # Where the data of a run came from, as a hub dataset id (the shipped sample is rows of AG News' test split).

@@ -15,12 +15,13 @@ from torch import nn
 
 from lora.adapter import CONFIG_NAME as ADAPTER_CONFIG
 
-from ..cli import Parser, UserError, add_scoring_flags, positive, run_main
+from ..cli import Parser, add_scoring_flags, positive, run_main
 from ..data import encode
 from ..data.corpus import Split
-from ..model.device import pick_device, pick_precision
-from ..model.inference import predict
-from ..model.load import load_for_inference
+from ..device import pick_device, pick_precision
+from ..errors import UserError
+from ..model import load_for_inference
+from ..prefix import predict
 from ..rundir import ADAPTER, read_json
 from .scoring import file_format, read_rows, write_predictions
 
@@ -36,8 +37,6 @@ def load_classifier(adapter: str | None, model: str | None, device):
     if not (path / ADAPTER_CONFIG).is_file() and (path / ADAPTER / ADAPTER_CONFIG).is_file():
         path = path / ADAPTER  # a run directory: its adapter
     net, tokenizer, info = load_for_inference(str(path), model, device)
-    if info["legacy"] and info["train"].head == "lora":
-        print(f"warning: {path}: {info['legacy']}", file=sys.stderr)
     return net, tokenizer, info["labels"], info["train"].max_length
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from lora.files import atomic_write
+from train.files import atomic_write
 
-from ..cli import UserError
 from ..data.labels import text_problem
 from ..data.sources import records
+from ..errors import UserError
 
 OUTPUTS = (".csv", ".jsonl")
 INPUTS = (*OUTPUTS, ".parquet")

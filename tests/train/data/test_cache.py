@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import train.data.cache
-from tiny import Counting, synthetic_rows
+from helpers.tiny import Counting, synthetic_rows
 from train.data.batches import EpochBatches, collate, encode, eval_windows
 from train.data.cache import build, cache_file, open_cached
 from train.data.corpus import Split
@@ -143,7 +143,7 @@ def test_a_killed_builder_is_detected_swept_and_rebuilt(tmp_path):
 
 
 def test_sweep_keeps_live_builders_and_other_machines_fresh_parts(tmp_path):
-    from lora.files import _host, sweep_temps
+    from train.files import _host, sweep_temps
 
     mine = tmp_path / f".x.safetensors.{_host()}.{os.getpid()}.a.roberta-lora.tmp"
     other = tmp_path / ".x.safetensors.elsewhere.123.b.roberta-lora.tmp"

@@ -5,7 +5,7 @@ from collections import Counter
 
 import torch
 
-from tiny import CLASSES, Counting, write_agnews, write_jsonl
+from helpers.tiny import CLASSES, Counting, write_agnews, write_jsonl
 from train.data.batches import Encoded, collate, encode
 from train.data.corpus import Split, load_corpus, read_split, stratified_subset
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from train.cli import UserError
+from train.errors import UserError
 from train.data.labels import LabelKinds, label_of, labelled, text_problem
 
 

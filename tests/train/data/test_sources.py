@@ -7,8 +7,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tiny import synthetic_rows
-from train.cli import UserError
+from helpers.tiny import synthetic_rows
+from train.errors import UserError
 from train.data.batches import EpochBatches, collate, encode
 from train.data.corpus import Split, load_corpus, open_corpus, stratified_subset, subset_rows, to_split
 from train.data.sources import Rows

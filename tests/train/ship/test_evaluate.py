@@ -1,8 +1,8 @@
 """python -m train.evaluate: an evaluation file is scored with the adapter's classes, never remapped silently."""
 import json
 
-from oneline import refused
-from tiny import CLASSES, train_args, write_agnews
+from helpers.oneline import refused
+from helpers.tiny import CLASSES, train_args, write_agnews
 from train.__main__ import main as train
 from train.ship.evaluate import main as evaluate
 

@@ -7,8 +7,8 @@ import re
 import pytest
 import torch
 
-from shipping import SIX, TEXTS, logits, make_adapter, make_encoder_dir
-from tiny import CLASSES, train_args
+from helpers.shipping import SIX, TEXTS, logits, make_adapter, make_encoder_dir
+from helpers.tiny import CLASSES, train_args
 from train.ship.export import main as export
 
 # PEFT and transformers' notes (modules_to_save, deprecations) are not what is tested here.
@@ -100,8 +100,8 @@ def test_bert_heads_are_unchanged_and_export(tmp_path, capsys, head):
 
     from lora.adapter import file_config
     from train.config import TrainConfig
-    from train.model.load import load_pretrained
-    from train.model.plan import lora_config
+    from train.model import load_pretrained
+    from train.model import lora_config
 
     encoder = make_encoder_dir(tmp_path / "bert", arch="bert")
     cfg = TrainConfig.from_flat({"targets": ("query", "value"), "head": head})
@@ -210,8 +210,9 @@ def test_overwrite_replaces_an_earlier_export(encoder, tmp_path, capsys):
                                                      "adapter_model.safetensors", "eval.json", "train_config.json"]
 
 
-def test_legacy_lean_head_adapter_still_predicts_but_is_not_exported(encoder, tmp_path, capsys):
-    """An adapter saved before the stock-head change: a bare Linear on the first token, no classifier.dense."""
+def test_an_adapter_missing_a_stored_head_tensor_is_refused_in_one_line(encoder, tmp_path, capsys):
+    """Such a file was never written by this version (earlier 0.1 builds did not store classifier.dense): it is
+    refused, never loaded with a head re-drawn at random."""
     from safetensors.torch import load_file, save_file
 
     run, _, _ = make_adapter(tmp_path / "run", encoder, "linear", ("query", "value"))
@@ -219,9 +220,7 @@ def test_legacy_lean_head_adapter_still_predicts_but_is_not_exported(encoder, tm
     tensors = {k: v for k, v in load_file(str(weights)).items() if "classifier.dense" not in k}
     save_file(tensors, str(weights))
     line = refused([run, "--out", tmp_path / "out", "--format", "hf"], capsys)
-    assert "lean linear head (from before heads were stock) has no place in the stock classifier" in line
-    rows = our_predictions(run / "adapter", capsys)
-    assert len(rows) == len(TEXTS) and all(r["label"] in CLASSES for r in rows)
+    assert "cannot load adapter" in line and "classifier.dense" in line
 
 
 def test_overwrite_never_replaces_a_training_run(encoder, tmp_path, capsys, tiny_model_dir, tiny_data_dir):
@@ -264,7 +263,7 @@ def test_a_staging_folder_a_kill_left_is_swept_and_sigterm_removes_its_own(encod
     import subprocess
     import sys
 
-    from lora.files import _host
+    from train.files import _host
     import train.ship.export as export_module
 
     run, _, _ = make_adapter(tmp_path / "run", encoder, "linear", SIX)
@@ -275,7 +274,7 @@ def test_a_staging_folder_a_kill_left_is_swept_and_sigterm_removes_its_own(encod
     (left / "model.safetensors").write_text("half")
 
     def stopped(*args, **kwargs):
-        from train.cli import Interrupted
+        from train.errors import Interrupted
 
         raise Interrupted(signal.SIGTERM)
     monkeypatch.setattr(export_module, "write_model_card", stopped)

@@ -2,7 +2,7 @@
 are run against real exports in test_export.py)."""
 import pytest
 
-from tiny import CLASSES
+from helpers.tiny import CLASSES
 from train.config import TrainConfig
 from train.ship.modelcard import model_card, write_model_card
 

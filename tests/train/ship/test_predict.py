@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from shipping import TEXTS, make_adapter, make_encoder_dir
-from tiny import CLASSES
+from helpers.shipping import TEXTS, make_adapter, make_encoder_dir
+from helpers.tiny import CLASSES
 from train.ship.export import main as export
 from train.ship.predict import main as predict
 
@@ -148,7 +148,7 @@ def test_broken_models_and_adapters_are_one_line(run, tiny_data_dir, tmp_path, c
     """A truncated or pickle base checkpoint, a truncated or pickle adapter, a merged export with a label missing."""
     import shutil
 
-    from oneline import refused
+    from helpers.oneline import refused
 
     merged = tmp_path / "merged"
     shutil.copytree(run.parent / "merged", merged)
@@ -182,8 +182,8 @@ def test_broken_models_and_adapters_are_one_line(run, tiny_data_dir, tmp_path, c
 def test_a_pickle_base_model_is_refused_without_advising_to_unpickle(tmp_path, capsys):
     from transformers import AutoTokenizer, RobertaForSequenceClassification
 
-    from shipping import make_encoder_dir
-    from oneline import refused
+    from helpers.shipping import make_encoder_dir
+    from helpers.oneline import refused
     from train.__main__ import main as train
 
     import numpy as np

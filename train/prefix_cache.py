@@ -27,12 +27,12 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from lora.files import atomic_write, sweep_temps
+from train.files import atomic_write, sweep_temps
 
-from ..cli import UserError
-from ..data.batches import Encoded
-from ..data.cache import checksum
-from ..distributed import Dist, barrier
+from .errors import UserError
+from .data.batches import Encoded
+from .data.cache import checksum
+from .distributed import Dist, barrier
 from .device import inference_attention
 from .prefix import Logits, PrefixModel, embedding_modules, run_prefix, split_encoder, start_layer
 

@@ -7,11 +7,11 @@ import torch
 from transformers import RobertaConfig, RobertaForSequenceClassification
 
 from lora import LoRALinear, count_trainable, lora_layers
-from tiny import train_args
+from helpers.tiny import train_args
 from train.config import TrainConfig
-from train.cli import UserError
-from train.model.plan import plan, prepare
-from train.recipes import recipe
+from train.errors import UserError
+from train.model import plan, prepare
+from train.config import recipe
 
 
 def ref(**settings) -> TrainConfig:

@@ -1,21 +1,87 @@
-"""What trains: the head for --head, the LoRA targets in this family's names, the rank under the budget, the
-count per module group (printed as the plan), the optimizer's parameter groups, and the EMA of the weights."""
+"""The model: the encoder and its tokenizer loaded (a local directory or the hub), what trains (the head for
+--head, the LoRA targets in this family's names, the rank under the budget, the count per module group printed as
+the plan), the optimizer's parameter groups, the EMA of the weights, and a trained classifier rebuilt from its
+adapter."""
 from __future__ import annotations
 
 import math
 import re
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from lora import LoRAConfig, inject_lora, lora_layers, lora_targets
-from lora.fused import fuse
+from lora import LoRAConfig, fuse, inject_lora, load_adapter, lora_layers, lora_targets
 
-from ..cli import UserError
-from ..config import TrainConfig
+from .config import TrainConfig
+from .errors import UserError
 from .families import family_of, matches, resolve_targets
+
+
+def load_pretrained(name: str, num_labels: int, label_names: list[str],
+                    attention: str = "sdpa") -> tuple[nn.Module, object]:
+    """(AutoModelForSequenceClassification with `attention` ("sdpa" or "eager"), tokenizer), from a
+    directory or the hub."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "newly initialized head" is expected: we train it
+    hf_logging.disable_progress_bar()
+    name = str(Path(name).expanduser()) if name.startswith("~") else name
+    local = Path(name).is_dir()
+    if not local and (Path(name).exists() or name.startswith((".", "/", "~"))):
+        raise UserError(f"model not found: {name} is not a model directory")
+    kwargs = dict(num_labels=num_labels, id2label=dict(enumerate(label_names)),
+                  label2id={n: i for i, n in enumerate(label_names)},
+                  ignore_mismatched_sizes=True)  # a saved head for another label count is replaced, as it is trained
+    attempts = [True] if local else [True, False]  # cache first; the network only if it answers
+    for local_only in attempts:
+        if not local_only and not _hub_reachable():
+            from .data.hub import unreachable
+            raise unreachable("model", name, "--model PATH")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
+            kernel = attention if attention != "sdpa" or supports_sdpa(name, local_only) else "eager"
+            model = AutoModelForSequenceClassification.from_pretrained(name, local_files_only=local_only,
+                                                                       attn_implementation=kernel, **kwargs)
+            # transformers 5 keeps a checkpoint's stored dtype; fp32 weights are what the LoRA factors, the
+            # optimizer and autocast expect (a half-precision checkpoint would fail on CPU, or train fp16 params)
+            return model.float(), tokenizer
+        except Exception as e:  # OSError, a truncated safetensors file, a pickle refused: all "cannot load it"
+            if local or not local_only:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                if "weights_only" in str(e) or "pickle" in str(e).lower():  # never advise weights_only=False
+                    first = "its weights are a pickle file, which is never loaded; save them as model.safetensors"
+                raise UserError(f"cannot load model '{name}': {first[:200]}") from None
+    raise AssertionError("unreachable")
+
+
+def _hub_reachable() -> bool:
+    from .data.hub import hub_reachable  # the hub's client is loaded only for a model that is not local
+
+    return hub_reachable()
+
+
+def supports_sdpa(name: str, local_only: bool = True) -> bool:
+    """Whether transformers has an SDPA attention for this model's classifier (MPNet and DeBERTa-v2 have
+    eager attention only: they are loaded with it)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    config = AutoConfig.from_pretrained(name, local_files_only=local_only)
+    return bool(getattr(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING.get(type(config), None), "_supports_sdpa", False))
+
+
+def usable_length(max_length: int, model: nn.Module) -> int:
+    """max_length capped at what the model's position embeddings can take, whatever the data's lengths."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is None:
+        return max_length
+    # RoBERTa and MPNet number positions from pad_token_id + 1, so they have that many fewer usable slots.
+    family = family_of(model)
+    return min(max_length, positions - (model.config.pad_token_id + 1 if family and family.positions_after_pad else 0))
 
 
 def head_modules(model: nn.Module) -> tuple[str, str | None, tuple[str, ...], tuple[str, ...]]:
@@ -115,8 +181,6 @@ def prepare(cfg: TrainConfig, model: nn.Module,
     formula, ~6% off a CPU step). Returns (cfg resolved as it is written to config.json: the rank --rank auto
     chose, the layers --top-layers named, the length the model can take; the adapter's LoRAConfig, the plan's
     rows, the trainable count)."""
-    from .load import usable_length
-
     apply_head(cfg, model)
     _, config, rows = plan(cfg, model)
     total = sum(v for _, v in rows)
@@ -193,3 +257,27 @@ class EMA:
             with torch.no_grad():
                 for n, p in self.params.items():
                     p.copy_(saved[n])
+
+
+def load_for_inference(adapter_dir: str, model_name: str | None,
+                       device: torch.device) -> tuple[nn.Module, object, dict]:
+    """Rebuild a trained classifier from an adapter directory written by `python -m train`:
+    the base model (or `model_name`), the head choice, then the adapter. Returns (model, tokenizer, run info):
+    {"train": TrainConfig, "labels": [...], "trainable_params": the recipe's count}. The saved max length is
+    capped at what the model can take."""
+    from .rundir import read_run_info
+
+    cfg, labels = read_run_info(adapter_dir)
+    info = {"labels": labels}
+    model, tokenizer = load_pretrained(model_name or cfg.model, len(labels), labels)
+    cfg = replace(cfg, max_length=usable_length(cfg.max_length, model))
+    info["train"] = cfg
+    try:
+        info["trainable_params"] = sum(v for _, v in plan(cfg, model)[2])
+    except UserError:
+        info["trainable_params"] = None
+    try:
+        load_adapter(model, adapter_dir)
+    except Exception as e:  # a wrong, truncated or foreign file: safetensors and our checks raise various types
+        raise UserError(f"cannot load adapter {adapter_dir}: {str(e).splitlines()[0] if str(e) else e}") from None
+    return model.to(device).eval(), tokenizer, info

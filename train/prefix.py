@@ -1,18 +1,23 @@
 """The two nets a training step and an evaluation call, both as net(**inputs) -> logits (b, K):
 Logits(model), the whole classifier on token ids, and PrefixModel(model, s), its layers s..L-1 and head on
-hidden states cached from below (train.model.prefix_cache). Also how each family's encoder splits."""
+hidden states cached from below (train.prefix_cache). Also how each family's encoder splits."""
 from __future__ import annotations
 
 from contextlib import nullcontext
+from itertools import islice
 
 import torch
 from torch import nn
 
-from lora import LoRALinear
+from lora import LoRALinear, merge_lora, unmerge_lora
 
-from ..cli import UserError, progress
-from ..data.batches import eval_windows
+from .console import progress as progress_bar
+from .data.batches import eval_windows
+from .device import autocast, forward_batch_size, inference_attention
+from .distributed import Dist, gather_rows
+from .errors import UserError
 from .families import FAMILIES, Family, family_of
+
 
 def start_layer(layers: tuple[int, ...] | None, num_layers: int) -> int:
     """The first layer that gets LoRA: everything below it is frozen and LoRA-free. 0 = no prefix."""
@@ -114,7 +119,7 @@ def run_prefix(model: nn.Module, data, start: int, amp: torch.dtype | None, batc
     try:
         for m in modules:
             m.eval()
-        with torch.inference_mode(), progress(desc=f"frozen prefix (layers 0-{start - 1})", total=len(data)) as bar:
+        with torch.inference_mode(), progress_bar(desc=f"frozen prefix (layers 0-{start - 1})", total=len(data)) as bar:
             for rows in eval_windows(data, batch_size):
                 bar.update(len(rows))
                 batch = data.batch(rows)
@@ -129,3 +134,39 @@ def run_prefix(model: nn.Module, data, start: int, amp: torch.dtype | None, batc
     finally:
         for m, mode in zip(modules, modes):
             m.train(mode)
+
+
+def predict(model: nn.Module, data, batch_size: int | None, device: torch.device, amp: torch.dtype | None,
+            d: Dist = Dist(), net: nn.Module | None = None, progress: bool = False) -> torch.Tensor:
+    """Class probabilities (n, K) in data order, on every process; `progress` shows a bar of rows on stderr."""
+    index, probs = predict_rows(model, data, batch_size, device, amp, d, net, progress)
+    return gather_rows(index, probs, len(data), d)
+
+
+def predict_rows(model: nn.Module, data, batch_size: int | None, device: torch.device, amp: torch.dtype | None,
+                 d: Dist = Dist(), net: nn.Module | None = None,
+                 progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row indices (m,), class probabilities (m, K)) of this process's share of `data`, a batch source
+    (token rows, or frozen-prefix rows with `net` the PrefixModel over `model`; default Logits(model)).
+    LoRA is merged in `model` while it scores. batch_size None: the device's (forward_batch_size)."""
+    net = Logits(model) if net is None else net
+    batch_size = batch_size or forward_batch_size(device)
+    was_training = model.training
+    model.eval()
+    merge_lora(model)  # outside inference_mode: the saved base weight must stay a normal tensor
+    try:
+        index, probs = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, model.config.num_labels)]
+        bar = progress_bar(desc="scoring", total=len(data), show=progress and d.main)
+        with inference_attention(model), torch.inference_mode(), bar:
+            for rows in islice(eval_windows(data, batch_size), d.rank, None, d.world):
+                batch = data.batch(rows)
+                batch.pop("labels")
+                with autocast(device, amp):
+                    logits = net(**{k: v.to(device, non_blocking=True) for k, v in batch.items()})
+                index.append(torch.tensor(rows))
+                probs.append(logits.float().softmax(-1).cpu())
+                bar.update(len(rows) * d.world)
+        return torch.cat(index), torch.cat(probs)
+    finally:
+        unmerge_lora(model)
+        model.train(was_training)

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from shipping import FAMILY_MODELS, SIX, TEXTS, family_config, logits, make_adapter, make_family_dir
-from tiny import CLASSES, write_agnews
+from helpers.shipping import FAMILY_MODELS, SIX, TEXTS, family_config, logits, make_adapter, make_family_dir
+from helpers.tiny import CLASSES, write_agnews
 from train.config import TrainConfig
-from train.model.families import FAMILIES, SLOTS, family_of, resolve_targets
+from train.families import FAMILIES, SLOTS, family_of, resolve_targets
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.filterwarnings("ignore::FutureWarning")]
 TYPES = sorted(FAMILY_MODELS)
@@ -37,7 +37,7 @@ def test_every_family_in_the_table_has_each_slot_in_every_layer(model_type):
 @pytest.mark.parametrize("model_type", TYPES)
 def test_the_default_recipe_adapts_the_six_linears_of_every_layer_in_every_family(model_type):
     """Same shapes, same recipe, same count: the roles mean the same adaptation in every family."""
-    from train.model.plan import apply_head, plan
+    from train.model import apply_head, plan
 
     model = classifier(model_type)
     cfg = TrainConfig.from_flat({"rank": 4})
@@ -89,7 +89,7 @@ def test_the_cli_stops_on_a_target_that_matches_nothing_before_training(tmp_path
 
 
 def test_every_slot_role_selects_one_slot_except_output_dense_which_follows_peft():
-    from train.model.families import role_slots
+    from train.families import role_slots
 
     assert [role_slots(s.rpartition(".")[2] if "self" in s else s) for s in SLOTS] == [[0], [1], [2], [3], [4], [3, 5]]
     assert role_slots("dense") == [3, 4, 5] and role_slots("q") == []
@@ -115,7 +115,7 @@ def test_families_without_a_prefix_split_train_and_load_in_peft(tmp_path, capsys
 
     from train.__main__ import main as train
     from train.ship.export import main as export
-    from train.model.load import load_for_inference
+    from train.model import load_for_inference
 
     model, run, report = train_family(tmp_path, model_type)
     assert report["trainable_params"] == 2 * 4 * (4 * 128 + 2 * 192) + 64 * 4 + 4
@@ -162,7 +162,7 @@ def test_mpnet_whole_chain(tmp_path, capsys):
                     "--precision", "fp32"]) == 0
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 16
     tok = AutoTokenizer.from_pretrained(model)
-    from train.model.load import load_for_inference
+    from train.model import load_for_inference
 
     ours, _, _ = load_for_inference(str(run / "adapter"), None, torch.device("cpu"))
     expected = logits(ours, tok)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from tiny import CLASSES, make_tiny_model
+from helpers.tiny import CLASSES, make_tiny_model
 
 SIX = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
 TEXTS = ["goal match striker league coach", "shares", "market profit bank stocks merger after the report today",
@@ -80,8 +80,8 @@ def make_adapter(root: Path, model_dir: Path, head: str, targets: tuple[str, ...
     from lora import save_adapter
     from train.rundir import ADAPTER as ADAPTER_DIR, EVAL as EVAL_REPORT, RUN_INFO
     from train.config import TrainConfig
-    from train.model.load import load_pretrained
-    from train.model.plan import prepare
+    from train.model import load_pretrained
+    from train.model import prepare
 
     cfg = TrainConfig.from_flat(dict(model=str(model_dir), head=head, targets=targets, rank=4, alpha=8.0,
                                      max_length=32, output_dir=str(root), **overrides))

@@ -1,16 +1,16 @@
-"""The frozen prefix on disk (train.model.prefix_cache): reused when model, tokens and start layer match,
+"""The frozen prefix on disk (train.prefix_cache): reused when model, tokens and start layer match,
 whole or rebuilt (an interrupted build, a short file, a changed byte), and sized before it is written."""
 import copy
 import re
 
 import pytest
 import torch
-from encoders import encoded, make
+from helpers.encoders import encoded, make
 
-import train.model.prefix_cache as prefix
-from train.cli import UserError
+import train.prefix_cache as prefix
+from train.errors import UserError
 from train.data.batches import Encoded
-from train.model.prefix_cache import build_prefix_cache, cache_bytes
+from train.prefix_cache import build_prefix_cache, cache_bytes
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_a_full_disk_is_one_line_and_a_dead_builds_temp_file_is_swept(monkeypatc
     import subprocess
     import sys
 
-    from lora.files import _host
+    from train.files import _host
 
     model, data = make("roberta"), encoded()
     gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,

@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from lora import LoRAConfig, LoRALinear, inject_lora
-from tiny import train_args
+from helpers.tiny import train_args
 from train.__main__ import main
 from train.config import TrainConfig
-from train.model.device import inference_attention, pick_attention, pick_device, set_model_dropout
-from train.model.load import load_pretrained
+from train.device import inference_attention, pick_attention, pick_device, set_model_dropout
+from train.model import load_pretrained
 
 
 def test_auto_attention_is_eager_on_cpu_and_sdpa_on_cuda_and_a_choice_is_kept():
@@ -108,7 +108,7 @@ def test_cuda_runs_leave_cudnn_out_of_sdpa_and_cpu_runs_leave_it_alone(monkeypat
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert pick_device("auto") == torch.device("cuda") and calls == [False]
     assert pick_device("cuda:1") == torch.device("cuda", 1) and calls == [False, False]
-    from train.cli import UserError
+    from train.errors import UserError
 
     with pytest.raises(UserError, match=r"--device cuda:2: this machine has 2 CUDA device\(s\)"):
         pick_device("cuda:2")
@@ -117,7 +117,7 @@ def test_cuda_runs_leave_cudnn_out_of_sdpa_and_cpu_runs_leave_it_alone(monkeypat
 
 
 def test_a_device_that_is_missing_or_not_a_device_is_one_clear_error(monkeypatch):
-    from train.cli import UserError
+    from train.errors import UserError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert pick_device("auto") == torch.device("cpu")
@@ -128,8 +128,8 @@ def test_a_device_that_is_missing_or_not_a_device_is_one_clear_error(monkeypatch
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_has_it_and_explicit_choices_are_checked(monkeypatch):
-    import train.model.device as device
-    from train.cli import UserError
+    import train.device as device
+    from train.errors import UserError
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
@@ -145,7 +145,7 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it_and_explicit_choices_a
 
 
 def test_forward_batches_are_small_on_cpu_and_large_on_a_gpu():
-    from train.model.device import forward_batch_size
+    from train.device import forward_batch_size
 
     assert forward_batch_size(torch.device("cpu")) == 32
     assert forward_batch_size(torch.device("cuda", 0)) == forward_batch_size(torch.device("mps")) == 128

@@ -1,4 +1,4 @@
-"""The frozen prefix (train.model.prefix): a run on cached hidden states equals one through the whole model, for
+"""The frozen prefix (train.prefix): a run on cached hidden states equals one through the whole model, for
 every family, in training, evaluation and under python -m train; the cache's own tests are in test_prefix_cache.py."""
 import copy
 import json
@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TINY
-from encoders import KINDS, encoded, make
+from helpers.encoders import KINDS, encoded, make
 
 from lora import LoRAConfig, inject_lora, merge_lora
 from train.data.batches import collate
-from train.model.prefix import PrefixModel, start_layer
-from train.model.prefix_cache import build_prefix_cache, cache_bytes
+from train.prefix import PrefixModel, start_layer
+from train.prefix_cache import build_prefix_cache, cache_bytes
 
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
 TARGETS = ("query", "key", "value", "dense")  # all six linears of a layer
@@ -113,7 +113,7 @@ def test_prefix_model_refuses_a_prefix_that_trains(randomize):
 SCRIPT = """
 import json, os, sys, torch
 sys.path[:0] = ["tests/train/model", "tests"]
-import train.model.prefix_cache as prefix
+import train.prefix_cache as prefix
 from test_prefix import encoded, make
 from train.distributed import init_distributed
 d = init_distributed(False)
@@ -154,7 +154,7 @@ def _losses(out: Path) -> list[float]:
 
 def test_python_m_train_with_the_cache_equals_without_and_resumes_exactly(model_without_dropout, tiny_data_dir,
                                                                              tmp_path):
-    from tiny import train_args
+    from helpers.tiny import train_args
     from train.__main__ import main
 
     def run(out, *extra):

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from lora import LoRAConfig, inject_lora
-from tiny import train_args
+from helpers.tiny import train_args
 from train.__main__ import main
 from train.config import TrainConfig
 from train.trainer import param_groups
@@ -94,7 +94,7 @@ def test_layer_subset_only_adapts_those_layers(tiny_model_dir, tiny_data_dir, tm
 
 def test_recipes_fill_unset_flags_and_stay_inside_the_budget_on_roberta_base():
     from train.__main__ import config_from_args, parser
-    from train.recipes import RECIPES
+    from train.config import RECIPES
     from train.sweep import roberta_base_count
 
     def config(*argv):

@@ -5,9 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiny import train_args
+from helpers.tiny import train_args
 from train.__main__ import main
-from train.model.load import load_pretrained
+from train.model import load_pretrained
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
