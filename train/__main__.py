@@ -18,7 +18,7 @@ from .config import ATTENTIONS, DEFAULT_RECIPE, HEADS, PRECISIONS, RECIPES, TRAC
 from .console import say_stopped, stop_signal
 from .errors import Diverged, Finished, Stopped, UserError
 
-DEFAULT_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "roberta-lora")
+DEFAULT_CACHE = str(__import__("train.files", fromlist=["cache_home"]).cache_home() / "roberta-lora")  # XDG rules
 RESUME_MAY_CHANGE = {"stop_after", "device", "debug", "resume", "cache_dir"}  # a moved run takes another cache
 
 

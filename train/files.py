@@ -1,16 +1,20 @@
 """The application's file toolkit: files written whole or not at all (a temp file beside the target, renamed
 over it), the sweep of temp files a killed process left, and a directory lock; one rule says whether the process
-behind a temp file or a lock is gone."""
+behind a temp file or a lock is gone. Also the one guard every writer passes (check_output), the one reader of
+JSON the tool wrote (read_json_as), and where the cache lives (cache_home)."""
 from __future__ import annotations
 
 import atexit
 import errno
+import json
+import math
 import os
 import shutil
 import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable, Iterable
 
 from .errors import UserError
 
@@ -123,3 +127,104 @@ def unlock(path: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+def cache_home() -> Path:
+    """$XDG_CACHE_HOME as the XDG spec reads it: unset, empty or relative (after ~ is expanded) means ~/.cache,
+    so an empty value never puts the cache in the current directory."""
+    given = os.path.expanduser(os.environ.get("XDG_CACHE_HOME", ""))
+    return Path(given) if given and os.path.isabs(given) else Path(os.path.expanduser("~")) / ".cache"
+
+
+def check_output(path: str | Path, *, inputs: Iterable[str | Path] = (), overwrite: bool = False,
+                 ours: Callable[[Path], bool] | None = None, flag: str = "--output") -> Path:
+    """`path`, when the tool may write it; else one UserError line. An output that is one of `inputs`, holds one
+    or lies inside one (compared resolved, and by inode where both exist, so no link, '..' or hard link fools
+    it) is refused even with --overwrite. Something already at `path` (a dangling link too) is replaced only
+    when `ours` says this tool wrote it, or `overwrite` (the user's --overwrite) says so."""
+    out = Path(path)
+    target = out.resolve()
+    for given in inputs:
+        source = Path(given)
+        if not source.exists():
+            continue
+        real = source.resolve()
+        if target == real or (out.exists() and os.path.samefile(out, source)):
+            raise UserError(f"{path} ({flag}) is the input {given}: writing it would destroy it; pick another {flag}")
+        if real in target.parents or target in real.parents:
+            where = "lies inside" if real in target.parents else "holds"
+            raise UserError(f"{path} ({flag}) {where} the input {given}; pick another {flag}, outside it")
+    if os.path.lexists(out) and not overwrite and not (ours is not None and _safely(ours, out)):
+        raise UserError(f"{path} ({flag}) already exists and this tool did not write it; pick another {flag}, "
+                        "or --overwrite to replace it")
+    return out
+
+
+def _safely(test: Callable[[Path], bool], path: Path) -> bool:
+    """test(path), with a file that cannot be read counting as not ours."""
+    try:
+        return bool(test(path))
+    except (OSError, ValueError, UserError):
+        return False
+
+
+class Shape:
+    """A named test of one JSON value, for read_json_as: Shape("a number", lambda v: ...)."""
+
+    def __init__(self, name: str, test: Callable[[Any], bool]) -> None:
+        self.name, self.test = name, test
+
+
+NUMBER = Shape("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+WHOLE = Shape("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool))
+TEXT = Shape("a string", lambda v: isinstance(v, str))
+ANY = Shape("anything", lambda v: True)
+
+
+def shape_problem(value: Any, shape: Any, where: str = "") -> str | None:
+    """What in `value` is not `shape`, or None. A shape is a Shape, a dict {key: shape} (an object with at least
+    those keys; "key?" for one that may be missing), or [shape] (a non-empty list of such items)."""
+    here = where or "the top level"
+    if isinstance(shape, Shape):
+        return None if shape.test(value) else f"{here} is {_brief(value)}, not {shape.name}"
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            return f"{here} is {_brief(value)}, not an object"
+        for key, inner in shape.items():
+            optional, key = key.endswith("?"), key.removesuffix("?")
+            if key not in value:
+                if optional:
+                    continue
+                return f"{where + '.' if where else ''}{key} is missing"
+            found = shape_problem(value[key], inner, f"{where + '.' if where else ''}{key}")
+            if found:
+                return found
+        return None
+    if not isinstance(value, list) or not value:
+        return f"{here} is {_brief(value)}, not a non-empty list"
+    return next((p for i, v in enumerate(value) if (p := shape_problem(v, shape[0], f"{where}[{i}]"))), None)
+
+
+def _brief(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
+    return text if len(text) <= 40 else f"{type(value).__name__} {text[:37]}..."
+
+
+def read_json_as(path: str | Path, what: str, shape: Any = ANY, hint: str = "") -> Any:
+    """The JSON in `path`, checked against `shape` (shape_problem), or one UserError line naming the file: missing,
+    unreadable, not UTF-8, cut short, not JSON (a number too long to parse, nesting too deep), or not the shape
+    of `what` (e.g. "the eval.json of a run"). `hint` says what to do (e.g. "remove it to rerun that run")."""
+    path = Path(path)
+    tail = f"; {hint}" if hint else ""
+    if not path.is_file():
+        raise UserError(f"{path} does not exist{tail}")
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        detail = (f"{e.msg}, line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+                  if isinstance(e, RecursionError) else (str(e).splitlines() or [type(e).__name__])[0][:80])
+        raise UserError(f"{path} is not valid JSON ({detail}), so not {what}{tail}") from None
+    problem = shape_problem(value, shape)
+    if problem:
+        raise UserError(f"{path} is not {what}: {problem}{tail}")
+    return value
