@@ -87,10 +87,11 @@ def model_for(model_path: str, names: list[str], seed: int, recipe: dict, attent
         return model, None
     rank, layers = recipe["r"], None
     if recipe.get("ours"):  # our recipe: the rank and layers our planner picks for this model
-        from train.model import plan
         from train.config import recipe as ours
+        from train.model import resolve
 
-        rank, lora, _ = plan(TrainConfig.from_flat({**ours(recipe["ours"]), "model": model_path}), model)
+        lora = resolve(TrainConfig.from_flat({**ours(recipe["ours"]), "model": model_path}), model, 32)[0].lora
+        rank = lora.rank
         layers = list(lora.layers) if lora.layers is not None else None
     targets = list(resolve_targets(model, tuple(recipe["target_modules"]), layers and tuple(layers)))
     saved = list(recipe["modules_to_save"])

@@ -145,7 +145,7 @@ def resume_config(args: argparse.Namespace) -> TrainConfig:
     extra = sorted(set(vars(args)) - RESUME_MAY_CHANGE)
     if extra:
         raise UserError(f"--resume continues a run with its saved config; drop --{extra[0].replace('_', '-')}")
-    cfg, _ = RunDir(Path(args.resume)).load_config()
+    cfg = RunDir(Path(args.resume)).load_record().train
     # The directory given, not the one recorded: a run directory may have been moved or copied.
     cache = getattr(args, "cache_dir", None)  # '' turns the cache off, as when the run started
     return replace(cfg, output_dir=str(args.resume), stop_after=getattr(args, "stop_after", None),

@@ -64,10 +64,11 @@ def _default_lora() -> LoRAConfig:
 class TrainConfig:
     # LoRA rank, alpha, dropout, targets (module-name suffixes, PEFT's rule), layers, rsLoRA
     lora: LoRAConfig = field(default_factory=_default_lora)
-    # pick the largest rank under max_trainable_params at start; the chosen rank is then written to lora.rank
-    auto_rank: bool = False
-    # adapt only the top K encoder layers, or a share of them (0.5: the top half, rounded up); resolved into
-    # lora.layers at start (layers below run once per example, through the frozen-prefix cache); None = lora.layers
+    # Asked, and resolved once at start (train.model.resolve) into lora, then None in what config.json records:
+    # "auto": lora.rank becomes the largest rank under max_trainable_params; None: lora.rank as given
+    rank: str | None = None
+    # adapt only the top K encoder layers, or a share of them (0.5: the top half, rounded up): lora.layers becomes
+    # those layers (the ones below run once per example, through the frozen-prefix cache); None: lora.layers
     top_layers: int | float | None = None
     # run the frozen layers below the first LoRA layer once per example (eval mode) and reuse their output
     prefix_cache: bool = True
@@ -185,7 +186,8 @@ class TrainConfig:
         for name in ("max_train_samples", "max_eval_samples", "stop_after", "holdout"):
             value = getattr(self, name)
             need(value is None or (_int(value) and value >= 1), f"{name} must be a whole number >= 1, got {value!r}")
-        for name in ("auto_rank", "prefix_cache", "streaming", "allow_empty_classes", "compile"):
+        need(self.rank in (None, "auto"), f"rank must be a whole number >= 1 or 'auto', got {self.rank!r}")
+        for name in ("prefix_cache", "streaming", "allow_empty_classes", "compile"):
             need(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("model", "data"):
             need(isinstance(getattr(self, name), str) and getattr(self, name), f"{name} must be a name or a path, "
@@ -204,6 +206,8 @@ class TrainConfig:
         lora = flat.pop("lora")
         lora.pop("trainable_modules", None)
         lora.pop("saved_modules", None)
+        if flat.pop("rank") == "auto":
+            lora["rank"] = "auto"
         return {**lora, **flat}
 
     @classmethod
@@ -211,22 +215,22 @@ class TrainConfig:
         """Build from flat settings (flags, recipes, sweep files): LORA_KEYS go into `lora`.
         Missing LoRA settings keep the default recipe's values. Invalid values raise one ValueError."""
         values = dict(values)
+        asked = values.pop("rank", None) if "lora" in values else None  # to_dict's layout: the request field
         lora = values.pop("lora", None)
         lora = asdict(lora) if isinstance(lora, LoRAConfig) else dict(lora or asdict(_default_lora()))
         for key in LORA_KEYS:
             if key in values:
                 lora[key] = values.pop(key)
-        if lora.get("rank") == "auto":  # the command line's and older runs' spelling of auto_rank
-            lora["rank"], values["auto_rank"] = 1, True
-        rank = lora.get("rank")
+        if lora.get("rank") == "auto" or asked == "auto":  # resolved at start; lora.rank keeps its default till then
+            values["rank"] = "auto"
+            lora["rank"] = lora["rank"] if isinstance(lora.get("rank"), int) else LoRAConfig.rank
+        rank = lora.get("rank", LoRAConfig.rank)
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ValueError(f"rank must be >= 1 or 'auto', got {rank!r}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(unknown)}")
-        lora.pop("trainable_modules", None)  # derived from the head choice, never set by a run
-        lora.pop("saved_modules", None)
         try:
             lora_cfg = LoRAConfig(**lora)
         except (TypeError, ValueError) as e:
@@ -235,7 +239,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        """The inverse of to_dict; also reads the flat layout older runs wrote."""
+        """The inverse of to_dict."""
         return cls.from_flat(values)
 
 

@@ -23,19 +23,22 @@ from .families import family_of, matches, resolve_targets
 def load_pretrained(name: str, num_labels: int, label_names: list[str],
                     attention: str = "sdpa") -> tuple[nn.Module, object]:
     """(AutoModelForSequenceClassification with `attention` ("sdpa" or "eager"), tokenizer), from a
-    directory or the hub."""
+    directory or the hub. Refused unless every weight but the head's comes from the checkpoint and the
+    tokenizer is the model's own (check_weights, check_tokenizer)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()  # "newly initialized head" is expected: we train it
+    from .loadchecks import check_tokenizer, check_weights
+
+    hf_logging.set_verbosity_error()  # its load report is read below (check_weights), not printed
     hf_logging.disable_progress_bar()
     name = str(Path(name).expanduser()) if name.startswith("~") else name
     local = Path(name).is_dir()
     if not local and (Path(name).exists() or name.startswith((".", "/", "~"))):
         raise UserError(f"model not found: {name} is not a model directory")
     kwargs = dict(num_labels=num_labels, id2label=dict(enumerate(label_names)),
-                  label2id={n: i for i, n in enumerate(label_names)},
-                  ignore_mismatched_sizes=True)  # a saved head for another label count is replaced, as it is trained
+                  label2id={n: i for i, n in enumerate(label_names)}, output_loading_info=True,
+                  ignore_mismatched_sizes=True)  # for a saved head of another label count; check_weights limits it
     attempts = [True] if local else [True, False]  # cache first; the network only if it answers
     for local_only in attempts:
         if not local_only and not _hub_reachable():
@@ -44,18 +47,28 @@ def load_pretrained(name: str, num_labels: int, label_names: list[str],
         try:
             tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
             kernel = attention if attention != "sdpa" or supports_sdpa(name, local_only) else "eager"
-            model = AutoModelForSequenceClassification.from_pretrained(name, local_files_only=local_only,
-                                                                       attn_implementation=kernel, **kwargs)
-            # transformers 5 keeps a checkpoint's stored dtype; fp32 weights are what the LoRA factors, the
-            # optimizer and autocast expect (a half-precision checkpoint would fail on CPU, or train fp16 params)
-            return model.float(), tokenizer
+            model, report = AutoModelForSequenceClassification.from_pretrained(
+                name, local_files_only=local_only, attn_implementation=kernel, **kwargs)
+            break
         except Exception as e:  # OSError, a truncated safetensors file, a pickle refused: all "cannot load it"
             if local or not local_only:
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 if "weights_only" in str(e) or "pickle" in str(e).lower():  # never advise weights_only=False
                     first = "its weights are a pickle file, which is never loaded; save them as model.safetensors"
                 raise UserError(f"cannot load model '{name}': {first[:200]}") from None
-    raise AssertionError("unreachable")
+    else:
+        raise AssertionError("unreachable")
+    check_weights(name, report, head_keys(model))
+    check_tokenizer(name, model, tokenizer, local)
+    # transformers 5 keeps a checkpoint's stored dtype; fp32 weights are what the LoRA factors, the
+    # optimizer and autocast expect (a half-precision checkpoint would fail on CPU, or train fp16 params)
+    return model.float(), tokenizer
+
+
+def head_keys(model: nn.Module) -> tuple[str, ...]:
+    """The module names of the classification head (head_modules): the only weights that may start new."""
+    out, dense, full, saved = head_modules(model)
+    return tuple(dict.fromkeys((out, *full, *saved, *([dense] if dense else []))))
 
 
 def _hub_reachable() -> bool:
@@ -136,23 +149,20 @@ def apply_head(cfg: TrainConfig, model: nn.Module) -> None:
             nn.init.zeros_(layer.bias)
 
 
-def resolve_top_layers(cfg: TrainConfig, model: nn.Module) -> TrainConfig:
-    """top_layers=K becomes lora.layers = the last K encoder layers of this model; a share (0 < K < 1) the last
-    ceil(K × layers): 0.5 is 6 of roberta-base's 12, 3 of MiniLM's 6."""
-    if cfg.top_layers is None:
-        return cfg
-    total = model.config.num_hidden_layers
-    top = math.ceil(cfg.top_layers * total) if isinstance(cfg.top_layers, float) else cfg.top_layers
-    if top > total:
-        raise UserError(f"--top-layers {cfg.top_layers}: {cfg.model} has only {total} encoder layers")
-    return replace(cfg, top_layers=None, lora=replace(cfg.lora, layers=tuple(range(total - top, total))))
-
-
-def plan(cfg: TrainConfig, model: nn.Module) -> tuple[int, LoRAConfig, list[tuple[str, int]]]:
-    """Choose the rank (largest under the budget for 'auto') and count what will train, per module group.
-    Counts come from the model as loaded, before injection, so nothing is modified."""
-    cfg = resolve_top_layers(cfg, model)
-    probe = lora_config(cfg, model, 1)
+def resolve(cfg: TrainConfig, model: nn.Module, eval_batch_size: int,
+            say=lambda line: None) -> tuple[TrainConfig, list[tuple[str, int]]]:
+    """The run's settings, resolved once from what was asked and the loaded model, as config.json records them:
+    lora in this family's module names with the head's modules (the adapter's LoRAConfig), the layers --top-layers
+    names, the rank (the largest under the budget for --rank auto), the length the model can take, the evaluation
+    batch. Also the plan: what trains, per module group (rows of (what, count)). Nothing in the model changes."""
+    layers = cfg.lora.layers
+    if cfg.top_layers is not None:  # K: the last K encoder layers; a share (0 < K < 1): the last ceil(K × L)
+        total = model.config.num_hidden_layers
+        top = math.ceil(cfg.top_layers * total) if isinstance(cfg.top_layers, float) else cfg.top_layers
+        if top > total:
+            raise UserError(f"--top-layers {cfg.top_layers}: {cfg.model} has only {total} encoder layers")
+        layers = tuple(range(total - top, total))
+    probe = lora_config(replace(cfg, top_layers=None, lora=replace(cfg.lora, layers=layers)), model, 1)
     try:
         names = lora_targets(model, probe)
     except ValueError as e:
@@ -161,40 +171,31 @@ def plan(cfg: TrainConfig, model: nn.Module) -> tuple[int, LoRAConfig, list[tupl
     per_rank = sum(modules[n].in_features + modules[n].out_features for n in names)
     head = sum(p.numel() for n, p in model.named_parameters()
                if any(n.startswith(t + ".") or f".{t}." in f".{n}" for t in probe.trainable_modules))
-    rank = cfg.lora.rank
-    if cfg.auto_rank:
-        rank = (cfg.max_trainable_params - 1 - head) // per_rank
-        if rank < 1:
-            raise UserError(f"no rank fits under {cfg.max_trainable_params:,} trainable parameters: the head alone "
-                            f"has {head:,}; use --head linear or fewer targets")
+    rank = cfg.lora.rank if cfg.rank is None else (cfg.max_trainable_params - 1 - head) // per_rank
+    if rank < 1:
+        raise UserError(f"no rank fits under {cfg.max_trainable_params:,} trainable parameters: the head alone "
+                        f"has {head:,}; use --head linear or fewer targets")
     groups: dict[str, int] = {}
     for n in names:
         key = re.sub(r"\.\d+\.", ".*.", n)
         groups[key] = groups.get(key, 0) + rank * (modules[n].in_features + modules[n].out_features)
     rows = [(f"LoRA {k}", v) for k, v in groups.items()] + [(f"trained {', '.join(probe.trainable_modules)}", head)]
-    return rank, lora_config(cfg, model, rank), rows
-
-
-def prepare(cfg: TrainConfig, model: nn.Module,
-            say=lambda line: None) -> tuple[TrainConfig, LoRAConfig, list[tuple[str, int]], int]:
-    """Apply the head choice, plan, enforce the budget, inject LoRA (on the fused path, lora.fused: the same
-    formula, ~6% off a CPU step). Returns (cfg resolved as it is written to config.json: the rank --rank auto
-    chose, the layers --top-layers named, the length the model can take; the adapter's LoRAConfig, the plan's
-    rows, the trainable count)."""
-    apply_head(cfg, model)
-    _, config, rows = plan(cfg, model)
-    total = sum(v for _, v in rows)
-    if total >= cfg.max_trainable_params:
-        raise UserError(f"{total:,} trainable parameters reach the budget of {cfg.max_trainable_params:,}; "
-                        f"fit it with a lower --rank (or --rank auto), fewer --targets or --layers, or --head linear")
+    if sum(v for _, v in rows) >= cfg.max_trainable_params:
+        raise UserError(f"{sum(v for _, v in rows):,} trainable parameters reach the budget of "
+                        f"{cfg.max_trainable_params:,}; fit it with a lower --rank (or --rank auto), fewer --targets "
+                        "or --layers, or --head linear")
     length = usable_length(cfg.max_length, model)
     if length < cfg.max_length:
         say(f"note: --max-length {cfg.max_length} is more than {cfg.model} can take; using {length}")
-    inject_lora(model, config)
+    return replace(cfg, rank=None, top_layers=None, max_length=length, eval_batch_size=eval_batch_size,
+                   lora=replace(probe, rank=rank)), rows
+
+
+def prepare(cfg: TrainConfig, model: nn.Module) -> None:
+    """Give `model` what a resolved `cfg` says: the head's init, then LoRA, on the fused path."""
+    apply_head(cfg, model)
+    inject_lora(model, cfg.lora)
     fuse(model)
-    cfg = replace(cfg, auto_rank=False, top_layers=None, max_length=length,
-                  lora=replace(cfg.lora, rank=config.rank, layers=config.layers))
-    return cfg, config, rows, total
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -210,7 +211,7 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
 
 
 def describe_plan(say, cfg: TrainConfig, model: nn.Module, labels: list[str], rows: list[tuple[str, int]],
-                  trainable: int, counts: tuple[int, int], amp, device, d, total_steps: int, warmup: int) -> None:
+                  counts: tuple[int, int], amp, device, d, total_steps: int, warmup: int) -> None:
     """Print what will run, before the slow parts (tokenizing, the frozen prefix, training)."""
     layers = model.config.num_hidden_layers
     adapted = ("all" if cfg.lora.layers is None
@@ -226,7 +227,7 @@ def describe_plan(say, cfg: TrainConfig, model: nn.Module, labels: list[str], ro
         f"layers {adapted} of {layers}, head {cfg.head}")
     for name, count in rows:
         say(f"  {count:>10,}  {name}")
-    say(f"trainable  {trainable:,} parameters (budget {cfg.max_trainable_params:,})")
+    say(f"trainable  {sum(v for _, v in rows):,} parameters (budget {cfg.max_trainable_params:,})")
     say(f"schedule   {cfg.epochs} epochs × {total_steps // cfg.epochs} steps of {cfg.batch_size}, lr {cfg.lr:g}, "
         f"warmup {warmup} steps")
 
@@ -263,19 +264,13 @@ def load_for_inference(adapter_dir: str, model_name: str | None,
                        device: torch.device) -> tuple[nn.Module, object, dict]:
     """Rebuild a trained classifier from an adapter directory written by `python -m train`:
     the base model (or `model_name`), the head choice, then the adapter. Returns (model, tokenizer, run info):
-    {"train": TrainConfig, "labels": [...], "trainable_params": the recipe's count}. The saved max length is
-    capped at what the model can take."""
+    {"train": TrainConfig as the run resolved it, "labels": [...], "trainable_params": the run's count}."""
     from .rundir import read_run_info
 
-    cfg, labels = read_run_info(adapter_dir)
-    info = {"labels": labels}
+    record = read_run_info(adapter_dir)
+    cfg, labels = record.train, record.labels
+    info = {"train": cfg, "labels": labels, "trainable_params": record.trainable}
     model, tokenizer = load_pretrained(model_name or cfg.model, len(labels), labels)
-    cfg = replace(cfg, max_length=usable_length(cfg.max_length, model))
-    info["train"] = cfg
-    try:
-        info["trainable_params"] = sum(v for _, v in plan(cfg, model)[2])
-    except UserError:
-        info["trainable_params"] = None
     try:
         load_adapter(model, adapter_dir)
     except Exception as e:  # a wrong, truncated or foreign file: safetensors and our checks raise various types

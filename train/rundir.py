@@ -15,15 +15,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from .config import TrainConfig
 from .errors import UserError
-from .files import atomic_write, lock, sweep_temps, unlock
+from .files import atomic_write, lock, sweep_temps, unlock, write_bytes
 
 CONFIG = "config.json"  # {"train": TrainConfig.to_dict(), "labels": [...], "versions": {...}}
 RUN_INFO = "train_config.json"  # the same object beside the PEFT files, so an adapter stands alone
@@ -54,8 +55,8 @@ def read_json(path: Path, what: str):
         raise UserError(f"{path} is not valid JSON ({what}): {e}") from None
 
 
-def read_run_info(adapter_dir: str | Path) -> tuple[TrainConfig, list[str]]:
-    """(TrainConfig, labels) from the train_config.json of an adapter written by `python -m train`."""
+def read_run_info(adapter_dir: str | Path) -> Record:
+    """The Record in the train_config.json of an adapter written by `python -m train`."""
     path = Path(adapter_dir) / RUN_INFO
     if not path.is_file():
         raise UserError(f"{adapter_dir} is not an adapter written by python -m train (no {RUN_INFO})")
@@ -130,18 +131,10 @@ class RunDir:
 
     def same_settings(self, cfg: TrainConfig) -> None:
         """--resume auto (and a sweep) must continue the run these settings describe, not another one left in the
-        directory. `cfg` may be unresolved (a sweep's spec): what a run resolves (the rank of --rank auto, the
-        layers of --top-layers, a length capped at the model's) is then taken as the saved run resolved it."""
-        saved, _ = self.load_config()
-        # Where and how it runs, not what it trains: the device, the folders, the evaluation batch (its default
-        # follows the device).
-        ignore = dict(stop_after=None, device="auto", output_dir="", cache_dir=None, eval_batch_size=None)
-        if cfg.auto_rank or cfg.top_layers or cfg.max_length > saved.max_length:
-            cfg = replace(cfg, auto_rank=False, top_layers=None, max_length=min(cfg.max_length, saved.max_length),
-                          lora=replace(cfg.lora, rank=saved.lora.rank if cfg.auto_rank else cfg.lora.rank,
-                                       layers=saved.lora.layers if cfg.top_layers else cfg.lora.layers))
-        mine, theirs = replace(cfg, **ignore).to_dict(), replace(saved, **ignore).to_dict()
-        changed = sorted(k for k in mine if mine[k] != theirs[k])
+        directory: what `cfg` asks is compared with what the saved run was asked (its record keeps both what was
+        asked and what it resolved to), so nothing is resolved again."""
+        mine, theirs = _asked(cfg.to_flat()), _asked(self.load_record().asked)
+        changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         if changed:
             raise UserError(f"{self.path} holds a run with other settings ({', '.join(changed)}); "
                             f"use another --output-dir, or --resume {self.path} to continue that run")
@@ -166,11 +159,17 @@ class RunDir:
         write_json(self / CONFIG, record)
         write_json_lines(self / METRICS, [])
 
-    def load_config(self) -> tuple[TrainConfig, list[str]]:
+    def load_record(self) -> Record:
         path = self / CONFIG
         if not path.is_file():
             raise UserError(f"nothing to resume: {path} does not exist")
         return parse_record(read_json(path, "run config"), path)
+
+    def save_adapter(self, files: dict[str, bytes], record: dict) -> None:
+        """The adapter's PEFT files (lora.adapter_files) and the run record beside them, each written whole."""
+        for name, data in files.items():
+            write_bytes(self.adapter / name, data)
+        write_json(self.adapter / RUN_INFO, record)
 
     def save_checkpoint(self, state: dict) -> None:
         atomic_write(self / CHECKPOINT, lambda p: torch.save(state, p))
@@ -235,17 +234,39 @@ def versions() -> dict:
     return found
 
 
-def run_record(cfg: TrainConfig, labels: list[str]) -> dict:
+class Record(NamedTuple):
+    """A run record: config.json, and the adapter's train_config.json."""
+    train: TrainConfig  # the settings as resolved at start (train.model.resolve): what the run trained with
+    asked: dict  # the settings as asked (flags, recipe, sweep spec), flat: what --resume auto and sweeps compare
+    labels: list[str]
+    plan: list[tuple[str, int]]  # what trains, per module group, as printed at start
+    trainable: int  # the plan's total
+
+
+def run_record(cfg: TrainConfig, asked: TrainConfig, labels: list[str], plan: list[tuple[str, int]]) -> dict:
     """What config.json and the adapter's train_config.json hold: one shape, written by one function."""
-    return {"train": cfg.to_dict(), "labels": list(labels), "versions": versions()}
+    return {"train": cfg.to_dict(), "asked": asked.to_flat(), "labels": list(labels),
+            "plan": [list(row) for row in plan], "trainable_params": sum(v for _, v in plan), "versions": versions()}
 
 
-def parse_record(record: dict, path: Path) -> tuple[TrainConfig, list[str]]:
-    """(TrainConfig, labels) from a run record; one UserError line if it is not one."""
+def parse_record(record: dict, path: Path) -> Record:
+    """The Record in a run record; one UserError line if it is not one."""
+    if isinstance(record, dict) and isinstance(record.get("train"), dict) and "asked" not in record:
+        raise UserError(f"{path} was written by an earlier build of python -m train, whose runs this one does not "
+                        "read; train it again")
     try:
-        return TrainConfig.from_dict(record["train"]), list(record["labels"])
+        plan = [(str(name), int(count)) for name, count in record["plan"]]
+        return Record(TrainConfig.from_dict(record["train"]), dict(record["asked"]), list(record["labels"]), plan,
+                      int(record["trainable_params"]))
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path} is not a run config written by python -m train: {e}") from None
+
+
+def _asked(flat: dict) -> dict:
+    """What a run was asked, less where and how it runs (device, folders, stop, evaluation batch), as JSON
+    holds it (lists, not tuples)."""
+    where = ("stop_after", "device", "output_dir", "cache_dir", "eval_batch_size")
+    return json.loads(json.dumps({k: v for k, v in flat.items() if k not in where}))
 
 
 def eval_record(best: dict, history: list[dict], train_seconds: float, examples: int, steps: int, trainable: int,

@@ -101,12 +101,11 @@ def roberta_base_count(cfg: TrainConfig, num_labels: int) -> int:
     import torch
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    from .model import apply_head, plan
+    from .model import resolve
 
     with torch.device("meta"):
         model = RobertaForSequenceClassification(RobertaConfig(num_labels=num_labels))
-    apply_head(cfg, model)
-    return sum(v for _, v in plan(cfg, model)[2])
+    return sum(v for _, v in resolve(cfg, model, cfg.batch_size)[1])
 
 
 def top_label(top: int | float | None) -> str:

@@ -20,20 +20,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from lora import LoRAConfig, cast_frozen, count_trainable, save_adapter
+from lora import adapter_files, cast_frozen, count_trainable
 
 from .config import TrainConfig
 from .console import StopSignals, interruptible
-from .data import Encoded, EpochBatches, Prefetcher, check_classes, check_rows, encode, load_data
+from .data import Encoded, EpochBatches, Prefetcher, load_data, tokenize_early, tokenized
 from .device import autocast, forward_batch_size, pick_attention, pick_precision, set_model_dropout, setup_device
 from .distributed import Dist, agreed_signal, all_reduce_confusion, all_sum, barrier, on_main, shard, shutdown, wrap
 from .errors import Diverged, Finished, Stopped
 from .metrics import confusion_matrix, format_report, plot_run, report_from_confusion
-from .model import EMA, describe_plan, load_pretrained, param_groups, prepare
+from .model import EMA, describe_plan, load_pretrained, param_groups, prepare, resolve
 from .prefix import predict_rows
 from .prefix_cache import frozen_prefix
-from .rundir import (CHECKPOINT, EVAL, RUN_INFO, RunDir, checkpoint_state, eval_record, restore_checkpoint, run_record,
-                     write_json)
+from .rundir import CHECKPOINT, EVAL, RunDir, checkpoint_state, eval_record, restore_checkpoint, run_record, write_json
 from .trackers import check_tracker, open_tracker
 
 # Reading a loss makes the host wait for the device, and under torchrun a stop is agreed in an all-reduce:
@@ -59,12 +58,13 @@ class State:
     """Everything the loop touches. `model` is the model itself (merge, save, checkpoint); `net` computes logits as
     net(**inputs): Logits(model), or a PrefixModel fed from the frozen-prefix cache; `step_model` is `net` as a
     step calls it (DDP under torchrun, torch.compile with --compile)."""
-    cfg: TrainConfig  # as resolved (rank, layers, evaluation batch), as written to config.json
+    cfg: TrainConfig  # as resolved (train.model.resolve): what config.json records; cfg.lora is the adapter's
+    asked: TrainConfig  # as asked (flags, recipe, sweep spec), recorded beside it
+    plan: list[tuple[str, int]]  # what trains, per module group
     run: RunDir
     model: nn.Module
     net: nn.Module
     step_model: nn.Module
-    lora: LoRAConfig  # what the adapter holds: cfg.lora in this family's names, plus the head's modules
     labels: list[str]
     train_data: Encoded  # or a PrefixCache: both are batch sources (len, offsets_range, batch)
     eval_data: Encoded
@@ -111,37 +111,41 @@ def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[
     """Data and model, LoRA injected, the optimizer, and the start: fresh, or from the checkpoint (resume
     True, or "auto": only if the output directory holds one). The plan is printed before the slow parts."""
     check_tracker(cfg.report_to)  # a missing tracker package is refused before anything is written
-    run_dir, (device, d) = RunDir(cfg.output_dir), setup_device(cfg.device)
-    cfg = replace(cfg, eval_batch_size=cfg.eval_batch_size or forward_batch_size(device))
-    auto, say = resume == "auto", say if d.main else (lambda *a, **k: None)
+    run_dir, (device, d), asked = RunDir(cfg.output_dir), setup_device(cfg.device), cfg
+    say = say if d.main else (lambda *a, **k: None)
     mode = on_main(lambda: run_dir.start_mode(resume, overwrite), d)
-    torch.manual_seed(cfg.seed)
-    corpus = load_data(cfg)
-    rows = on_main(lambda: check_rows(corpus), d)
-    model, tokenizer = load_pretrained(cfg.model, len(corpus.label_names), corpus.label_names,
-                                       pick_attention(cfg.attention, device))
-    set_model_dropout(model, cfg.model_dropout)
-    cfg, lora, plan_rows, trainable = prepare(cfg, model, say)  # cfg resolved: rank, layers, usable length
-    if auto and mode != "fresh":  # the run here must be the one these settings describe, finished or not
+    if resume == "auto" and mode != "fresh":  # the run here must be the one these settings ask for, finished or not
         on_main(lambda: run_dir.same_settings(cfg), d)
     if mode == "finished":
         raise Finished(f"{run_dir.path} is a finished run (eval.json is written); nothing to resume")
+    saved = on_main(run_dir.load_record, d) if mode == "resume" else None
+    torch.manual_seed(cfg.seed)
+    corpus = load_data(cfg)
+    early = tokenize_early(corpus, cfg, d)  # each row read once, before the model: checked, hashed, tokenized
+    model, tokenizer = load_pretrained(cfg.model, len(corpus.label_names), corpus.label_names,
+                                       pick_attention(cfg.attention, device))
+    set_model_dropout(model, cfg.model_dropout)
+    batch = cfg.eval_batch_size or forward_batch_size(device)
+    if saved is None:  # resolved once, here; a resumed run reads what its record resolved
+        cfg, plan_rows = resolve(cfg, model, batch, say)
+    else:
+        cfg, plan_rows = replace(saved.train, output_dir=cfg.output_dir, device=cfg.device, cache_dir=cfg.cache_dir,
+                                 stop_after=cfg.stop_after, eval_batch_size=batch), saved.plan
+    prepare(cfg, model)
     amp = pick_precision(cfg.precision, device)
+    train_data, eval_data = tokenized(early, corpus, tokenizer, cfg, d)  # the counts come from the pass (or cache)
+    rows = (len(train_data), len(eval_data))
     total_steps = -(-rows[0] // cfg.batch_size) * cfg.epochs
     warmup = int(cfg.warmup_ratio * total_steps)
-    describe_plan(say, cfg, model, corpus.label_names, plan_rows, trainable, rows, amp, device, d, total_steps, warmup)
+    describe_plan(say, cfg, model, corpus.label_names, plan_rows, rows, amp, device, d, total_steps, warmup)
     model.to(device)
     if amp is not None:  # autocast would otherwise re-cast every frozen weight at every call
         cast_frozen(model, amp)
-    # Tokenized once per machine (local rank 0) into a memory-mapped cache that every rank maps.
-    train_data, eval_data = (encode(split, tokenizer, cfg.max_length, cfg.cache_dir, d)
-                             for split in (corpus.train, corpus.eval))
-    check_classes(train_data.labels, corpus.label_names, cfg)
     data_keys = [train_data.key, eval_data.key]  # what was trained on, so a resume on other data is refused
     groups = param_groups(model, cfg)
     net, train_data, eval_data = frozen_prefix(cfg, model, train_data, eval_data, amp, d, say)
-    s = State(cfg=cfg, run=run_dir, model=model, net=net, step_model=net, lora=lora, labels=corpus.label_names,
-              train_data=train_data, eval_data=eval_data, device=device, amp=amp, dist=d,
+    s = State(cfg=cfg, asked=asked, plan=plan_rows, run=run_dir, model=model, net=net, step_model=net,
+              labels=corpus.label_names, train_data=train_data, eval_data=eval_data, device=device, amp=amp, dist=d,
               optimizer=torch.optim.AdamW(groups, lr=cfg.lr), scaler=torch.amp.GradScaler(device.type,
               enabled=amp == torch.float16), ema=EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
               base_lrs=[g["lr"] for g in groups], total_steps=total_steps, warmup_steps=warmup, say=say, tracker=None,
@@ -150,7 +154,7 @@ def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[
         restore(s)
         say(f"resuming at step {s.progress.step} of {total_steps}")
     elif d.main:
-        run_dir.start(run_record(cfg, corpus.label_names))
+        run_dir.start(run_record(cfg, asked, corpus.label_names, plan_rows))
     s.tracker = on_main(lambda: open_tracker(cfg.report_to, run_dir.path, cfg.to_flat()), d, share=False) or \
         open_tracker("none", run_dir.path, {})  # the other ranks log nothing
     s.step_model = wrap(net, device, d, cfg.compile)
@@ -275,8 +279,8 @@ def evaluate(s: State) -> None:
         report = report_from_confusion(all_reduce_confusion(mine, s.dist), s.labels)
         improved = report["accuracy"] > p.best_accuracy
         if improved and s.dist.main:
-            save_adapter(s.model, s.run.adapter, s.lora, base_model_name=s.cfg.model)
-            write_json(s.run.adapter / RUN_INFO, run_record(s.cfg, s.labels))
+            s.run.save_adapter(adapter_files(s.model, s.cfg.lora, base_model_name=s.cfg.model),
+                               run_record(s.cfg, s.asked, s.labels, s.plan))
     report |= {"eval_seconds": time.perf_counter() - started, "epoch": p.epoch}
     p.history.append({k: report[k] for k in ("epoch", "accuracy", "macro_f1", "eval_seconds")})
     if improved:

@@ -68,7 +68,8 @@ def test_read_result_takes_ours_settings_from_the_runs_config(tmp_path):
 
     cfg = TrainConfig.from_flat({"epochs": 2, "batch_size": 16, "eval_batch_size": 64, "max_length": 96,
                                  "layers": (4, 3, 5), "precision": "fp32"})
-    (out / "config.json").write_text(json.dumps(run_record(cfg, ["a", "b"])))  # the shape python -m train writes
+    record = run_record(cfg, cfg, ["a", "b"], [("LoRA", 5)])  # the shape python -m train writes
+    (out / "config.json").write_text(json.dumps(record))
     r = read_result("fast", tmp_path)
     assert r["accuracy"] == 0.85 and r["best_epoch_accuracy"] == 0.9  # the final epoch, not the best
     assert (r["loop_seconds"], r["precision"], r["epochs"], start_layer(r["layers"])) == (12.0, "fp32", 2, 3)

@@ -34,7 +34,7 @@ def test_the_engine_contestant_trains_our_fast_recipe_in_peft(tmp_path, model_ty
     from benchmarks.variants import model_for, variant_recipe
     from train.config import TrainConfig
     from train.model import load_pretrained
-    from train.model import apply_head, plan
+    from train.model import resolve
     from train.config import recipe
 
     encoder = make_family_dir(tmp_path / "m", model_type, layers=3)
@@ -43,10 +43,10 @@ def test_the_engine_contestant_trains_our_fast_recipe_in_peft(tmp_path, model_ty
     peft_model, layers = model_for(str(encoder), CLASSES, 0, fast, "eager")
     cfg = TrainConfig.from_flat({**recipe("fast"), "model": str(encoder)})
     ours, _ = load_pretrained(str(encoder), 4, CLASSES)
-    apply_head(cfg, ours)
+    resolved, rows = resolve(cfg, ours, 32)
     assert layers == [1, 2] and sum(p.numel() for p in peft_model.parameters() if p.requires_grad) == sum(
-        v for _, v in plan(cfg, ours)[2])
+        v for _, v in rows)
     lora = next(m for m in peft_model.modules() if isinstance(getattr(m, "scaling", None), dict))
-    assert lora.scaling["default"] == pytest.approx(plan(cfg, ours)[1].scaling)  # rsLoRA's alpha/sqrt(r) in both
+    assert lora.scaling["default"] == pytest.approx(resolved.lora.scaling)  # rsLoRA's alpha/sqrt(r) in both
     dense = peft_model.base_model.model.classifier.dense
     assert torch.equal(dense.weight, torch.eye(64)) and not dense.weight.requires_grad

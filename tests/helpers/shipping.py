@@ -80,21 +80,23 @@ def make_adapter(root: Path, model_dir: Path, head: str, targets: tuple[str, ...
     from lora import save_adapter
     from train.rundir import ADAPTER as ADAPTER_DIR, EVAL as EVAL_REPORT, RUN_INFO
     from train.config import TrainConfig
-    from train.model import load_pretrained
-    from train.model import prepare
+    from train.model import load_pretrained, prepare, resolve
+    from train.rundir import run_record
 
     cfg = TrainConfig.from_flat(dict(model=str(model_dir), head=head, targets=targets, rank=4, alpha=8.0,
                                      max_length=32, output_dir=str(root), **overrides))
     torch.manual_seed(cfg.seed)
     model, _ = load_pretrained(cfg.model, len(CLASSES), CLASSES)
-    _, lconf, _, total = prepare(cfg, model)
+    resolved, rows = resolve(cfg, model, 32)
+    prepare(resolved, model)
+    lconf, total = resolved.lora, sum(v for _, v in rows)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.requires_grad:
                 param.normal_(0.0, 0.1)
     adapter = root / ADAPTER_DIR
     save_adapter(model, adapter, lconf, base_model_name=cfg.model)
-    (adapter / RUN_INFO).write_text(json.dumps({"train": cfg.to_dict(), "labels": CLASSES}))
+    (adapter / RUN_INFO).write_text(json.dumps(run_record(resolved, cfg, CLASSES, rows)))
     per_class = [{"label": c, "precision": 0.5, "recall": 0.25, "f1": 1 / 3, "support": 10} for c in CLASSES]
     (root / EVAL_REPORT).write_text(json.dumps({"accuracy": 0.25, "macro_f1": 1 / 3, "per_class": per_class,
                                                 "examples": 40, "best_epoch": 1, "trainable_params": total}))

@@ -37,7 +37,7 @@ def test_given_flags_win_over_the_recipe_and_others_come_from_it():
     assert config("--recipe", "reference", "--warmup-ratio", "0.2").warmup_ratio == 0.2
     ref = config("--recipe", "reference")
     assert ref.warmup_ratio == RECIPES["reference"]["warmup_ratio"] and ref.lora.rank == 4
-    assert config("--rank", "auto").auto_rank
+    assert config("--rank", "auto").rank == "auto" and config("--rank", "auto").to_flat()["rank"] == "auto"
 
 
 def test_help_shows_the_defaults_that_run(capsys):
@@ -102,22 +102,22 @@ def test_top_layers_resolve_to_the_last_k_layers_of_the_model_and_are_written_re
     import torch
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    from train.model import apply_head, plan
+    from train.model import resolve
 
     with torch.device("meta"):
         base = RobertaForSequenceClassification(RobertaConfig(num_labels=4))
     cfg = config("--top-layers", "3", "--rank", "24")
     assert cfg.top_layers == 3 and cfg.lora.layers is None
-    apply_head(cfg, base)
-    rank, lora, rows = plan(cfg, base)
-    assert lora.layers == (9, 10, 11) and sum(v for _, v in rows) == 998_404  # 24 × 13,824 × 3 + 3,076
+    resolved, rows = resolve(cfg, base, 32)
+    assert resolved.lora.layers == (9, 10, 11) and sum(v for _, v in rows) == 998_404  # 24 × 13,824 × 3 + 3,076
+    assert resolved.top_layers is None and resolved.lora.layers == (9, 10, 11)
     assert config("--recipe", "reference", "--layers", "1").lora.layers == (1,)
     with pytest.raises(UserError, match="give top_layers or layers, not both"):
         config("--top-layers", "3", "--layers", "1")
     with pytest.raises(ValueError, match="give top_layers or layers, not both"):
         TrainConfig.from_flat({"top_layers": 3, "layers": (1,)})
     with pytest.raises(Exception, match="has only 12 encoder layers"):
-        plan(config("--top-layers", "13"), base)
+        resolve(config("--top-layers", "13"), base, 32)
 
 
 def test_holdout_scores_on_fixed_training_rows_never_on_the_eval_file(tiny_model_dir, tiny_data_dir, tmp_path):
@@ -140,13 +140,14 @@ def test_holdout_scores_on_fixed_training_rows_never_on_the_eval_file(tiny_model
 def test_the_fast_recipe_adapts_the_top_half_at_the_largest_rank_inside_the_budget():
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    from train.model import plan
+    from train.model import resolve
 
     fast = config("--recipe", "fast")
-    assert (fast.top_layers, fast.auto_rank, fast.lora.use_rslora, fast.epochs, fast.head) == (0.5, True, True, 2,
-                                                                                            "linear")
-    rank, lora, rows = plan(fast, RobertaForSequenceClassification(RobertaConfig(num_labels=4)))  # roberta-base
-    assert (rank, lora.layers, sum(v for _, v in rows)) == (12, tuple(range(6, 12)), 998_404)  # 12 × 13,824 × 6
+    assert (fast.top_layers, fast.rank, fast.lora.use_rslora, fast.epochs) == (0.5, "auto", True, 2)
+    resolved, rows = resolve(fast, RobertaForSequenceClassification(RobertaConfig(num_labels=4)), 32)  # roberta-base
+    lora = resolved.lora
+    assert (lora.rank, lora.layers, sum(v for _, v in rows)) == (12, tuple(range(6, 12)), 998_404)  # 12 × 13,824 × 6
+    assert (resolved.rank, resolved.top_layers) == (None, None)  # nothing left to resolve in what is recorded
     assert config("--recipe", "fast", "--layers", "5").top_layers is None  # the user's layers win
     assert config("--recipe", "fast", "--top-layers", "3").top_layers == 3
 

@@ -37,12 +37,11 @@ def test_every_family_in_the_table_has_each_slot_in_every_layer(model_type):
 @pytest.mark.parametrize("model_type", TYPES)
 def test_the_default_recipe_adapts_the_six_linears_of_every_layer_in_every_family(model_type):
     """Same shapes, same recipe, same count: the roles mean the same adaptation in every family."""
-    from train.model import apply_head, plan
+    from train.model import resolve
 
     model = classifier(model_type)
-    cfg = TrainConfig.from_flat({"rank": 4})
-    apply_head(cfg, model)
-    _, config, rows = plan(cfg, model)
+    resolved, rows = resolve(TrainConfig.from_flat({"rank": 4}), model, 32)
+    config = resolved.lora
     lora = sum(v for name, v in rows if name.startswith("LoRA"))
     assert lora == 2 * 4 * (4 * (64 + 64) + 2 * (64 + 128))  # 2 layers, rank 4, q/k/v/o and the two FFN layers
     names = adapted(model, config.targets)

@@ -10,13 +10,21 @@ from lora import LoRALinear, count_trainable, lora_layers
 from helpers.tiny import train_args
 from train.config import TrainConfig
 from train.errors import UserError
-from train.model import plan, prepare
+from train.model import prepare, resolve
 from train.config import recipe
 
 
 def ref(**settings) -> TrainConfig:
     """The reference recipe (query,value; full head) with `settings` changed, flat as on the command line."""
     return TrainConfig.from_flat({**recipe("reference"), **settings})
+
+
+def made(cfg: TrainConfig, model) -> tuple:
+    """Resolve `cfg` on `model` and give the model what it says: (the adapter's LoRAConfig, plan rows, total)."""
+    resolved, rows = resolve(cfg, model, 32)
+    prepare(resolved, model)
+    return resolved.lora, rows, sum(v for _, v in rows)
+
 
 H, LAYERS, K = 768, 12, 4  # roberta-base, AG News
 FULL_HEAD = (H * H + H) + (H * K + K)  # classifier.dense + classifier.out_proj = 593,668
@@ -30,7 +38,7 @@ def base():
 
 
 def test_auto_rank_with_query_value_and_full_head_is_11(base):
-    _, config, rows, total = prepare(ref(rank="auto"), base)
+    config, rows, total = made(ref(rank="auto"), base)
     assert config.rank == 11
     assert total == 11 * LAYERS * 2 * (H + H) + FULL_HEAD == 999_172
     assert count_trainable(base) == total  # the plan counts what really trains
@@ -41,12 +49,12 @@ def test_auto_rank_with_query_value_and_full_head_is_11(base):
 def test_rank_12_is_refused_with_the_count(base):
     with pytest.raises(UserError, match=r"1,036,036 trainable parameters reach the budget of 1,000,000; "
                                         r"fit it with a lower --rank .*fewer --targets"):
-        prepare(ref(rank=12), base)
+        made(ref(rank=12), base)
     assert not list(lora_layers(base))  # refused before anything was injected
 
 
 def test_linear_head_has_3076_parameters_and_buys_a_larger_rank(base):
-    _, config, rows, total = prepare(ref(rank="auto", head="linear"), base)
+    config, rows, total = made(ref(rank="auto", head="linear"), base)
     assert rows[-1] == ("trained classifier.out_proj", LINEAR_HEAD)
     assert config.rank == (1_000_000 - 1 - LINEAR_HEAD) // (LAYERS * 2 * (H + H)) == 27
     assert total == count_trainable(base) < 1_000_000
@@ -59,7 +67,7 @@ def test_linear_head_has_3076_parameters_and_buys_a_larger_rank(base):
 
 
 def test_lora_head_adapts_the_dense_layer_and_trains_out_proj_only(base):
-    _, config, rows, total = prepare(ref(rank=4, head="lora"), base)
+    config, rows, total = made(ref(rank=4, head="lora"), base)
     assert isinstance(base.classifier.dense, LoRALinear)
     assert not isinstance(base.classifier.out_proj, LoRALinear)
     trained = {n for n, p in base.named_parameters() if p.requires_grad and "lora_" not in n}
@@ -71,26 +79,26 @@ def test_lora_head_adapts_the_dense_layer_and_trains_out_proj_only(base):
 
 def test_six_targets_with_linear_head_and_auto_rank_stay_under_budget(base):
     targets = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
-    _, config, rows, total = prepare(ref(rank="auto", head="linear", targets=targets), base)
+    config, rows, total = made(ref(rank="auto", head="linear", targets=targets), base)
     per_rank = LAYERS * (3 * (H + H) + (H + H) + (H + 4 * H) + (4 * H + H))  # q k v, attn out, ffn in, ffn out
     assert config.rank == (1_000_000 - 1 - LINEAR_HEAD) // per_rank
     assert total == config.rank * per_rank + LINEAR_HEAD == count_trainable(base) < 1_000_000
     assert len(list(lora_layers(base))) == 6 * LAYERS
     with pytest.raises(UserError, match=r"fewer --targets"):
         with torch.device("meta"):
-            prepare(ref(rank=config.rank + 1, head="linear", targets=targets),
+            made(ref(rank=config.rank + 1, head="linear", targets=targets),
                     RobertaForSequenceClassification(RobertaConfig(num_labels=K)))
 
 
 def test_a_layer_subset_scales_the_lora_count(base):
-    every = plan(ref(rank=8), base)[2]
-    some = plan(ref(rank=8, layers=(0, 5, 11)), base)[2]
+    every = resolve(ref(rank=8), base, 32)[1]
+    some = resolve(ref(rank=8, layers=(0, 5, 11)), base, 32)[1]
     lora_every = sum(c for n, c in every if n.startswith("LoRA"))
     lora_some = sum(c for n, c in some if n.startswith("LoRA"))
     assert lora_some * LAYERS == lora_every * 3
     assert every[-1] == some[-1]  # the head does not depend on the layers
     with pytest.raises(UserError, match=r"layers \[12\] are not in the model"):
-        plan(ref(rank=8, layers=(11, 12)), base)
+        resolve(ref(rank=8, layers=(11, 12)), base, 32)
 
 
 def test_printed_plan_rows_sum_to_the_printed_total(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
@@ -110,8 +118,8 @@ def test_linear_head_dense_starts_as_the_identity(tiny_roberta):
     """Frozen at HF's random init (std 0.02) the dense layer shrinks the features and the default recipe learned
     slower; as the identity, out_proj sees tanh(features) at their own scale."""
     model = tiny_roberta()
-    prepare(ref(rank=2, head="linear"), model)
+    made(ref(rank=2, head="linear"), model)
     assert torch.equal(model.classifier.dense.weight, torch.eye(32)) and not model.classifier.dense.bias.any()
     untouched = tiny_roberta()
-    prepare(ref(rank=2, head="lora"), untouched)  # the lora head keeps its random init, as before
+    made(ref(rank=2, head="lora"), untouched)  # the lora head keeps its random init, as before
     assert not torch.equal(untouched.classifier.dense.weight, torch.eye(32))

@@ -31,7 +31,8 @@ def finished(tiny_model_dir, tiny_data_dir, tmp_path_factory):
 def test_one_config_shape_with_the_rank_resolved_and_versions(finished):
     record = json.loads((finished / "config.json").read_text())
     assert record == json.loads((finished / "adapter/train_config.json").read_text())
-    assert record["train"]["auto_rank"] is False and record["train"]["lora"]["rank"] > 1
+    assert record["train"]["rank"] is None and record["train"]["lora"]["rank"] > 1 and record["asked"]["rank"] == "auto"
+    assert record["trainable_params"] == sum(count for _, count in record["plan"])
     adapter = json.loads((finished / "adapter/adapter_config.json").read_text())
     assert adapter["r"] == record["train"]["lora"]["rank"]
     assert {"torch", "transformers", "roberta-lora", "git_commit"} <= set(record["versions"])
@@ -77,8 +78,10 @@ def test_corrupt_and_foreign_files_end_in_one_line(finished, tmp_path, capsys):
     (run / "adapter/train_config.json").write_text("[1, 2")
     assert "train_config.json is not valid JSON" in refused(["--adapter", run / "adapter", "--eval-file", "x.csv"],
                                                            capsys, evaluate)
-    (run / "adapter/train_config.json").write_text(json.dumps({"train": {"rank": "x"}, "labels": ["a"]}))
     argv = ["--adapter", run / "adapter", "--eval-file", "x"]
+    (run / "adapter/train_config.json").write_text(json.dumps({"train": {"rank": "x"}, "labels": ["a"]}))
+    assert "was written by an earlier build of python -m train" in refused(argv, capsys, evaluate)
+    (run / "adapter/train_config.json").write_text(json.dumps({"train": {"rank": "x"}, "asked": {}, "labels": ["a"]}))
     assert "is not a run config written by python -m train" in refused(argv, capsys, evaluate)
 
 
@@ -197,7 +200,7 @@ def test_resume_auto_on_a_finished_run_with_other_settings_is_refused(tiny_model
     capsys.readouterr()
     assert main(run_args(tiny_model_dir, tiny_data_dir, out, "--resume", "auto")) == 0  # the same: nothing to do
     assert "is a finished run" in capsys.readouterr().out
-    assert RunDir(out).load_config()[0].eval_batch_size == 32  # chosen by the device (CPU), and written down
+    assert RunDir(out).load_record().train.eval_batch_size == 32  # chosen by the device (CPU), and written down
     # The evaluation batch is how a run scores, not what it trains: another one continues the same run.
     assert main(run_args(tiny_model_dir, tiny_data_dir, out, "--resume", "auto", "--eval-batch-size", "5")) == 0
     assert "is a finished run" in capsys.readouterr().out
