@@ -22,7 +22,7 @@ RECIPES: dict[str, dict] = {
                   "epochs": 5, "model_dropout": None},
     # LoRA on every linear layer of every block, rank 6, lean head: 998,404 trainable on roberta-base.
     # Beat the reference by > 1 pp on the offline proxy (README, sweeps/results). Without the model's own
-    # dropout: as accurate on a held-out split, 1.76x faster on CPU (sweeps/results/dropout.md).
+    # dropout: as accurate on a held-out split, and faster on CPU (sweeps/results/dropout.md).
     "all-linear": {"rank": 6, "alpha": 16.0, "dropout": 0.0, "targets": ALL_LINEAR, "layers": None,
                    "head": "linear", "lr": 5e-4, "warmup_ratio": 0.06, "weight_decay": 0.01,
                    "label_smoothing": 0.1, "epochs": 5, "model_dropout": 0.0},
@@ -30,7 +30,7 @@ RECIPES: dict[str, dict] = {
     # sweeps/mpnet-fast.json: MPNet-base, roberta-base's shapes, 800 held-out training rows, 2 seeds): LoRA on
     # the six targets of the top half of the layers only, so the layers below run once per example (frozen-prefix
     # cache), at the largest rank under the budget (12 on roberta-base), rsLoRA's alpha/sqrt(r) scale, 2 epochs;
-    # without the model's own dropout, which cost ~40% of a CPU step and no accuracy (sweeps/dropout.json).
+    # without the model's own dropout, which cost a large share of a CPU step and no accuracy (sweeps/dropout.json).
     # On 6-layer MiniLM, where it was first chosen, it was the top 2 layers at rank 36 (sweeps/fast.json).
     "fast": {"rank": "auto", "alpha": 16.0, "dropout": 0.0, "targets": ALL_LINEAR, "layers": None, "top_layers": 0.5,
              "use_rslora": True, "head": "linear", "lr": 5e-4, "warmup_ratio": 0.06, "weight_decay": 0.01,
@@ -119,7 +119,7 @@ class TrainConfig:
     ema_decay: float = 0.0
     # auto: bf16 on CUDA (fp16 if unsupported) and on CPUs with bf16 instructions, else fp32
     precision: str = "auto"
-    # attention kernel; auto: eager on CPU (SDPA's CPU backward is ~2x slower under bf16), SDPA elsewhere
+    # attention kernel; auto: eager on CPU (SDPA's CPU backward is slow under bf16), SDPA elsewhere
     attention: str = "auto"
     # torch.compile the model
     compile: bool = False

@@ -1,5 +1,5 @@
 """Where and how fast a step runs: the device (and torchrun's process group), the autocast precision, the
-attention kernel, and the pretrained model's own dropout, which costs ~40% of a CPU step."""
+attention kernel, and the pretrained model's own dropout (a large share of a CPU step: the recipes turn it off)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -14,10 +14,9 @@ from .distributed import Dist, init_distributed
 
 
 def avoid_cudnn_attention() -> None:
-    """Take cuDNN out of SDPA's CUDA kernels, for the whole process. torch 2.11 sends padding-masked bf16
-    attention to cuDNN first on Hopper, and cuDNN builds a plan for every new (batch, length) shape;
-    length-grouped batches bring a new shape every few steps. On an H200, 83 of 300 MiniLM steps took ~175 ms
-    instead of ~17 ms, and the fp32 run, which cuDNN does not take, trained 6x faster than bf16.
+    """Take cuDNN out of SDPA's CUDA kernels, for the whole process. torch sends padding-masked bf16 attention
+    to cuDNN first on Hopper, and cuDNN builds a plan for every new (batch, length) shape; length-grouped batches
+    bring a new shape every few steps, so steps stall on plan building (benchmarks/results/speed-cuda.md).
     Flash and memory-efficient attention build nothing per shape."""
     torch.backends.cuda.enable_cudnn_sdp(False)
 
@@ -79,10 +78,9 @@ def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def forward_batch_size(device: torch.device) -> int:
-    """Examples per forward-only batch (evaluation, the frozen prefix, scoring) when none is given. On CPU 32:
-    its activations stay in cache, and on a 2-core EPYC it ran the frozen prefix 1.2x (MPNet-base) to 1.35x
-    (MiniLM) and scoring 1.3x (MiniLM, SDPA) to 1.5x (MPNet-base, eager) faster than 128 did
-    (benchmarks/README.md); on a GPU 128, which a small batch would leave idle."""
+    """Examples per forward-only batch (evaluation, the frozen prefix, scoring) when none is given: on CPU 32,
+    whose activations stay in cache (faster than 128 in benchmarks/results/); on a GPU 128, which a small batch
+    would leave idle."""
     return 32 if device.type == "cpu" else 128
 
 
@@ -108,10 +106,10 @@ def set_model_dropout(model: nn.Module, p: float | None) -> None:
 
 
 def pick_attention(attention: str, device: torch.device) -> str:
-    """The attention kernel to train with. On CPU (torch 2.13), SDPA's fused backward costs ~12x its forward
-    under bf16 autocast, which doubled a MiniLM training step without dropout; transformers' eager attention
-    (matmul, softmax, matmul) computes the same thing without that cost, and ties SDPA in fp32. Forward-only
-    passes (the frozen prefix, evaluation) use SDPA whatever this says: see inference_attention."""
+    """The attention kernel to train with. On CPU, SDPA's fused backward is far slower than its forward under
+    bf16 autocast; transformers' eager attention (matmul, softmax, matmul) computes the same thing without that
+    cost. Forward-only passes (the frozen prefix, evaluation) use SDPA whatever this says: see
+    inference_attention."""
     if attention != "auto":
         return attention
     return "eager" if device.type == "cpu" else "sdpa"

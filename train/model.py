@@ -138,8 +138,8 @@ def lora_config(cfg: TrainConfig, model: nn.Module, rank: int) -> LoRAConfig:
 def apply_head(cfg: TrainConfig, model: nn.Module) -> None:
     """Initialise the stock head for `cfg.head` (lora_config says what trains). With head='linear', a hidden
     dense layer that the checkpoint lacks (RoBERTa's) starts as the identity, so out_proj sees tanh(features) at
-    their own scale: at its random init (std 0.02) the dense layer shrinks them (6x at hidden 64, 2x on
-    roberta-base) and the same recipe learns slower. The identity is stored in the adapter like any other head
+    their own scale: at its random init (std 0.02) the dense layer shrinks them and the same recipe learns
+    slower. The identity is stored in the adapter like any other head
     weight."""
     _, dense, _, saved = head_modules(model)
     if cfg.head == "linear" and dense is not None and saved:

@@ -104,7 +104,7 @@ def check_disk(directory: Path, need: int) -> None:
 
 def prefix_key(model: nn.Module, data: Encoded, start: int, dtype: torch.dtype) -> str:
     """A fingerprint of everything the cached states depend on: the prefix's weights (hashed in full,
-    ~0.3 s for roberta-base at s=8, cheap against a stale cache), the config, the token ids, start, dtype."""
+    cheap against a stale cache), the config, the token ids, start, dtype."""
     base, layers, _ = split_encoder(model)
     config = {k: v for k, v in model.config.to_dict().items() if k not in _NOT_PREFIX}
     key = hashlib.sha256(json.dumps([PREFIX_FORMAT, type(model).__name__, config, model.config._attn_implementation,

@@ -181,7 +181,7 @@ def train(s: State) -> dict | None:
             batches = EpochBatches(s.train_data, cfg.batch_size, cfg.seed, epoch)
             bar = tqdm(total=len(batches), initial=p.batch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                        disable=None if s.dist.main else True, dynamic_ncols=True)
-            # Made ahead on a thread on CUDA (pinned), inline on CPU (a thread beside a 2-core step cost it ~40%).
+            # Made ahead on a thread on CUDA (pinned), inline on CPU (a thread beside a CPU step slows it).
             cuda = s.device.type == "cuda"
             with Prefetcher(batches, lambda rows: s.train_data.batch(shard(rows, s.dist) or rows[:1]), start=p.batch,
                             depth=2 if cuda else 0, pin=cuda) as ready:
