@@ -209,7 +209,7 @@ def _build(model: nn.Module, data: Encoded, start: int, amp: torch.dtype | None,
         if cache is None:
             directory.mkdir(parents=True, exist_ok=True)
             sweep_temps(directory, "prefix-*")  # builds a kill left behind hold disk space: free it first
-            check_disk(directory, shape[0] * shape[1] * dtype.itemsize)
+            check_disk(directory, cache_bytes(data, shape[1], dtype))
             _write(directory, key, run, shape, dtype, data.offsets)
     else:
         # Poll rather than sit in a collective: a build can outlast the process group's timeout.
