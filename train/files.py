@@ -144,13 +144,11 @@ def check_output(path: str | Path, *, inputs: Iterable[str | Path] = (), overwri
     when `ours` says this tool wrote it, or `overwrite` (the user's --overwrite) says so."""
     out = Path(path)
     target = out.resolve()
-    for given in inputs:
-        source = Path(given)
-        if not source.exists():
-            continue
-        real = source.resolve()
-        if target == real or (out.exists() and os.path.samefile(out, source)):
+    sources = [(given, Path(given).resolve()) for given in inputs if Path(given).exists()]
+    for given, real in sources:  # the same file first: the plainest account when one input holds another
+        if target == real or (out.exists() and os.path.samefile(out, given)):
             raise UserError(f"{path} ({flag}) is the input {given}: writing it would destroy it; pick another {flag}")
+    for given, real in sources:
         if real in target.parents or target in real.parents:
             where = "lies inside" if real in target.parents else "holds"
             raise UserError(f"{path} ({flag}) {where} the input {given}; pick another {flag}, outside it")
