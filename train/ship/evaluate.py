@@ -14,11 +14,12 @@ from ..errors import UserError
 from ..metrics import classification_report, format_report
 from ..model import load_for_inference
 from ..prefix import predict
+from .runs import adapter_dir, check_finished
 
 
 def parser() -> Parser:
     p = Parser(prog="python -m train.evaluate", description="Score a saved adapter on labelled data.")
-    p.add_argument("--adapter", required=True, help="adapter directory written by python -m train")
+    p.add_argument("--adapter", required=True, help="adapter (or run) directory written by python -m train")
     p.add_argument("--model", help="base model (default: the one the adapter was trained on)")
     p.add_argument("--data", help="hub dataset or directory; its test/dev/validation split is scored")
     p.add_argument("--eval-file", help="CSV/JSONL file to score")
@@ -26,6 +27,8 @@ def parser() -> Parser:
     p.add_argument("--seed", type=int, help="seed of the subset (default: the training run's seed)")
     add_scoring_flags(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--allow-unfinished", action="store_true", help="score the adapter of a run that has not "
+                   "finished (its best epoch so far)")
     return p
 
 
@@ -37,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(args) -> int:
     positive("--batch-size", args.batch_size)
     positive("--max-eval-samples", args.max_eval_samples)
+    adapter = adapter_dir(args.adapter)
+    check_finished(args.adapter, adapter, args.allow_unfinished)
     device = pick_device(args.device)
-    model, tokenizer, info = load_for_inference(args.adapter, args.model, device)
+    model, tokenizer, info = load_for_inference(str(adapter), args.model, device)
     cfg, labels = info["train"], info["labels"]
     if args.eval_file:
         theirs = class_names(Path(args.eval_file))

@@ -20,21 +20,25 @@ from torch import nn
 
 from lora import merge_and_unload
 from lora.adapter import CONFIG_NAME as ADAPTER_CONFIG
-from train.files import sweep_temps, temp_name
+from train.files import ANY, NUMBER, TEXT, WHOLE, check_output, read_json_as, sweep_temps, temp_name
 
 from ..cli import Parser, run_main
 from ..console import interruptible
 from ..errors import UserError
 from ..model import load_for_inference
 from ..prefix import Logits
-from ..rundir import ADAPTER, EVAL, RUN_INFO, read_json, read_run_info
+from ..rundir import ADAPTER, EVAL, RUN_INFO, read_run_info
 from .modelcard import base_license, hub_base, write_model_card
+from .runs import check_finished, scores_file
 
 FORMATS = ("hf", "peft", "onnx")
 ONNX_FILE = "model.onnx"
 ONNX_TOLERANCE = 1e-4  # max |Δlogit| between ONNX Runtime and PyTorch that the export accepts
 # Written into every export: --overwrite replaces only a directory that holds it (never a run, never other data).
 MARKER = ".roberta-lora-export"
+# What the model card reads from eval.json: checked when it is read, so a damaged file is one line, not a traceback.
+SCORES = {"accuracy": NUMBER, "macro_f1": NUMBER, "examples": WHOLE, "trainable_params?": WHOLE, "best_epoch?": ANY,
+          "per_class": [{"label": TEXT, "precision": NUMBER, "recall": NUMBER, "f1": NUMBER, "support": WHOLE}]}
 
 
 @dataclass
@@ -51,18 +55,15 @@ def find_run(path: str | Path) -> Run:
     if not p.exists():
         raise UserError(f"{path} does not exist")
     if (p / ADAPTER_CONFIG).is_file():
-        adapter, places = p, (p, p.parent)
+        adapter = p
     elif (p / ADAPTER / ADAPTER_CONFIG).is_file():
-        adapter, places = p / ADAPTER, (p / ADAPTER, p)
+        adapter = p / ADAPTER
     else:
         raise UserError(f"{path} is neither a run directory (with {ADAPTER}/) nor an adapter directory "
                         f"(with {ADAPTER_CONFIG})")
     cfg, labels = read_run_info(adapter)
-    report = next((read_json(place / EVAL, "scores") for place in places if (place / EVAL).is_file()), None)
-    if report is not None and not (isinstance(report, dict) and {"accuracy", "macro_f1", "per_class",
-                                                                  "examples"} <= set(report)):
-        raise UserError(f"{next(pl / EVAL for pl in places if (pl / EVAL).is_file())} is not the eval.json of a "
-                        "run of python -m train")
+    scores = scores_file(adapter)
+    report = read_json_as(scores, "the eval.json of a run of python -m train", SCORES) if scores else None
     return Run(adapter, {"train": cfg.to_flat(), "labels": labels}, report, finished=report is not None)
 
 
@@ -74,9 +75,7 @@ def export(source: str, out: str, fmt: str, model_name: str | None = None, overw
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     run = find_run(source)
-    if not run.finished and not allow_unfinished:
-        raise UserError(f"{source} is an unfinished run (no eval.json: its adapter is the best epoch so far); finish "
-                        "it with python -m train --resume, or export it as it is with --allow-unfinished")
+    check_finished(source, run.adapter_dir, allow_unfinished)
     target = Path(out)
     _check_target(target, run, overwrite)
     if fmt == "onnx":
@@ -116,14 +115,21 @@ def export(source: str, out: str, fmt: str, model_name: str | None = None, overw
 
 
 def _check_target(target: Path, run: Run, overwrite: bool) -> None:
-    if target.resolve() in (run.adapter_dir.resolve(), run.adapter_dir.parent.resolve()):
-        raise UserError(f"--out {target} would overwrite the run it exports; pick another directory")
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        if not overwrite:
-            raise UserError(f"--out {target} already exists and is not empty; pick another directory or --overwrite")
-        if not target.is_dir() or not (target / MARKER).is_file():
-            raise UserError(f"--out {target} is not an export of python -m train.export (no {MARKER}); --overwrite "
-                            "only replaces an export: remove it yourself if it should go")
+    """Never onto, into or around what is exported (the adapter, and the run directory it sits in): replacing
+    --out would delete it. An empty folder is taken; anything else only with --overwrite, and only an export."""
+    inputs = [run.adapter_dir, *([run.adapter_dir.parent] if run.adapter_dir.name == ADAPTER else [])]
+    check_output(target, inputs=inputs, overwrite=overwrite, ours=_empty_folder, flag="--out")
+    if os.path.lexists(target) and not _empty_folder(target) and not (_folder(target) and (target / MARKER).is_file()):
+        raise UserError(f"--out {target} is not an export of python -m train.export (no {MARKER}); --overwrite "
+                        "only replaces an export: remove it yourself if it should go")
+
+
+def _folder(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()  # a link is never replaced: rmtree would refuse it half-way
+
+
+def _empty_folder(path: Path) -> bool:
+    return _folder(path) and not any(path.iterdir())
 
 
 def _replace(staging: Path, target: Path) -> None:
@@ -144,7 +150,7 @@ def _write_peft(run: Run, staging: Path, base: str | None) -> None:
         shutil.copyfile(run.adapter_dir / name, staging / name)
     if run.report is not None:  # the scores travel with the adapter, so it can be exported again with its card
         (staging / EVAL).write_text(json.dumps(run.report, indent=2) + "\n")
-    raw = json.loads((staging / ADAPTER_CONFIG).read_text())
+    raw = read_json_as(staging / ADAPTER_CONFIG, "an adapter config of PEFT", {})
     raw["base_model_name_or_path"] = base  # where PEFT finds the base: its hub id, never this machine's path
     (staging / ADAPTER_CONFIG).write_text(json.dumps(raw, indent=2) + "\n")
 

@@ -3,6 +3,9 @@
     python -m train.predict --adapter DIR "text" ...          the label and its probability per text
     python -m train.predict --adapter DIR --input rows.csv --output preds.jsonl   a whole file
     python -m train.predict --model MERGED_DIR ...            a `train.export --format hf` directory
+
+Every text is held to one rule, wherever it comes from (arguments, stdin lines, --input rows): an empty or
+whitespace-only one stops the run naming its place, or with --on-bad-row skip is reported and left out.
 """
 from __future__ import annotations
 
@@ -20,10 +23,11 @@ from ..data import encode
 from ..data.corpus import Split
 from ..device import pick_device, pick_precision
 from ..errors import UserError
+from ..files import check_output, read_json_as
 from ..model import load_for_inference
 from ..prefix import predict
-from ..rundir import ADAPTER, read_json
-from .scoring import file_format, read_rows, write_predictions
+from .runs import adapter_dir, check_finished
+from .scoring import file_format, given_texts, read_rows, write_predictions
 
 
 def load_classifier(adapter: str | None, model: str | None, device):
@@ -33,10 +37,7 @@ def load_classifier(adapter: str | None, model: str | None, device):
         if model is None:
             raise UserError("pass --adapter DIR (a trained adapter or run), or --model DIR (a merged export)")
         return load_merged(model, device)
-    path = Path(adapter)
-    if not (path / ADAPTER_CONFIG).is_file() and (path / ADAPTER / ADAPTER_CONFIG).is_file():
-        path = path / ADAPTER  # a run directory: its adapter
-    net, tokenizer, info = load_for_inference(str(path), model, device)
+    net, tokenizer, info = load_for_inference(str(adapter_dir(adapter)), model, device)
     return net, tokenizer, info["labels"], info["train"].max_length
 
 
@@ -57,7 +58,7 @@ def load_merged(path: str | Path, device: torch.device) -> tuple[nn.Module, obje
     hf_logging.disable_progress_bar()
     if not is_merged_export(path):
         raise UserError(f"{path} is not a merged model directory (config.json and model.safetensors)")
-    config = read_json(Path(path) / "config.json", "model config")
+    config = read_json_as(Path(path) / "config.json", "a model config")
     names = config.get("id2label") if isinstance(config, dict) else None
     if not isinstance(names, dict) or sorted(map(str, names)) != sorted(map(str, range(len(names)))):
         raise UserError(f"{path}/config.json must name each class in id2label, numbered 0..K-1; it has "
@@ -83,8 +84,12 @@ def parser() -> Parser:
                                    "headerless layout (class, title, description), JSONL objects with \"text\" (and "
                                    "maybe \"id\"), or Parquet with those columns")
     p.add_argument("--output", help="with --input: predictions as .jsonl or .csv, one per row, in input order")
+    p.add_argument("--overwrite", action="store_true", help="replace an --output file that already exists")
     p.add_argument("--on-bad-row", choices=("stop", "skip"), default="stop",
-                   help="a malformed input row stops the run (default), or is reported and skipped")
+                   help="a malformed input row, or an empty text anywhere, stops the run (default), or is reported "
+                        "and skipped")
+    p.add_argument("--allow-unfinished", action="store_true", help="use the adapter of a run that has not finished "
+                   "(its best epoch so far)")
     add_scoring_flags(p)
     p.add_argument("--json", action="store_true", help="one JSON object per text")
     return p
@@ -97,22 +102,27 @@ def main(argv: list[str] | None = None) -> int:
 
 def _predict(args) -> int:
     positive("--batch-size", args.batch_size)
+    skip = args.on_bad_row == "skip"
     if args.input:
         if args.texts:
             raise UserError("give texts or --input, not both")
         if not args.output:
             raise UserError("--input needs --output (a .jsonl or .csv file)")
         file_format(args.output, "--output")
-        rows = read_rows(args.input, skip_bad=args.on_bad_row == "skip")
+        check_output(args.output, inputs=[args.input], overwrite=args.overwrite, flag="--output")
+        rows = read_rows(args.input, skip_bad=skip)
     else:
         if args.output:
             raise UserError("--output goes with --input")
-        texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-        if not texts:
+        given = args.texts or [line.rstrip("\r\n") for line in sys.stdin]
+        if not given:
             raise UserError("no texts: pass them as arguments, one per line on stdin, or --input FILE")
+        rows = given_texts(given, "text argument" if args.texts else "stdin line", skip_bad=skip)
+    if args.adapter is not None:
+        check_finished(args.adapter, adapter_dir(args.adapter), args.allow_unfinished)
     device = pick_device(args.device)
     model, tokenizer, labels, max_length = load_classifier(args.adapter, args.model, device)
-    texts = rows.texts if args.input else texts
+    texts = rows.texts
     data = encode(Split(texts, [0] * len(texts)), tokenizer, max_length, None)
     probs = predict(model, data, args.batch_size, device, pick_precision(args.precision, device),
                     progress=bool(args.input))

@@ -9,6 +9,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
@@ -46,21 +47,40 @@ def read_rows(path: str, skip_bad: bool, warn=lambda line: print(line, file=sys.
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--input {path}: file not found")
-    rows = ScoredRows([], [], [])
     file_format(path, "--input", INPUTS)
-    for line, text, _, key, problem in records(p, labels=False)[0]:  # a file not UTF-8: one line, with its line
+    found = ((line, text, key, problem) for line, text, _, key, problem in records(p, labels=False)[0])
+    rows = _collect(found, f"{path} line", skip_bad, warn)  # a file not UTF-8: one line, with its line
+    if not rows.texts:
+        raise UserError(f"{path} has no rows to score" + (f" ({rows.skipped} skipped)" if rows.skipped else ""))
+    return rows
+
+
+def given_texts(texts: Iterable[str], where: str, skip_bad: bool,
+                warn=lambda line: print(line, file=sys.stderr)) -> ScoredRows:
+    """Texts given as arguments (`where`: "text argument") or as stdin lines ("stdin line"), held to the rule
+    a file's rows are: an empty or whitespace-only text (or one that is not valid Unicode) stops the run naming
+    its place, or with skip_bad is reported in one line and left out."""
+    rows = _collect(((n, text, None, None) for n, text in enumerate(texts, start=1)), where, skip_bad, warn)
+    if not rows.texts and rows.skipped:
+        raise UserError(f"no texts to score ({rows.skipped} skipped)")
+    return rows
+
+
+def _collect(found: Iterable[tuple[int, object, object, str | None]], where: str, skip_bad: bool,
+             warn) -> ScoredRows:
+    """(place, text, id, problem) → the rows to score; the one rule for a text that is no text to classify."""
+    rows = ScoredRows([], [], [])
+    for line, text, key, problem in found:
         problem = problem or text_problem(text)
         if problem is not None:
             if not skip_bad:
-                raise UserError(f"{path} line {line}: {problem}; --on-bad-row skip scores the other rows")
-            warn(f"skipped {path} line {line}: {problem}")
+                raise UserError(f"{where} {line}: {problem}; --on-bad-row skip scores the other rows")
+            warn(f"skipped {where} {line}: {problem}")
             rows.skipped += 1
             continue
         rows.texts.append(text)
         rows.lines.append(line)
         rows.ids.append(key)
-    if not rows.texts:
-        raise UserError(f"{path} has no rows to score" + (f" ({rows.skipped} skipped)" if rows.skipped else ""))
     return rows
 
 

@@ -189,10 +189,10 @@ def test_every_bad_input_is_one_line(encoder, tmp_path, capsys, monkeypatch):
     assert "does not exist" in refused([tmp_path / "nope", "--out", out, "--format", "hf"], capsys)
     assert "is neither a run directory" in refused([tmp_path, "--out", out, "--format", "hf"], capsys)
     assert "invalid choice: 'tf'" in refused([run, "--out", out, "--format", "tf"], capsys)
-    assert "would overwrite the run it exports" in refused([run, "--out", run / "adapter", "--format", "peft"], capsys)
+    assert "(--out) is the input" in refused([run, "--out", run / "adapter", "--format", "peft"], capsys)
     (out / "data.txt").parent.mkdir()
     (out / "data.txt").write_text("keep me")
-    assert "already exists and is not empty" in refused([run, "--out", out, "--format", "hf"], capsys)
+    assert "already exists and this tool did not write it" in refused([run, "--out", out, "--format", "hf"], capsys)
     assert "is not an export" in refused([run, "--out", out, "--format", "hf", "--overwrite"], capsys)
     assert (out / "data.txt").read_text() == "keep me"
     monkeypatch.setitem(__import__("sys").modules, "onnxscript", None)  # as if the onnx extra were missing
@@ -243,6 +243,8 @@ def test_an_unfinished_run_is_exported_only_when_asked(tiny_model_dir, tiny_data
     line = refused([run, "--out", tmp_path / "e", "--format", "peft"], capsys)
     assert "is an unfinished run" in line and "--allow-unfinished" in line and not (tmp_path / "e").exists()
     assert export([str(run), "--out", str(tmp_path / "e"), "--format", "peft", "--allow-unfinished"]) == 0
+    assert capsys.readouterr().err.splitlines() == [  # named as such, as predict and evaluate name it
+        f"note: {run} is an unfinished run (no eval.json): its adapter is the best epoch so far"]
 
 
 def test_exports_follow_the_umask_and_leave_no_staging(encoder, tmp_path):
@@ -292,3 +294,32 @@ def test_a_truncated_or_foreign_eval_json_is_one_line(encoder, tmp_path, capsys)
     assert "eval.json is not valid JSON" in refused([run, "--out", tmp_path / "a", "--format", "peft"], capsys)
     (run / "eval.json").write_text('{"loss": [1, 2]}')
     assert "is not the eval.json of a run" in refused([run, "--out", tmp_path / "a", "--format", "peft"], capsys)
+
+
+def test_an_export_never_goes_onto_into_or_around_the_run_it_exports(encoder, tmp_path, capsys):
+    """Replacing --out deletes what is there: the run, and the adapter in it, are inputs however --out names them
+    (inside the run, its parent, a link to it, a path through '..'), even with --overwrite and an export's marker."""
+    run, _, _ = make_adapter(tmp_path / "runs" / "run", encoder, "linear", ("query", "value"))
+    (tmp_path / "link").symlink_to(run)
+    (tmp_path / "runs" / ".roberta-lora-export").write_text("{}")  # even a folder that looks like an export
+    for out, says in [(run / "exports" / "hf", "lies inside the input"), (run / "adapter" / ".." / "x", "lies inside"),
+                      (tmp_path / "runs", "holds the input"), (tmp_path / "link", "is the input"),
+                      (tmp_path / "link" / "adapter", "is the input")]:
+        for source in (run, run / "adapter"):
+            line = refused([source, "--out", out, "--format", "peft", "--overwrite"], capsys)
+            assert f"{out} (--out) {says}" in line, line
+    assert sorted(p.name for p in run.iterdir()) == ["adapter", "eval.json"]
+
+
+def test_an_eval_json_of_the_wrong_shape_is_one_line_naming_the_key(encoder, tmp_path, capsys):
+    run, _, _ = make_adapter(tmp_path / "run", encoder, "linear", ("query", "value"))
+    good = json.loads((run / "eval.json").read_text())
+    for change, says in [({"accuracy": "high"}, 'accuracy is "high", not a number'),
+                         ({"per_class": [1]}, "per_class[0] is 1, not an object"),
+                         ({"per_class": [{**good["per_class"][0], "f1": None}]}, "per_class[0].f1 is null"),
+                         ({"trainable_params": "6k"}, 'trainable_params is "6k", not a whole number'),
+                         ({"examples": 40.5}, "examples is 40.5, not a whole number")]:
+        (run / "eval.json").write_text(json.dumps({**good, **change}))
+        line = refused([run, "--out", tmp_path / "a", "--format", "peft"], capsys)
+        assert f"{run / 'eval.json'} is not the eval.json of a run of python -m train: {says}" in line
+    assert not (tmp_path / "a").exists()

@@ -172,6 +172,7 @@ def test_broken_models_and_adapters_are_one_line(run, tiny_data_dir, tmp_path, c
                                            tmp_path / "t"], capsys, train)
     adapter = tmp_path / "adapter"
     shutil.copytree(run / "adapter", adapter)
+    shutil.copyfile(run / "eval.json", adapter / "eval.json")  # a finished run's adapter, as an export keeps it
     data = (adapter / "adapter_model.safetensors").read_bytes()
     (adapter / "adapter_model.safetensors").write_bytes(data[:len(data) // 2])
     assert "cannot load adapter" in refused(["--adapter", adapter, "hello"], capsys, predict)
@@ -209,3 +210,68 @@ def test_scoring_names_the_line_of_bad_text(run, tmp_path, capsys):
     latin.write_bytes(b"text\nfine\ncaf\xe9\n")
     code, err = score("--adapter", run, "--input", latin, "--output", tmp_path / "o.jsonl", capsys=capsys)
     assert code == 2 and f"{latin} line 3 is not UTF-8 text" in err
+
+
+def test_the_output_is_never_the_input_and_replaces_a_file_only_with_overwrite(run, jsonl, tmp_path, capsys):
+    from helpers.oneline import refused
+
+    original = jsonl.read_text()
+    (tmp_path / "link.jsonl").symlink_to(jsonl)
+    (tmp_path / "sub").mkdir()
+    args = ["--adapter", run, "--input", jsonl, "--on-bad-row", "skip", *FP32]
+    for out in (jsonl, tmp_path / "link.jsonl", tmp_path / "sub" / ".." / jsonl.name):
+        for extra in ([], ["--overwrite"]):
+            line = refused([*args, "--output", out, *extra], capsys, predict)
+            assert f"{out} (--output) is the input {jsonl}: writing it would destroy it" in line
+    assert jsonl.read_text() == original
+    out = tmp_path / "p.jsonl"
+    out.write_text("the user's own file\n")
+    line = refused([*args, "--output", out], capsys, predict)
+    assert "(--output) already exists and this tool did not write it; pick another --output, or --overwrite" in line
+    assert out.read_text() == "the user's own file\n"
+    assert predict([str(a) for a in [*args, "--output", out, "--overwrite"]]) == 0
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines() if "id" in json.loads(x)] == ["a", 7]
+
+
+def test_an_empty_text_is_refused_naming_its_place_wherever_it_comes_from(run, tmp_path, capsys, monkeypatch):
+    """Arguments, stdin lines and --input rows: one rule (evaluate's files hold to it too, in train.data)."""
+    import io
+
+    from helpers.oneline import refused
+
+    hint = "; --on-bad-row skip scores the other rows"
+    for texts, place in (([TEXTS[0], ""], "text argument 2"), ([" \t "], "text argument 1")):
+        assert refused(["--adapter", run, *texts, *FP32], capsys, predict) == f"error: {place}: empty text{hint}"
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{TEXTS[0]}\n\n  \n{TEXTS[1]}\n"))
+    assert refused(["--adapter", run, *FP32], capsys, predict) == f"error: stdin line 2: empty text{hint}"
+    rows = write(tmp_path / "rows.csv", f"text\n{TEXTS[0]}\n   \n")
+    assert refused(["--adapter", run, "--input", rows, "--output", tmp_path / "o.csv", *FP32], capsys, predict) == \
+        f"error: {rows} line 3: empty text{hint}"
+    assert predict(["--adapter", str(run), TEXTS[0], "", " ", "--on-bad-row", "skip", *FP32]) == 0
+    got = capsys.readouterr()
+    assert got.err.splitlines() == ["skipped text argument 2: empty text", "skipped text argument 3: empty text"]
+    assert len(got.out.splitlines()) == 1 and got.out.rstrip("\n").endswith(f"\t{TEXTS[0]}")
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n \n"))
+    assert predict(["--adapter", str(run), "--on-bad-row", "skip", *FP32]) == 2
+    assert capsys.readouterr().err.splitlines() == ["skipped stdin line 1: empty text",
+                                                    "skipped stdin line 2: empty text",
+                                                    "error: no texts to score (2 skipped)"]
+
+
+def test_an_unfinished_runs_adapter_is_used_only_when_asked_and_then_named(run, tmp_path, capsys):
+    import shutil
+
+    from helpers.oneline import refused
+
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run, unfinished)
+    (unfinished / "eval.json").unlink()
+    for given in (unfinished, unfinished / "adapter"):
+        line = refused(["--adapter", given, TEXTS[0], *FP32], capsys, predict)
+        assert f"{given} is an unfinished run (no eval.json: its adapter is the best epoch so far)" in line
+        assert "--allow-unfinished" in line
+    assert predict(["--adapter", str(unfinished), TEXTS[0], "--allow-unfinished", *FP32]) == 0
+    got = capsys.readouterr()
+    assert [x for x in got.err.splitlines() if x.startswith("note:")] == [
+        f"note: {unfinished} is an unfinished run (no eval.json): its adapter is the best epoch so far"]
+    assert got.out.rstrip("\n").endswith(TEXTS[0])

@@ -1,0 +1,40 @@
+"""Which run an adapter comes from, and whether that run finished: decided one way for export, predict and
+evaluate. A run is finished when eval.json sits beside its adapter (in the adapter's folder, as an export
+keeps it, or in the run directory above it); before that, its adapter is the best epoch so far."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from lora.adapter import CONFIG_NAME as ADAPTER_CONFIG
+
+from ..errors import UserError
+from ..rundir import ADAPTER, EVAL, read_run_info
+
+
+def adapter_dir(path: str | Path) -> Path:
+    """The adapter folder `path` names: itself, or a run directory's adapter/ (else `path`, for the loader to
+    refuse)."""
+    p = Path(path)
+    if not (p / ADAPTER_CONFIG).is_file() and (p / ADAPTER / ADAPTER_CONFIG).is_file():
+        return p / ADAPTER
+    return p
+
+
+def scores_file(adapter: Path) -> Path | None:
+    """The eval.json of the run that wrote `adapter`, or None while that run is unfinished."""
+    return next((place / EVAL for place in (adapter, adapter.parent) if (place / EVAL).is_file()), None)
+
+
+def check_finished(source: str | Path, adapter: Path, allow: bool) -> None:
+    """Refuse an adapter of an unfinished run in one line unless --allow-unfinished (`allow`); when allowed, say
+    so in one note: line on stderr, so no output passes for a finished run's."""
+    if not (adapter / ADAPTER_CONFIG).is_file():
+        return  # no adapter at all: the loader says what is wrong
+    read_run_info(adapter)  # a damaged run record is the first thing to fix, and says so in one line
+    if scores_file(adapter) is not None:
+        return
+    if not allow:
+        raise UserError(f"{source} is an unfinished run (no {EVAL}: its adapter is the best epoch so far); finish it "
+                        "with python -m train --resume, or pass --allow-unfinished to use it as it is")
+    print(f"note: {source} is an unfinished run (no {EVAL}): its adapter is the best epoch so far", file=sys.stderr)
