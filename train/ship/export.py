@@ -61,7 +61,8 @@ def find_run(path: str | Path) -> Run:
     else:
         raise UserError(f"{path} is neither a run directory (with {ADAPTER}/) nor an adapter directory "
                         f"(with {ADAPTER_CONFIG})")
-    cfg, labels = read_run_info(adapter)
+    record = read_run_info(adapter)
+    cfg, labels = record.train, record.labels
     scores = scores_file(adapter)
     report = read_json_as(scores, "the eval.json of a run of python -m train", SCORES) if scores else None
     return Run(adapter, {"train": cfg.to_flat(), "labels": labels}, report, finished=report is not None)
