@@ -101,11 +101,15 @@ def run_main(body: Callable[[], int], argv: list[str] | None = None) -> int:
     except UserError as e:
         if debugging(argv):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        from .distributed import say_refusal  # torchrun's ranks: one line, not one per process
+
+        say_refusal(f"error: {e}")
         return 2
     except OSError as e:  # permissions, a full disk, a file where a directory should be
         if debugging(argv):
             raise
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
-        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        from .distributed import say_refusal
+
+        say_refusal(f"error: {e.strerror or e}{where}")
         return 2

@@ -3,7 +3,9 @@ signal agreed by all, and DDP."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable
@@ -13,6 +15,8 @@ import torch.distributed as dist
 from torch import nn
 
 from .errors import Finished, UserError
+
+REFUSAL_GRACE_S = 3.0  # how long a silent rank waits before exiting 2 (say_refusal)
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,30 @@ def shared_store_warning() -> str | None:
         return ("warning: torchrun shares one store across the restart rounds of several nodes, where a restarted "
                 "worker can wait on a dead peer's address; launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1")
     return None
+
+
+def say_refusal(line: str) -> None:
+    """A refusal's one line on stderr, once per node under torchrun. Every rank meets the same refusal (a flag,
+    the hub, rank 0's verdict broadcast by on_main), so only each node's local rank 0 says it; the others stay
+    silent, and first linger a moment: torchrun stops the whole group (SIGTERM) once any worker has exited, and
+    the rank that speaks may meet the refusal a little later. Read from torchrun's environment, so it holds
+    before the process group exists."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("LOCAL_RANK", "0") == "0":
+        print(line, file=sys.stderr, flush=True)
+        return
+    try:  # torchrun's SIGTERM, once the speaking rank has exited, ends the wait with the refusal's code, 2
+        old = signal.signal(signal.SIGTERM, _exit_refused)
+    except ValueError:  # not the main thread: signals stay as they are
+        old = None
+    try:
+        time.sleep(REFUSAL_GRACE_S)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _exit_refused(signum, frame) -> None:
+    raise SystemExit(2)
 
 
 def shard(batch: list[int], d: Dist) -> list[int]:

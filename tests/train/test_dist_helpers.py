@@ -116,3 +116,23 @@ def test_several_nodes_on_torchruns_shared_store_get_no_round_prefix_and_a_warni
     monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
     monkeypatch.setenv("GROUP_WORLD_SIZE", "1")  # one node: the round prefix covers it
     assert shared_store_warning() is None
+
+
+@pytest.mark.parametrize("local_rank, says", [("0", True), ("1", False)])
+def test_under_torchrun_only_each_nodes_local_rank_0_prints_a_refusal(monkeypatch, capsys, local_rank, says):
+    # every rank printed the same `error:` line, one copy per process, before torchrun's own summary
+    import train.distributed
+    from train.cli import run_main
+    from train.errors import UserError
+
+    monkeypatch.setattr(train.distributed, "REFUSAL_GRACE_S", 0.0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+
+    def body():
+        raise UserError("the hub is unreachable")
+
+    assert run_main(body, []) == 2
+    assert capsys.readouterr().err == ("error: the hub is unreachable\n" if says else "")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: always said
+    assert run_main(body, []) == 2 and capsys.readouterr().err == "error: the hub is unreachable\n"

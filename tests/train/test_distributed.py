@@ -48,6 +48,15 @@ def test_two_processes_match_one_and_resume(model_without_dropout, tiny_data_dir
     assert second.stdout.count("trainable ") == 1
 
 
+
+def test_a_refusal_under_torchrun_is_printed_once_before_torchruns_own_summary(tiny_data_dir, tmp_path):
+    # each rank printed the line, then torchrun added its ChildFailedError summary: two copies and a traceback
+    run = torchrun(*train_args("some-org/not-cached", tiny_data_dir, tmp_path / "run"))
+    lines = [x for x in run.stderr.splitlines() if x.startswith("error: ")]
+    assert len(lines) == 1 and "cannot fetch model 'some-org/not-cached'" in lines[0], run.stderr[-4000:]
+    assert run.stderr.index(lines[0]) < run.stderr.index("ChildFailedError")  # README: torchrun's summary comes after
+    assert run.returncode == 1 and run.stderr.count("exitcode  : 2") == 2  # torchrun's code; both ranks refused
+
 def test_a_dead_peer_ends_the_whole_run_without_hanging(tmp_path):
     import time
 
