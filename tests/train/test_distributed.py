@@ -15,7 +15,9 @@ ROOT = __import__('pathlib').Path(__file__).resolve().parents[2]
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # faulthandler: a rank that aborts (rank 1's rare SIGABRT, whose cause is not found yet) prints every
+    # thread's Python stack in its stderr, which the assertions below show
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONFAULTHANDLER": "1"}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "train", *args], capture_output=True, text=True, env=env, timeout=300)
 
