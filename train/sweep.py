@@ -280,7 +280,7 @@ def _seconds(path: Path) -> float | None:
 
 def _row(spec: dict, c: TrainConfig, seeds: list[int], accs: list[float], f1s: list[float],
          secs: list[float | None], labels: int) -> dict:
-    return {"name": spec["name"], "targets": list(c.lora.targets), "rank": "auto" if c.auto_rank else c.lora.rank,
+    return {"name": spec["name"], "targets": list(c.lora.targets), "rank": "auto" if c.rank == "auto" else c.lora.rank,
             "rslora": c.lora.use_rslora, "alpha": c.lora.alpha, "dropout": c.lora.dropout,
             "model_dropout": c.model_dropout, "lr": c.lr, "head": c.head, "seeds": seeds,
             "roberta_base_params": roberta_base_count(c, labels), "accuracies": accs, "macro_f1s": f1s,

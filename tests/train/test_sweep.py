@@ -66,11 +66,11 @@ def test_a_rerun_after_the_spec_changed_is_refused_for_unfinished_and_finished_r
     line = refused([changed, "--output-dir", out], capsys, sweep)
     assert "holds a run with other settings (lr)" in line
     more = spec_file(tmp_path, {"base": {**base, "rank": 3, "epochs": 3}, "runs": [{"name": "a"}]}, "more.json")
-    assert "holds a run with other settings (epochs, lora)" in refused([more, "--output-dir", out], capsys, sweep)
+    assert "holds a run with other settings (epochs, rank)" in refused([more, "--output-dir", out], capsys, sweep)
     (out / "a-seed0" / "eval.json").unlink()  # now an unfinished run of the old spec
     (out / "a-seed0" / "checkpoint.pt").write_bytes((out / "a-seed0" / "checkpoint.pt").read_bytes())
     assert "holds a run with other settings (lr)" in refused([changed, "--output-dir", out], capsys, sweep)
-    assert "holds a run with other settings (epochs, lora)" in refused([more, "--output-dir", out], capsys, sweep)
+    assert "holds a run with other settings (epochs, rank)" in refused([more, "--output-dir", out], capsys, sweep)
 
 
 def test_a_signal_stops_a_sweep_in_one_line_and_the_same_command_continues(tmp_path, capsys, monkeypatch):
