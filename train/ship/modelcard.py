@@ -7,7 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from train.files import atomic_write
+from train.errors import UserError
+from train.files import atomic_write, read_json_as
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # ORG/NAME or NAME: what the hub takes as a repo id
 # Where the data of a run came from, as a hub dataset id (the shipped sample is rows of AG News' test split).
@@ -37,9 +38,9 @@ def hub_base(model: str, given: str | None = None) -> str | None:
         return isinstance(name, str) and bool(HUB_ID.fullmatch(name)) and not Path(name).expanduser().exists()
     if given or hub(model):
         return given or model
-    try:
-        recorded = json.loads((Path(model).expanduser() / "config.json").read_text()).get("_name_or_path")
-    except (OSError, ValueError, AttributeError):
+    try:  # the one reader: a config too deeply nested for json is no name either, never a traceback
+        recorded = read_json_as(Path(model).expanduser() / "config.json", "a model config", {}).get("_name_or_path")
+    except (OSError, UserError):
         return None
     return recorded if hub(recorded) else None
 

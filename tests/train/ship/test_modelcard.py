@@ -60,3 +60,15 @@ def test_usage_names_the_directory_as_shown(tmp_path):  # noqa: D103
 def test_unknown_kind_is_refused():
     with pytest.raises(ValueError, match=r"kind must be one of adapter, peft, hf, onnx, got 'tf'"):
         model_card("out", "tf", INFO, REPORT, 1)
+
+
+def test_the_base_name_a_local_config_records_is_read_or_is_none_never_a_traceback(tmp_path):
+    from train.ship.modelcard import hub_base
+
+    model = tmp_path / "local-model"
+    model.mkdir()
+    for text, name in [('{"_name_or_path": "FacebookAI/roberta-base"}', "FacebookAI/roberta-base"),
+                       ('{"_name_or_path": "/home/me/model"}', None), ('{"_name_or_path": "Face', None),
+                       ("[1, 2]", None), ("[" * 100_000, None), ("1" * 5000, None)]:
+        (model / "config.json").write_text(text)
+        assert hub_base(str(model)) == name
