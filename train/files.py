@@ -1,7 +1,7 @@
 """The application's file toolkit: files written whole or not at all (a temp file beside the target, renamed
 over it), the sweep of temp files a killed process left, and a directory lock; one rule says whether the process
 behind a temp file or a lock is gone. Also the one guard every writer passes (check_output), the one reader of
-JSON the tool wrote (read_json_as), and where the cache lives (cache_home)."""
+JSON the tool wrote (read_json_as), where the cache lives (cache_home), and numbers from the environment (env_int)."""
 from __future__ import annotations
 
 import atexit
@@ -9,6 +9,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -134,6 +135,17 @@ def cache_home() -> Path:
     so an empty value never puts the cache in the current directory."""
     given = os.path.expanduser(os.environ.get("XDG_CACHE_HOME", ""))
     return Path(given) if given and os.path.isabs(given) else Path(os.path.expanduser("~")) / ".cache"
+
+
+def env_int(name: str, default: int, minimum: int = 0) -> int:
+    """Environment variable `name` as a whole number >= `minimum`, in ASCII digits alone (int() would take "٣",
+    " 3", "+3" and "1_000"); unset or empty means `default`; anything else is one UserError line naming it."""
+    value = os.environ.get(name, "")
+    if value == "":
+        return default
+    if re.fullmatch(r"-?[0-9]{1,18}", value) and int(value) >= minimum:
+        return int(value)
+    raise UserError(f"environment variable {name}={value!r} is not a whole number >= {minimum} (ASCII digits)")
 
 
 def check_output(path: str | Path, *, inputs: Iterable[str | Path] = (), overwrite: bool = False,

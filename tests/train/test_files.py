@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from train.errors import UserError
-from train.files import NUMBER, TEXT, WHOLE, cache_home, check_output, read_json_as, shape_problem
+from train.files import NUMBER, TEXT, WHOLE, cache_home, check_output, env_int, read_json_as, shape_problem
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -46,6 +46,33 @@ def test_fuzzed_xdg_values_never_put_the_cache_under_the_current_directory(value
     expanded = os.path.expanduser(value)
     assert got.is_absolute()
     assert got == (Path(expanded) if os.path.isabs(expanded) else tmp_path / "home" / ".cache")
+
+
+def test_env_int_reads_ascii_digits_and_refuses_the_rest_naming_the_variable(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert env_int("WORLD_SIZE", 1) == 1
+    for value, got in (("", 1), ("4", 4), ("0", 0), ("007", 7)):
+        monkeypatch.setenv("WORLD_SIZE", value)
+        assert env_int("WORLD_SIZE", 1) == got
+    for value in ("٣", "３", " 3", "3 ", "+3", "-1", "1_000", "3\n", "0x10", "3.0", "1" * 5000, "\x1b[3m"):
+        monkeypatch.setenv("WORLD_SIZE", value)
+        with pytest.raises(UserError, match=r"^environment variable WORLD_SIZE=.* is not a whole number >= 0 "):
+            env_int("WORLD_SIZE", 1)
+
+
+@FUZZ
+@given(value=st.text(st.characters(whitelist_categories=("Nd", "No", "Zs", "Cc", "Pd", "Sm"),
+                                   blacklist_characters="\x00"), max_size=6), minimum=st.integers(-2, 2))
+def test_fuzzed_environment_numbers_parse_as_ascii_digits_or_are_one_line(value, minimum, monkeypatch):
+    monkeypatch.setenv("ROBERTA_LORA_TEST_N", value)
+    try:
+        got = env_int("ROBERTA_LORA_TEST_N", 5, minimum)
+    except UserError as e:
+        assert str(e).startswith("environment variable ROBERTA_LORA_TEST_N=") and "\n" not in str(e)
+        assert value != ""
+    else:
+        plain = value.removeprefix("-")
+        assert value == "" and got == 5 or (plain.isascii() and plain.isdigit() and got == int(value) >= minimum)
 
 
 def test_the_training_cache_default_follows_the_xdg_rules(tmp_path, monkeypatch):
