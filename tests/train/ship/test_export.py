@@ -294,4 +294,3 @@ def test_a_truncated_or_foreign_eval_json_is_one_line(encoder, tmp_path, capsys)
     assert "eval.json is not valid JSON" in refused([run, "--out", tmp_path / "a", "--format", "peft"], capsys)
     (run / "eval.json").write_text('{"loss": [1, 2]}')
     assert "is not the eval.json of a run" in refused([run, "--out", tmp_path / "a", "--format", "peft"], capsys)
-
