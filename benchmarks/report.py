@@ -109,7 +109,7 @@ def speed_tables(data: dict) -> str:
         parts.append("All-linear r=6 step / query-value r=4 step (target ≤ 1.15): " + "; ".join(
             f"{p}: {r:.3f}" for p, r in h["all_linear_step_ratio_vs_query_value"].items()) + ".")
     if "fused_step_ratio_vs_plain" in h:
-        parts.append("All-linear r=6 step on the fused path (lora.fused, what python -m train runs) / the same on "
+        parts.append("All-linear r=6 step on the fused path (lora.fuse, what python -m train runs) / the same on "
                      "LoRALinear's plain formula (kept where it saves 5% or more): " + "; ".join(
                          f"{p}: {r:.3f}" for p, r in h["fused_step_ratio_vs_plain"].items()) + ".")
     return "\n\n".join(parts)

@@ -51,7 +51,7 @@ def build_base(seed: int = 0, attention: str = "sdpa", model_dropout: float | No
 
 def make_ours(base: nn.Module, config: LoRAConfig = LoRAConfig(), fused: bool = True) -> nn.Module:
     """Our LoRA, by default with LoRAConfig's defaults: rank 4, alpha 16, query/value, head trainable; on the
-    fused path (lora.fused) as python -m train runs it, or with `fused` False as LoRALinear's plain formula."""
+    fused path (lora.fuse) as python -m train runs it, or with `fused` False as LoRALinear's plain formula."""
     model = inject_lora(copy.deepcopy(base), config)
     if fused:
         fuse(model)

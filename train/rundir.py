@@ -51,8 +51,9 @@ def read_json(path: Path, what: str):
         raise UserError(f"{path} does not exist")
     try:
         return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({what}): {e}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # cut short, a number too long, nested too deep
+        detail = str(e).splitlines()[0][:120] if str(e) else "nested too deeply"
+        raise UserError(f"{path} is not valid JSON ({what}): {detail}") from None
 
 
 def read_run_info(adapter_dir: str | Path) -> Record:

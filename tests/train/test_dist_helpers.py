@@ -61,7 +61,7 @@ def test_two_gloo_processes_sum_confusions_share_rank0_objects_and_one_cache_bui
     assert r0["confusion"] == r1["confusion"] == [[3, 0], [2, 10]] and r0["dtype"] == "torch.int64"
     assert r1["conf_after"] == [[2, 0], [2, 5]]  # the caller's tensor is left alone
     assert r0["state"] == r1["state"] == [7, [0, 1, 2]]
-    assert r0["reads"] == [0, 0] and r1["reads"] == []  # rank 0 hashed and built; rank 1 never read the data
+    assert r0["reads"] == [0] and r1["reads"] == []  # rank 0 read the rows once to build; rank 1 never read them
     assert r0["ids"] == r1["ids"] == [0, 3, 3, 5, 2, 0, 4, 2, 0, 4, 3, 2]
     assert r0["offsets"] == r1["offsets"] == [0, 5, 8, 12] and r0["labels"] == r1["labels"] == [1, 0, 1]
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
@@ -136,3 +136,16 @@ def test_under_torchrun_only_each_nodes_local_rank_0_prints_a_refusal(monkeypatc
     assert capsys.readouterr().err == ("error: the hub is unreachable\n" if says else "")
     monkeypatch.setenv("WORLD_SIZE", "1")  # one process: always said
     assert run_main(body, []) == 2 and capsys.readouterr().err == "error: the hub is unreachable\n"
+
+
+@pytest.mark.parametrize("name, value", [("WORLD_SIZE", "²"), ("WORLD_SIZE", "0"), ("LOCAL_RANK", " 1"),
+                                         ("WORLD_SIZE", "two")])
+def test_torchruns_variables_parse_or_are_refused_naming_the_variable(monkeypatch, name, value):
+    from train.distributed import init_distributed
+    from train.errors import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(UserError, match=f"environment variable {name}="):
+        init_distributed(False)
