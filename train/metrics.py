@@ -7,7 +7,6 @@ exact_match); regression from every row's prediction and target (pearson, spearm
 processes sum under torchrun, so those scores are exact; correlations need the gathered vectors."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,7 +14,7 @@ import torch
 
 from train.files import atomic_write
 
-from .rundir import METRICS, PLOTS
+from .rundir import PLOTS
 
 
 def classification_report(preds: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict:
@@ -208,14 +207,17 @@ def format_report(report: dict, title: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def plot_run(out: Path, result: dict) -> None:
-    """curves.png from out/metrics.jsonl, and confusion.png from `result` (eval.json's dict)."""
+PLOTTED = ("step", "loss", "lr", "eval_accuracy", "eval_macro_f1")  # what curves.png draws of metrics.jsonl's lines
+
+
+def plot_run(out: Path, result: dict, entries: list[dict]) -> None:
+    """curves.png from `entries` (the run's metrics.jsonl lines, as the run kept them: at least PLOTTED), and
+    confusion.png from `result` (eval.json's dict)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    entries = [json.loads(x) for x in (out / METRICS).read_text().splitlines() if x.strip()]
     train = [e for e in entries if "loss" in e]
     evals = [e for e in entries if "eval_accuracy" in e]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))

@@ -28,7 +28,7 @@ from .data import Encoded, EpochBatches, Prefetcher, load_data, tokenize_early, 
 from .device import autocast, forward_batch_size, pick_attention, pick_precision, set_model_dropout, setup_device
 from .distributed import Dist, agreed_signal, all_reduce_confusion, all_sum, barrier, on_main, shard, shutdown, wrap
 from .errors import Diverged, Finished, Stopped
-from .metrics import confusion_matrix, format_report, plot_run, report_from_confusion
+from .metrics import PLOTTED, confusion_matrix, format_report, plot_run, report_from_confusion
 from .model import EMA, describe_plan, load_pretrained, param_groups, prepare, resolve
 from .prefix import predict_rows
 from .prefix_cache import frozen_prefix
@@ -51,6 +51,7 @@ class Progress:
     best_accuracy: float = -1.0
     history: list = field(default_factory=list)  # one dict per finished epoch
     best: dict = field(default_factory=dict)  # the full report of the best epoch so far
+    plotted: list = field(default_factory=list)  # what the plots draw of each logged line (metrics.PLOTTED)
 
 
 @dataclass(kw_only=True)
@@ -261,6 +262,7 @@ def log(s: State, entry: dict) -> None:  # one metrics.jsonl line, mirrored into
     if s.dist.main:
         s.run.append_metrics(entry)
         s.tracker.log(entry, entry["step"])
+        s.progress.plotted.append({k: v for k, v in entry.items() if k in PLOTTED})  # checkpointed: a resume has it
 
 
 def checkpoint(s: State) -> None:
@@ -295,7 +297,7 @@ def finish(s: State) -> dict:
     p, best = s.progress, s.progress.best
     result = eval_record(p.best, p.history, p.train_seconds, p.examples, p.step, count_trainable(s.model), s.labels)
     if s.dist.main:
-        plot_run(s.run.path, result)
+        plot_run(s.run.path, result, p.plotted)
         write_json(s.run / EVAL, result)
         s.say(format_report(best, f"epoch {best['epoch']} of {s.cfg.epochs}, the best, whose adapter is saved (the "
                                   f"final epoch: accuracy {result['final_accuracy']:.4f})"))

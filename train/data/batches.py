@@ -17,9 +17,10 @@ import torch
 
 from ..distributed import Dist, barrier, broadcast_object_from_main
 from ..errors import UserError
-from .cache import CacheReader, cache_file, cache_state, open_cached, token_chunks, token_key
+from .cache import (CacheReader, cache_file, cache_state, content_of, data_key, lookup_key, open_cached, token_chunks,
+                    tokenizer_parts)
 from .cache import build as build_cache
-from .sources import Rows
+from .sources import Fingerprint, Rows
 
 
 @dataclass
@@ -63,36 +64,61 @@ class Encoded:
 def encode(rows: Iterable[tuple[str, int]], tokenizer, max_length: int, cache_dir: str | os.PathLike | None,
            d: Dist = Dist()) -> Encoded:
     """Tokenize a split (a Split, a Rows stream, or any re-iterable of (text, label)), truncated and
-    unpadded, a chunk of rows at a time.
+    unpadded, a chunk of rows at a time, in the one pass over the rows that also checks them (a reader stops
+    at a bad row) and fingerprints them (Encoded.key, which a checkpoint records).
 
-    Without cache_dir the result is built in memory. With it, this machine's local rank 0 finds the
-    entry or builds it while every other rank waits at a barrier; all then take rank 0's key and
-    memory-map the entry, so no rank's memory grows with the corpus and non-zero local ranks never
-    read it. Under torchrun pass the run's Dist: every rank must call this, in the same order."""
+    Without cache_dir the result is built in memory. With it, this machine's local rank 0 looks the entry up
+    by a name made without reading the rows (cache.lookup_key), and builds it on a miss, while every other
+    rank waits at a barrier; the entry holds the rows' key, so a hit reads no row. All then take rank 0's key
+    and memory-map the entry, so no rank's memory grows with the corpus and non-zero local ranks never read
+    it. Under torchrun pass the run's Dist: every rank must call this, in the same order."""
     pad_id = getattr(tokenizer, "pad_token_id", None)
     pad_id = 0 if pad_id is None else pad_id
+    parts = tokenizer_parts(tokenizer, max_length)
     if not cache_dir:
-        return replace(_in_memory(rows, tokenizer, max_length, pad_id), key=token_key(rows, tokenizer, max_length))
-    key = None
+        seen = Fingerprint(rows)
+        data = _in_memory(seen, tokenizer, max_length, pad_id)
+        return _checked(replace(data, key=data_key(content_of(rows, seen.digest), parts)), rows)
+    lookup, mine = lookup_key(rows, parts), None  # lookup None: a stream, named once its pass has hashed it
     if d.local_rank == 0:
-        key = token_key(rows, tokenizer, max_length)
-        path = cache_file(cache_dir, key)
+        try:
+            mine = ("ok", _find_or_build(rows, tokenizer, max_length, parts, cache_dir, lookup))
+        except UserError as e:  # a bad row: every rank stops on it, and none waits at the barrier for ever
+            mine = ("refused", str(e))
+    barrier(d)  # every machine's local rank 0 has its entry
+    main = broadcast_object_from_main(mine, d)
+    for answer in (main, mine):
+        if answer is not None and answer[0] == "refused":
+            raise UserError(answer[1])
+    key = main[1]
+    if mine is not None and mine[1] != key:
+        raise UserError(f"rank {d.rank} sees other data or another tokenizer than rank 0; every machine needs "
+                        "the same files")
+    path = cache_file(cache_dir, lookup or key)
+    opened = open_cached(path)
+    if opened is None or opened[1].meta.get("key") != key:
+        raise UserError(f"rank {d.rank}: the token cache {path} is missing or torn on this machine; is "
+                        "--cache-dir the same path on every machine?")
+    return _checked(Encoded(**opened[0], pad_id=pad_id, key=key, reader=opened[1]), rows)
+
+
+def _find_or_build(rows, tokenizer, max_length: int, parts: list[str], cache_dir, lookup: str | None) -> str:
+    """The data key of the rows' cache entry: read from the entry `lookup` names, or made by the one pass
+    that builds it."""
+    path = cache_file(cache_dir, lookup or "stream")  # a stream's entry is named after its pass
+    if lookup is not None:
         state = cache_state(path)
         if state == "damaged":
             print(f"note: the token cache {path} is damaged (its bytes differ from its checksum); rebuilding it",
                   file=sys.stderr, flush=True)
-        if state != "ok" or open_cached(path) is None:  # missing, torn, damaged or of an older format
-            build_cache(path, token_chunks(rows, tokenizer, max_length))
-    barrier(d)  # every machine's local rank 0 has its entry
-    main_key = broadcast_object_from_main(key, d)
-    if key is not None and key != main_key:
-        raise UserError(f"rank {d.rank} sees other data or another tokenizer than rank 0; every machine needs "
-                        "the same files")
-    opened = open_cached(cache_file(cache_dir, main_key))
-    if opened is None:
-        raise UserError(f"rank {d.rank}: the token cache {cache_file(cache_dir, main_key)} is missing or torn "
-                        "on this machine; is --cache-dir the same path on every machine?")
-    return _checked(Encoded(**opened[0], pad_id=pad_id, key=main_key, reader=opened[1]), rows)
+        opened = open_cached(path) if state == "ok" else None  # else missing, torn, damaged or of an older format
+        if opened is not None and opened[1].meta.get("key"):
+            return opened[1].meta["key"]
+    seen = Fingerprint(rows)
+    key = lambda: data_key(content_of(rows, seen.digest), parts)  # noqa: E731  (whole once the pass has ended)
+    build_cache(path, token_chunks(seen, tokenizer, max_length), meta=lambda: {"key": key()},
+                final=None if lookup else lambda: cache_file(cache_dir, key()))
+    return key()
 
 
 def _in_memory(rows: Iterable[tuple[str, int]], tokenizer, max_length: int, pad_id: int) -> Encoded:
@@ -101,7 +127,7 @@ def _in_memory(rows: Iterable[tuple[str, int]], tokenizer, max_length: int, pad_
                             for i, dtype in enumerate((np.int32, np.int64, np.int64)))
     offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
     offsets[1:] = torch.cumsum(lengths, 0)
-    return _checked(Encoded(ids, offsets, labels, pad_id), rows)
+    return Encoded(ids, offsets, labels, pad_id)
 
 
 def _checked(data: Encoded, rows) -> Encoded:

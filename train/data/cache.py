@@ -1,7 +1,8 @@
-"""The token cache: one safetensors file per (rows, tokenizer, max_length). It is built a chunk of rows
-at a time, so memory is bounded by the chunk and never by the corpus; it gets its final name only by
-an atomic rename once whole and synced, and a checksum file (KEY.sum) written last vouches for it: a
-damaged entry is rebuilt, never read. Every process memory-maps it rather than loading it."""
+"""The token cache: one safetensors file per (rows, tokenizer, max_length). It is named without reading the rows
+(lookup_key) and holds their data key (data_key: their content's fingerprint) in its metadata, so a run that finds
+it reads no row. It is built a chunk of rows at a time, so memory is bounded by the chunk and never by the corpus;
+it gets its final name only by an atomic rename once whole and synced, and a checksum file (KEY.sum) written last
+vouches for it: a damaged entry is rebuilt, never read. Every process memory-maps it rather than loading it."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +11,7 @@ import mmap
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 from pathlib import Path
 
@@ -20,25 +21,58 @@ import torch
 from train.files import atomic_write, sweep_temps, temp_name
 
 from ..console import progress
-from .sources import content_key
+from .sources import Rows, content_key
 
-# The layout written below. A file of any other format (the old ids+offsets cache, say) is not
-# trusted: it is rebuilt.
-TOKEN_FORMAT = "2"
+# The layout written below, its metadata included. A file of any other format (one without the rows' key,
+# say) is not trusted: it is rebuilt.
+TOKEN_FORMAT = "3"
+KEY_FORMAT = "2"  # how data_key is made: unchanged, so a checkpoint made before still resumes on the same data
 CHUNK_ROWS = 8192  # rows tokenized per call: ~10 MB of Python token lists at AG News lengths
 _DTYPES = {"I32": np.int32, "I64": np.int64}
 
 
-def token_key(rows: Iterable[tuple[str, int]], tokenizer, max_length: int) -> str:
-    """Names the cache entry: tokenizer, max_length and the rows. Rows with a cheap `key` (a hub
-    dataset's fingerprint) give it; others are hashed a chunk at a time, never held whole."""
+def tokenizer_parts(tokenizer, max_length: int) -> list[str]:
+    """What decides the token ids of a text: the tokenizer's name, size and whole definition, and max_length."""
+    return [type(tokenizer).__name__, str(tokenizer.name_or_path), str(len(tokenizer)), str(max_length),
+            str(getattr(tokenizer, "truncation_side", "")), _tokenizer_fingerprint(tokenizer)]
+
+
+def _hash(parts: list[str], last: str) -> str:
     h = hashlib.sha256()
-    for part in (TOKEN_FORMAT, type(tokenizer).__name__, str(tokenizer.name_or_path), str(len(tokenizer)),
-                 str(max_length), str(getattr(tokenizer, "truncation_side", "")), _tokenizer_fingerprint(tokenizer)):
+    for part in parts:
         h.update(part.encode() + b"\0")
-    key = getattr(rows, "key", None)
-    h.update((f"key:{key()}" if key else f"rows:{content_key(rows)[0]}").encode())
+    h.update(last.encode())
     return h.hexdigest()[:32]
+
+
+def data_key(content: str, parts: list[str]) -> str:
+    """What a run trained on: the rows (content: "key:" and a hub dataset's fingerprint, or "rows:" and the
+    sha256 of every row, sources.Fingerprint) as this tokenizer and max_length (tokenizer_parts) make them. A
+    checkpoint keeps it, so that a resume on other data is refused."""
+    return _hash([KEY_FORMAT, *parts], content)
+
+
+def content_of(rows, digest: Callable[[], str]) -> str:
+    """data_key's `content` of `rows`: their cheap key if they have one, else the digest of their pass."""
+    key = getattr(rows, "key", None)
+    return f"key:{key()}" if key else f"rows:{digest()}"
+
+
+def lookup_key(rows, parts: list[str]) -> str | None:
+    """The name of the cache entry for `rows`, made without reading a file: their data key when their key names
+    them (a hub dataset's fingerprint) or they are held in memory (hashed there); else a hash of their origin
+    (the files' paths, sizes and times, the settings that pick the rows). None for a stream that only its
+    content names: it is hashed as it is tokenized, and the entry named after."""
+    if getattr(rows, "key", None) or not isinstance(rows, Rows):
+        return data_key(content_of(rows, lambda: content_key(rows)[0]), parts)
+    if rows.origin:
+        return _hash([TOKEN_FORMAT, *parts], f"origin:{rows.origin()}")
+    return None
+
+
+def token_key(rows: Iterable[tuple[str, int]], tokenizer, max_length: int) -> str:
+    """data_key of `rows`, hashing them (a chunk at a time, never held whole) unless a cheap key names them."""
+    return data_key(content_of(rows, lambda: content_key(rows)[0]), tokenizer_parts(tokenizer, max_length))
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
@@ -107,10 +141,17 @@ def cache_state(path: Path) -> str:
         return "damaged"
 
 
-def build(path: Path, chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> int:
-    """Write the chunks into `path`, whole or not at all; returns the row count. The parts go to a
-    folder named for this machine and process (train.files.temp_name); a kill leaves only that folder, which
-    the next build sweeps once its process is gone (or, from another machine, after a day)."""
+def build(path: Path, chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+          meta: Callable[[], dict[str, str]] | None = None, final: Callable[[], Path] | None = None) -> int:
+    """Write the chunks into `path`, whole or not at all; returns the row count. `meta()`, called once every
+    chunk is written, adds to the file's metadata; `final()`, when given, names the entry then instead of `path`
+    (rows that only their content names). The parts go to a folder named for this machine and process
+    (train.files.temp_name); a kill leaves only that folder, which the next build sweeps once its process is
+    gone (or, from another machine, after a day)."""
+    return _build(path, chunks, meta or dict, final or (lambda: path))
+
+
+def _build(path: Path, chunks, meta: Callable[[], dict[str, str]], final: Callable[[], Path]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_temps(path.parent, path.name)
     partial = Path(tempfile.mkdtemp(dir=path.parent, prefix=temp_name(path)[0], suffix=temp_name(path)[1]))
@@ -124,7 +165,7 @@ def build(path: Path, chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]
                 fo.write((tokens + np.cumsum(lengths)).tobytes())
                 fl.write(labels.tobytes())
                 n, tokens = n + len(lengths), tokens + int(lengths.sum())
-        header = _header(n, tokens)
+        header = _header(n, tokens, meta())
         whole = partial / "whole.safetensors"
         with whole.open("wb") as out:
             out.write(len(header).to_bytes(8, "little") + header)
@@ -133,7 +174,7 @@ def build(path: Path, chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]
                     shutil.copyfileobj(f, out, 1 << 22)
             out.flush()
             os.fsync(out.fileno())
-        digest = checksum(whole)
+        digest, path = checksum(whole), final()
         _sum_file(path).unlink(missing_ok=True)  # an older entry's sum never vouches for the new file
         os.replace(whole, path)  # the name appears only now, on a whole file
         atomic_write(_sum_file(path), lambda tmp: Path(tmp).write_text(digest + "\n"))  # written last
@@ -142,11 +183,11 @@ def build(path: Path, chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def _header(n: int, tokens: int) -> bytes:
+def _header(n: int, tokens: int, meta: dict[str, str]) -> bytes:
     """safetensors header: offsets, labels, ids, back to back; padded with spaces (the format allows
     it) so the data start at a multiple of 8 bytes and every array maps aligned."""
     a, b, c = 8 * (n + 1), 8 * (2 * n + 1), 8 * (2 * n + 1) + 4 * tokens
-    spec = {"__metadata__": {"format": TOKEN_FORMAT, "rows": str(n), "tokens": str(tokens)},
+    spec = {"__metadata__": {**meta, "format": TOKEN_FORMAT, "rows": str(n), "tokens": str(tokens)},
             "offsets": {"dtype": "I64", "shape": [n + 1], "data_offsets": [0, a]},
             "labels": {"dtype": "I64", "shape": [n], "data_offsets": [a, b]},
             "ids": {"dtype": "I32", "shape": [tokens], "data_offsets": [b, c]}}
@@ -161,7 +202,7 @@ class CacheReader:
     resident. With pread a batch costs its own bytes. Also holds the file's memory mapping."""
 
     def __init__(self, path: Path, spec: dict, base: int, mapping: mmap.mmap):
-        self.mapping = mapping
+        self.mapping, self.meta = mapping, spec.get("__metadata__", {})  # meta: the rows' key, their count
         self._file = path.open("rb", buffering=0)  # closed with the reader
         self._at = {name: base + spec[name]["data_offsets"][0] for name in ("ids", "offsets", "labels")}
 

@@ -1,13 +1,12 @@
-"""A run's labelled data: where it is (files, globs, a directory, a hub dataset), its class names, its
-splits as row streams (sources.Rows, never held whole) or in memory, stratified subsets, a held-out
+"""A run's labelled data: where it is (files, globs, a directory, a hub dataset), its class names (classes.py),
+its splits as row streams (sources.Rows, never held whole) or in memory, stratified subsets, a held-out
 evaluation set carved from the training rows (--holdout), and the checks made before training."""
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +16,9 @@ import torch
 from ..config import TrainConfig
 from ..console import progress
 from ..errors import UserError
+from .classes import class_names, infer_names
 from .hub import OFFLINE_RUN, HubUnreachable, hub_corpus, model_needs_hub
-from .labels import LabelKinds
-from .sources import EXTENSIONS, Rows, expand_paths, file_kind, file_rows, raw_labels, raw_rows
+from .sources import EXTENSIONS, Rows, expand_paths, file_kind, file_rows, raw_rows
 
 EVAL_NAMES = ("test", "dev", "validation")
 # Shipped with the package, so a clone trains offline: --data ag_news_sample (its README says what it is).
@@ -52,14 +51,15 @@ class RowCorpus:
 
 
 def open_corpus(data: str, train_file: str | None = None, eval_file: str | None = None,
-                streaming: bool = False) -> RowCorpus:
+                streaming: bool = False, cache_dir: str | os.PathLike | None = None) -> RowCorpus:
     """Explicit files (or globs) win; else `data` is a shipped sample's name (SAMPLES), a local directory or a
     hub dataset name. Reads no more than the first record of each file, plus the training labels when no
-    classes.txt names them. `streaming` applies to hub datasets: rows arrive as they download."""
+    classes.txt names them and cache_dir does not remember them. `streaming` applies to hub datasets: rows
+    arrive as they download."""
     if train_file or eval_file:
         if not (train_file and eval_file):
             raise UserError("--train-file and --eval-file go together")
-        return _file_corpus(expand_paths(train_file), expand_paths(eval_file), train_file, eval_file)
+        return _file_corpus(expand_paths(train_file), expand_paths(eval_file), train_file, eval_file, cache_dir)
     path = SAMPLES.get(data, Path(data))
     if path.is_dir():
         train = _find(path, ("train",))
@@ -68,7 +68,7 @@ def open_corpus(data: str, train_file: str | None = None, eval_file: str | None 
         evalf = _find(path, EVAL_NAMES)
         if evalf is None:
             raise UserError(f"{path} has none of test/dev/validation .csv, .jsonl or .parquet")
-        return _file_corpus(train[0], evalf[0], train[1], evalf[1])
+        return _file_corpus(train[0], evalf[0], train[1], evalf[1], cache_dir)
     # A hub id is NAME or ORG/NAME; anything else that is not a directory was meant as a local path.
     if (path.suffix in EXTENSIONS or glob.has_magic(data) or path.is_absolute() or data.count("/") > 1
             or data.startswith((".", "~")) or (os.sep != "/" and os.sep in data)):
@@ -104,50 +104,15 @@ def _find(directory: Path, stems: tuple[str, ...]) -> tuple[list[Path], str] | N
     return None
 
 
-def _file_corpus(train: list[Path], evalf: list[Path], train_name: str, eval_name: str) -> RowCorpus:
+def _file_corpus(train: list[Path], evalf: list[Path], train_name: str, eval_name: str,
+                 cache_dir: str | os.PathLike | None) -> RowCorpus:
     names = class_names(train[0])
     kind, eval_kind = file_kind(train), file_kind(evalf)
     if kind != eval_kind:
         raise UserError(f"{train[0]} and {evalf[0]} are in different formats ({kind} vs {eval_kind})")
     if names is None:
-        names = _infer_names(train, kind, train_name)
+        names = infer_names(train, kind, train_name, cache_dir)
     return RowCorpus(file_rows(train, names, kind, train_name), file_rows(evalf, names, kind, eval_name), names)
-
-
-def _infer_names(paths: list[Path], kind: str, name: str) -> list[str]:
-    """Class names from the training labels (one pass, holding only the distinct labels): whole numbers name
-    classes 1..K in AG News files and 0..K-1 otherwise; class names, sorted. A label of neither kind, a mix of
-    kinds, or a number that would make far more classes than the labels seen, is one line."""
-    kinds, seen = LabelKinds(), set()
-    for raw, where in raw_labels(paths):
-        seen.add(kinds.check(raw, where))
-    if not seen:
-        raise UserError(f"{name} has no rows")
-    if kinds.first[0] is str:
-        return sorted(seen)
-    base, low, top = (1 if kind == "agnews" else 0), min(seen), max(seen)
-    if low < base:
-        raise UserError(f"{name}: label {low} is below {base}; whole-number labels are {base}..K"
-                        + (" in AG News' layout" if base else ""))
-    if top - base + 1 > len(seen) + 1000:  # not the index of a class: it would make a head that size
-        raise UserError(f"{name}: label {top} would make {top - base + 1:,} classes, but only {len(seen)} distinct "
-                        f"labels appear; whole-number labels are {base}..K, or name the classes in classes.txt")
-    return [str(i) for i in range(base, top + 1)]
-
-
-def class_names(train_path: Path) -> list[str] | None:
-    classes = train_path.parent / "classes.txt"
-    if not classes.is_file():
-        return None
-    try:
-        names = [line.strip() for line in classes.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-    except UnicodeDecodeError:
-        raise UserError(f"{classes} is not UTF-8 text") from None
-    if not names:
-        raise UserError(f"{classes} lists no class names (one per line)")
-    if len(set(names)) != len(names):
-        raise UserError(f"{classes} lists a class name twice")
-    return names
 
 
 def read_split(path: Path, names: list[str]) -> Split:
@@ -167,10 +132,16 @@ def stratified_subset(split: Split, n: int | None, seed: int) -> Split:
     return Split([split.texts[i] for i in keep], [split.labels[i] for i in keep])
 
 
+def picked_origin(rows: Rows, how: str) -> Callable[[], str] | None:
+    """The origin of the rows that `how` (a subset, a holdout) picks from `rows`: theirs, or their key, and how."""
+    base = rows.origin or (rows.key and (lambda: f"key:{rows.key()}"))
+    return (lambda: f"{base()}:{how}") if base else None
+
+
 def subset_rows(rows: Rows, n: int | None, seed: int) -> Rows:
     """The rows stratified_subset would keep, as a stream. The pick is made on first use (one pass
-    that holds the labels, 8 bytes a row), so a process that only opens a cache built elsewhere
-    never reads the corpus."""
+    that holds the labels, 8 bytes a row), so a run whose token cache already holds them never reads
+    the corpus: the cache knows them by their origin, the pick's settings included."""
     if n is None:
         return rows
     if n < 1:
@@ -191,9 +162,7 @@ def subset_rows(rows: Rows, n: int | None, seed: int) -> Rows:
         keep = mask()
         return (row for i, row in enumerate(rows) if keep[i])
 
-    def key() -> str:
-        return f"{rows.key()}:subset:{hashlib.sha256(np.packbits(mask()).tobytes()).hexdigest()}"
-    return Rows(read, rows.name, key if rows.key else None)
+    return Rows(read, rows.name, origin=picked_origin(rows, f"subset:{n}:{seed}"))
 
 
 def _stratified_keep(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -217,16 +186,20 @@ def _stratified_keep(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
-def check_classes(labels: torch.Tensor, names: list[str], cfg: TrainConfig) -> None:
+def check_classes(labels: torch.Tensor, names: list[str], cfg: TrainConfig, held: torch.Tensor | None = None) -> None:
     """Every class must have training rows (labels: the training labels, (n,)), and the evaluation file
-    must name the same classes."""
+    must name the same classes. held: the evaluation labels, which under --holdout came from the training data."""
     counts = torch.bincount(labels.long(), minlength=len(names))
     empty = [n for n, c in zip(names, counts.tolist()) if c == 0]
     if empty and not cfg.allow_empty_classes:
+        taken = cfg.holdout and held is not None and any(
+            c > 0 for n, c in zip(names, torch.bincount(held.long(), minlength=len(names)).tolist()) if n in empty)
         raise UserError(f"{len(empty)} of {len(names)} classes have no training row "
                         f"({', '.join(empty[:5])}{', …' if len(empty) > 5 else ''}): they can never be learned; "
-                        "give the class names in a classes.txt beside the training file, fix the labels, "
-                        "or pass --allow-empty-classes")
+                        + (f"--holdout {cfg.holdout} took the only rows of some: hold out fewer (a smaller --holdout), "
+                           "add rows of them, or pass --allow-empty-classes" if taken else
+                           "give the class names in a classes.txt beside the training file, fix the labels, "
+                           "or pass --allow-empty-classes"))
     if cfg.eval_file and not cfg.holdout:
         theirs = class_names(Path(cfg.eval_file))
         if theirs is not None and theirs != names:
@@ -248,24 +221,57 @@ def carve_holdout(split: Split, n: int) -> tuple[Split, Split]:
     return pick(False), pick(True)
 
 
+def holdout_rows(rows: Rows, n: int) -> tuple[Rows, Rows]:
+    """carve_holdout's (rest, held-out rows) as streams. The pick is made on first use, by one pass that
+    holds the labels (8 bytes a row), so a run whose token cache already holds both never reads the rows. A
+    pass over the rest keeps the n held-out rows it passes, and the held-out split is read from them."""
+    picked: list[np.ndarray] = []
+    kept: list[list[tuple[str, int]]] = []  # the held-out rows, once a pass over the rest has ended
+
+    def held() -> np.ndarray:
+        if not picked:
+            labels = np.fromiter((y for _, y in rows), dtype=np.int64)
+            if n >= len(labels):
+                raise UserError(f"--holdout {n} leaves no training rows (the training data has {len(labels)})")
+            mask = np.zeros(len(labels), bool)
+            mask[_stratified_keep(labels, n, HOLDOUT_SEED)] = True
+            picked.append(mask)
+        return picked[0]
+
+    def rest() -> Iterator[tuple[str, int]]:
+        mask, aside = held(), []
+        for i, row in enumerate(rows):
+            if mask[i]:
+                aside.append(row)
+            else:
+                yield row
+        kept[:] = [aside]
+
+    def held_out() -> Iterator[tuple[str, int]]:
+        if kept:
+            return iter(kept[0])
+        mask = held()
+        return (row for i, row in enumerate(rows) if mask[i])
+    origin = lambda keep: picked_origin(rows, f"holdout:{n}:{HOLDOUT_SEED}:{keep}")  # noqa: E731
+    return Rows(rest, rows.name, origin=origin(False)), Rows(held_out, f"{rows.name} (held out)", origin=origin(True))
+
+
 def load_data(cfg: TrainConfig) -> RowCorpus:
-    """The splits as row streams (read again whenever iterated, never all held), subsets applied.
-    --holdout reads the training data into memory to carve its evaluation rows out of it."""
-    if cfg.holdout:  # in memory: carved first, then subsets of the rest and of the held-out rows
-        corpus = load_corpus(cfg.data, cfg.train_file, cfg.train_file)
-        train, held = carve_holdout(corpus.train, cfg.holdout)
-        return RowCorpus(stratified_subset(train, cfg.max_train_samples, cfg.seed),
-                         stratified_subset(held, cfg.max_eval_samples, cfg.seed), corpus.label_names)
+    """The splits as row streams (read again whenever iterated, never all held), --holdout's evaluation rows
+    carved out of the training rows, subsets applied. Reads no rows: the first record of each file, and
+    classes.txt (the training labels where no classes.txt names the classes)."""
     try:
-        corpus = open_corpus(cfg.data, cfg.train_file, cfg.eval_file, streaming=cfg.streaming)
+        corpus = open_corpus(cfg.data, cfg.train_file, cfg.train_file if cfg.holdout and cfg.train_file
+                             else cfg.eval_file, streaming=cfg.streaming, cache_dir=cfg.cache_dir)
     except HubUnreachable:
         if not model_needs_hub(cfg.model):
             raise
         raise HubUnreachable(f"cannot fetch dataset '{cfg.data}' nor model '{cfg.model}': the Hugging Face hub is "
                              "unreachable and they are not in the local cache; pass local ones (--data DIR or "
                              f"--train-file/--eval-file, and --model DIR), or run {OFFLINE_RUN}") from None
-    return RowCorpus(subset_rows(corpus.train, cfg.max_train_samples, cfg.seed),
-                     subset_rows(corpus.eval, cfg.max_eval_samples, cfg.seed), corpus.label_names)
+    train, held = holdout_rows(corpus.train, cfg.holdout) if cfg.holdout else (corpus.train, corpus.eval)
+    return RowCorpus(subset_rows(train, cfg.max_train_samples, cfg.seed),
+                     subset_rows(held, cfg.max_eval_samples, cfg.seed), corpus.label_names)
 
 
 def check_rows(corpus: RowCorpus) -> tuple[int, int]:

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from urllib.parse import urlparse
 
 from ..errors import UserError
+from .classes import note
+from .labels import case_twins
 from .sources import Rows
 
 
@@ -76,8 +78,13 @@ def hub_corpus(name: str, streaming: bool, eval_names: tuple[str, ...]) -> tuple
     names = getattr(features.get("label") if features else None, "names", None)
     index = None
     if not names:  # no ClassLabel: the distinct labels, sorted, from one pass over the training split
-        values = sorted({y for _, y in _hub_read(ds["train"], f"{name}[train]")})
+        first: dict = {}  # each distinct label, and the row where it first appears
+        for row, (_, y) in enumerate(_hub_read(ds["train"], f"{name}[train]"), start=1):
+            first.setdefault(y, f"{name}[train] row {row}")
+        values = sorted(first)
         names, index = [str(v) for v in values], {v: i for i, v in enumerate(values)}
+        for line in case_twins({v: w for v, w in first.items() if isinstance(v, str)}):
+            note(line)
     train, evaluation = (_hub_rows(ds[s], f"{name}[{s}]", names, index) for s in ("train", evalname))
     return train, evaluation, [str(n) for n in names]
 

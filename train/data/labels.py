@@ -36,6 +36,17 @@ def text_problem(text: object) -> str | None:
     return None
 
 
+def case_twins(first_seen: dict[str, str]) -> list[str]:
+    """A note per set of class names that differ only in case ('Sports', 'sports'), naming where each is first
+    written (first_seen: name -> "FILE line N"). They stay distinct classes, as written: a careful user is
+    told, and fixes the labels if they meant one class."""
+    spellings: dict[str, list[str]] = {}
+    for name, where in first_seen.items():
+        spellings.setdefault(name.casefold(), []).append(f"{name!r} ({where})")
+    return [f"note: labels {' and '.join(same)} differ only in case; they are {len(same)} classes"
+            for same in spellings.values() if len(same) > 1]
+
+
 class LabelKinds:
     """Labels are all whole numbers or all class names: remembers the first, refuses a label of the other kind
     (a stray "Sports" among numbers would otherwise become a fifth class)."""
@@ -76,4 +87,6 @@ def labelled(rows: Iterable[RawRow], names: list[str], kind: str, path: Path,
         elif label in index:
             yield text, index[label]
         else:
-            raise UserError(f"{where}: unknown label {raw!r} (labels: {', '.join(names)})")
+            twin = next((n for n in names if n.casefold() == label.casefold()), None)  # Sports vs sports
+            raise UserError(f"{where}: unknown label {raw!r} (labels: {', '.join(names)})"
+                            + (f"; labels are case-sensitive: did you mean {twin!r}?" if twin else ""))

@@ -21,12 +21,14 @@ EXTENSIONS = (".csv", ".jsonl", ".parquet")
 class Rows:
     """A labelled split that can be read again and again, one (text, label 0..K-1) at a time.
 
-    `read` returns a fresh iterator each call. `key`, when given, names the content cheaply (a
-    hub dataset's fingerprint, say); without it the token cache hashes the rows themselves."""
+    `read` returns a fresh iterator each call. `key`, when given, names the content cheaply (a hub dataset's
+    fingerprint, say). `origin`, when given, names where the rows come from, without reading them (the files'
+    paths, sizes and times, the settings that pick the rows): the token cache finds its entry by it, and hashes
+    the rows only while it builds the entry. With neither, the rows are hashed as they are tokenized."""
 
     def __init__(self, read: Callable[[], Iterable[tuple[str, int]]], name: str,
-                 key: Callable[[], str] | None = None):
-        self.read, self.name, self.key = read, name, key
+                 key: Callable[[], str] | None = None, origin: Callable[[], str] | None = None):
+        self.read, self.name, self.key, self.origin = read, name, key, origin
 
     def __iter__(self) -> Iterator[tuple[str, int]]:
         return iter(self.read())
@@ -225,7 +227,18 @@ def file_rows(paths: list[Path], names: list[str], kind: str, name: str) -> Rows
         kinds = LabelKinds()
         for p in paths:
             yield from labelled(raw_rows(p)[0], names, kind, p, kinds)
-    return Rows(read, name)
+    return Rows(read, name, origin=lambda: json.dumps([files_origin(paths), kind, names]))
+
+
+def files_origin(paths: list[Path]) -> list:
+    """What names the files without reading them: each one's real path, size, times and inode. An edit changes
+    the size or mtime, and always the ctime, which no tool sets back; a copy or a rename-over changes the inode."""
+    out = []
+    for p in paths:
+        real = p.resolve()
+        st = real.stat()
+        out.append([str(real), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev])
+    return out
 
 
 def raw_labels(paths: list[Path]) -> Iterator[tuple[object, str]]:
@@ -235,14 +248,32 @@ def raw_labels(paths: list[Path]) -> Iterator[tuple[object, str]]:
             yield label, f"{p} {'row' if p.suffix == '.parquet' else 'line'} {line}"
 
 
+class Fingerprint:
+    """Rows passed through while they are hashed and counted: the one pass over a split checks it (the reader
+    stops at a bad row), names its content and feeds the tokenizer. sha256 over every (text, label), fed a chunk
+    of rows at a time; `digest` is whole once the iteration has ended."""
+
+    def __init__(self, rows: Iterable[tuple[str, int]], chunk: int = 4096):
+        self.rows, self.chunk, self.hash, self.n = rows, chunk, hashlib.sha256(), 0
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        part = []
+        for text, label in self.rows:
+            part.append(f"{label}\0{text}\0")
+            self.n += 1
+            if len(part) == self.chunk:
+                self.hash.update("".join(part).encode("utf-8", "surrogatepass"))
+                part.clear()
+            yield text, label
+        self.hash.update("".join(part).encode("utf-8", "surrogatepass"))
+
+    def digest(self) -> str:
+        return self.hash.hexdigest()
+
+
 def content_key(rows: Iterable[tuple[str, int]], chunk: int = 4096) -> tuple[str, int]:
     """sha256 over every (text, label), fed a chunk of rows at a time; and the number of rows."""
-    h, n, part = hashlib.sha256(), 0, []
-    for text, label in rows:
-        part.append(f"{label}\0{text}\0")
-        n += 1
-        if len(part) == chunk:
-            h.update("".join(part).encode("utf-8", "surrogatepass"))
-            part.clear()
-    h.update("".join(part).encode("utf-8", "surrogatepass"))
-    return h.hexdigest(), n
+    seen = Fingerprint(rows, chunk)
+    for _ in seen:
+        pass
+    return seen.digest(), seen.n

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 import train.data.cache
 from helpers.tiny import Counting, synthetic_rows
 from train.data.batches import EpochBatches, collate, encode, eval_windows
-from train.data.cache import build, cache_file, open_cached
+from train.data.cache import build, cache_file, checksum, open_cached
 from train.data.corpus import Split
 
 SPLIT = Split([f"{t} {d}" for _, t, d in synthetic_rows(50, seed=2)], [y - 1 for y, _, _ in synthetic_rows(50, seed=2)])
@@ -167,9 +167,24 @@ def test_a_cache_whose_labels_were_changed_is_said_and_rebuilt(tokenizer, tmp_pa
     del built
     from safetensors.torch import load_file, save_file
 
-    tensors = load_file(entry)
+    tensors, meta = load_file(entry), open_cached(entry)[1].meta  # the same format and key: only labels differ
     tensors["labels"] = (tensors["labels"] + 1) % 4
-    save_file(tensors, entry, metadata={"format": "2", "rows": "50", "tokens": str(len(tensors["ids"]))})
+    save_file(tensors, entry, metadata=meta)
     again = encode(SPLIT, tokenizer, 12, tmp_path)
     assert f"the token cache {entry} is damaged" in capsys.readouterr().err
     assert again.labels.tolist() == SPLIT.labels
+
+
+def test_an_entry_holds_its_rows_key_and_an_entry_without_one_is_rebuilt(tokenizer, tmp_path):
+    """The entry is found by where its rows come from; what a checkpoint records is the key inside it."""
+    built = encode(SPLIT, tokenizer, 12, tmp_path)
+    [entry] = tmp_path.glob("*.safetensors")
+    assert open_cached(entry)[1].meta["key"] == built.key
+    tensors = load_file(entry)
+    from safetensors.torch import save_file
+
+    entry.unlink()
+    save_file(tensors, entry, metadata={"format": "3", "rows": "50", "tokens": str(len(tensors["ids"]))})
+    entry.with_suffix(".sum").write_text(checksum(entry) + "\n")  # whole and vouched for, but keyless
+    calls = tokenizer.calls
+    assert encode(SPLIT, tokenizer, 12, tmp_path).key == built.key and tokenizer.calls == calls + 1

@@ -3,11 +3,14 @@ import csv
 import json
 from collections import Counter
 
+import pytest
 import torch
 
-from helpers.tiny import CLASSES, Counting, write_agnews, write_jsonl
+from helpers.oneline import refused
+from helpers.tiny import CLASSES, Counting, train_args, write_agnews, write_jsonl
 from train.data.batches import Encoded, collate, encode
 from train.data.corpus import Split, load_corpus, read_split, stratified_subset
+from train.errors import UserError
 
 AGNEWS_ROWS = [("3", "Stocks rise", "Markets gained\non Monday."),  # a quoted description spanning lines
                ("2", "Cup final", "The coach was pleased."),
@@ -156,3 +159,33 @@ def test_the_shipped_sample_is_what_its_readme_says():
     assert not set(corpus.train.texts) & set(corpus.eval.texts)  # disjoint samples
     readme = (SAMPLES["ag_news_sample"] / "README.md").read_text()
     assert "Zhang" in readme and "d52ea96a97a2d943681189a97654912d" in readme
+
+
+def test_labels_that_differ_only_in_case_are_two_classes_and_a_note(tmp_path, capsys):
+    rows = [("Sports", "goal"), ("World", "treaty"), ("sports", "match"), ("Sports", "coach")]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for y, t in rows))
+    (tmp_path / "test.jsonl").write_text(json.dumps({"text": "league", "label": "sports"}) + "\n")
+    corpus = load_corpus(str(tmp_path))
+    assert corpus.label_names == ["Sports", "World", "sports"]
+    train = tmp_path / "train.jsonl"
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: labels 'Sports' ({train} line 1) and 'sports' ({train} line 3) differ only in case; they are 2 classes"]
+
+
+def test_a_label_unknown_to_classes_txt_but_for_its_case_says_so(tmp_path):
+    (tmp_path / "train.jsonl").write_text(json.dumps({"text": "goal", "label": "sports"}) + "\n")
+    (tmp_path / "test.jsonl").write_text(json.dumps({"text": "war", "label": "World"}) + "\n")
+    (tmp_path / "classes.txt").write_text("World\nSports\n")
+    with pytest.raises(UserError, match=r"train.jsonl line 1: unknown label 'sports' \(labels: World, Sports\); "
+                                        r"labels are case-sensitive: did you mean 'Sports'\?$"):
+        load_corpus(str(tmp_path))
+
+
+def test_holdout_taking_a_class_only_row_names_holdout_in_its_advice(tiny_model_dir, tmp_path, capsys):
+    rows = [(t, y) for t, y in zip(["war", "goal", "bank", "chip"] * 6, [0, 1, 2, 3] * 6) if y != 3] + [("chip", 3)]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+    argv = [a for a in train_args(tiny_model_dir, tmp_path, tmp_path / "o") if a not in ("--data", str(tmp_path))]
+    line = refused(argv + ["--train-file", train, "--holdout", "4"], capsys)
+    assert "1 of 4 classes have no training row (3)" in line and "--holdout 4 took the only rows of some" in line
+    assert "a smaller --holdout" in line

@@ -68,8 +68,11 @@ def test_a_glob_shards_and_a_stream_give_the_batches_of_one_file(tmp_path, token
     for source in (globbed, in_dir, stream):
         assert batches_of(source, tokenizer, None) == expected
         assert batches_of(source, tokenizer, tmp_path / "cache") == expected
-    # The cache key is the rows' content, so all four sources share one entry.
-    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+    # The data key is the rows' content: the same for all four sources, from the cache or not. The cache finds
+    # an entry by where its rows come from: one for the shards (by a glob or the directory), one for the stream.
+    keys = {encode(s, tokenizer, 16, c).key for s in (single, globbed, in_dir, stream) for c in (None, tmp_path / "c")}
+    assert len(keys) == 1
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
 
 
 def test_parquet_reads_like_jsonl_and_csv(tmp_path):
