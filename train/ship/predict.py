@@ -24,6 +24,7 @@ from ..data.corpus import Split
 from ..device import pick_device, pick_precision
 from ..errors import UserError
 from ..files import check_output, read_json_as
+from ..loadchecks import check_tokenizer, check_weights
 from ..model import load_for_inference
 from ..prefix import predict
 from .runs import adapter_dir, check_finished
@@ -64,11 +65,13 @@ def load_merged(path: str | Path, device: torch.device) -> tuple[nn.Module, obje
         raise UserError(f"{path}/config.json must name each class in id2label, numbered 0..K-1; it has "
                         f"{sorted(names, key=str) if isinstance(names, dict) else 'none'}")
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(path))
+        model, report = AutoModelForSequenceClassification.from_pretrained(str(path), output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception as e:  # safetensors, pickle refusals, a foreign config: many types, one meaning
         raise UserError(f"cannot load model '{path}': {(str(e).strip().splitlines() or [type(e).__name__])[0]}"
                         ) from None
+    check_weights(str(path), report, ())  # an export holds every weight, its head's too
+    check_tokenizer(str(path), model, tokenizer, local=True)
     labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
     limit = tokenizer.model_max_length
     return model.to(device).eval(), tokenizer, labels, limit if limit < 1_000_000 else 512

@@ -275,3 +275,21 @@ def test_an_unfinished_runs_adapter_is_used_only_when_asked_and_then_named(run, 
     assert [x for x in got.err.splitlines() if x.startswith("note:")] == [
         f"note: {unfinished} is an unfinished run (no eval.json): its adapter is the best epoch so far"]
     assert got.out.rstrip("\n").endswith(TEXTS[0])
+
+
+def test_a_merged_export_that_loads_wrong_is_refused_like_a_base_model(run, tmp_path, capsys):
+    """predict --model EXPORT goes through the same load checks as training: a config that disagrees with the
+    weights, or a tokenizer that is not the model's, is one line, never scores at chance."""
+    import shutil
+
+    from helpers.oneline import refused
+
+    merged = tmp_path / "merged"
+    shutil.copytree(run.parent / "merged", merged)
+    config = json.loads((merged / "config.json").read_text())
+    (merged / "config.json").write_text(json.dumps({**config, "intermediate_size": config["intermediate_size"] * 2}))
+    assert "cannot load model" in refused(["--model", merged, "hello"], capsys, predict)  # transformers' own check
+    (merged / "config.json").write_text(json.dumps(config))
+    for name in ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        (merged / name).unlink(missing_ok=True)
+    assert "no tokenizer files" in refused(["--model", merged, "hello"], capsys, predict)
