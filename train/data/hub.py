@@ -99,7 +99,7 @@ def _hub_read(split, name: str) -> Iterator[tuple[str, object]]:
 def _hub_rows(split, name: str, names: list[str], index: dict | None) -> Rows:
     def read() -> Iterator[tuple[str, int]]:
         for row, (text, label) in enumerate(_hub_read(split, name), start=1):
-            y = index.get(label, -1) if index is not None else int(label)
+            y = index.get(label, -1) if index is not None else label if type(label) is int else -1  # not int(): "²"
             if not isinstance(text, str) or not 0 <= y < len(names):
                 raise UserError(f"{name} row {row}: needs a string text and a label in {', '.join(names)}, "
                                 f"got {type(text).__name__} and {label!r}")

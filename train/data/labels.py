@@ -2,24 +2,47 @@
 in one split, and never anything else; a text is a non-empty, valid Unicode string."""
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import UserError
 
 RawRow = tuple[object, object, int]  # text, label as written, line (or Parquet row) number
+_WHOLE = re.compile(r"-?[0-9]+")  # the one written form of a whole number: ASCII digits, an optional minus
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode's control characters (category Cc)
+
+
+def whole_number(text: str) -> int | None:
+    """The whole number `text` writes (surrounding whitespace aside, as for every field), or None. Only ASCII
+    digits count: str.isdigit() also takes '²' and '١٢', which int() then refuses or reads as another number."""
+    text = text.strip()
+    return int(text) if _WHOLE.fullmatch(text) else None
+
+
+def number_problem(text: str) -> str | None:
+    """Why `text` is no label although it looks like a number ('²', '١٢', '+1', '--1'), or None; any other
+    text is a class name."""
+    digits = text.strip().lstrip("+-")  # signs, then digits of any script
+    if digits and all(c.isnumeric() for c in digits) and whole_number(text) is None:
+        return "is not a whole number as labels are written (ASCII digits 0-9, an optional leading '-')"
+    return None
 
 
 def label_of(raw: object) -> int | str | None:
     """A label as written, as a whole number (also when written as text: "3") or a class name; None for
-    anything else (null, true, 1.5, [1], {"a": 1}, NaN, 1e23): such a label is refused, never made a class."""
+    anything else (null, true, 1.5, [1], {"a": 1}, NaN, 1e23, '²', a control character): such a label is
+    refused, never made a class."""
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int):
         return raw
     if isinstance(raw, str):
         text = raw.strip()
-        return int(text) if text.lstrip("-").isdigit() else (text or None)
+        number = whole_number(text)
+        if number is not None:
+            return number
+        return None if not text or number_problem(text) or _CONTROL.search(text) else text
     return None
 
 
@@ -57,7 +80,9 @@ class LabelKinds:
     def check(self, raw: object, where: str) -> int | str:
         label = label_of(raw)
         if label is None:
-            raise UserError(f"{where}: label {raw!r} is neither a whole number nor a class name")
+            why = None if not isinstance(raw, str) else number_problem(raw) or (
+                "holds a control character" if _CONTROL.search(raw.strip()) else None)
+            raise UserError(f"{where}: label {raw!r} {why or 'is neither a whole number nor a class name'}")
         if self.first is None:
             self.first = (type(label), where)
         elif type(label) is not self.first[0]:

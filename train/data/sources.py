@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import UserError
-from .labels import LabelKinds, RawRow, labelled
+from .labels import LabelKinds, RawRow, labelled, whole_number
 
 EXTENSIONS = (".csv", ".jsonl", ".parquet")
 
@@ -138,7 +138,7 @@ def _read_csv(path: Path, labels: bool) -> tuple[Iterator[Record], str]:
             raise UserError(f"{path}: header needs both 'text' and 'label' columns, has {first[1]}" if labels else
                             f"{path}: header needs a 'text' column, has {first[1]}")
         return _header_records(rows, header), "textlabel"
-    if not labels and not (len(first[1]) == 3 and first[1][0].strip().lstrip("-").isdigit()):
+    if not labels and not (len(first[1]) == 3 and whole_number(first[1][0]) is not None):
         raise UserError(f"{path}: the header needs a 'text' column (or rows of AG News' class,title,description), "
                         f"has {header}")
     return _agnews_records(chain([first], rows), labels), "agnews"
@@ -159,10 +159,10 @@ def _agnews_records(rows, labels: bool) -> Iterator[Record]:
     for line, row in rows:
         if len(row) != 3:
             yield Record(line, None, None, problem=f"expected 3 columns ({','.join(AGNEWS)}), got {len(row)}")
-        elif labels and not row[0].strip().lstrip("-").isdigit():
-            yield Record(line, None, None, problem=f"class {row[0]!r} is not a whole number")
+        elif labels and whole_number(row[0]) is None:
+            yield Record(line, None, None, problem=f"class {row[0]!r} is not a whole number (ASCII digits 0-9)")
         else:
-            yield Record(line, f"{row[1].strip()} {row[2].strip()}".strip(), int(row[0]) if labels else None)
+            yield Record(line, f"{row[1].strip()} {row[2].strip()}".strip(), whole_number(row[0]) if labels else None)
 
 
 def jsonl_objects(path: Path) -> Iterator[tuple[int, object, str | None]]:
