@@ -38,16 +38,21 @@ class Rows:
 
 
 def expand_paths(pattern: str) -> list[Path]:
-    """A file, or the files a glob matches, sorted so that every process and run reads one order."""
-    if glob.has_magic(pattern):
-        paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-        if not paths:
-            raise UserError(f"no files match {pattern}")
-        return paths
+    """A file, or the files a glob matches, sorted so that every process and run reads one order. A name is
+    the file of that name whenever one exists, whatever it holds ('[x].csv', 'a*.csv', spaces, a leading
+    dash); only otherwise is it a pattern, whose folder may be a literal name too ('[2024]/train-*.csv')."""
     path = Path(pattern)
-    if not path.is_file():
+    if path.is_file():
+        return [path]
+    if not glob.has_magic(pattern) or (path.parent.is_dir() and not glob.has_magic(path.name)):
         raise UserError(f"file not found: {path}")
-    return [path]
+    found = glob.glob(pattern, recursive=True)
+    if not found and glob.has_magic(str(path.parent)) and path.parent.is_dir():
+        found = glob.glob(str(Path(glob.escape(str(path.parent))) / path.name), recursive=True)
+    paths = sorted(Path(p) for p in found if Path(p).is_file())
+    if not paths:
+        raise UserError(f"no files match {pattern}")
+    return paths
 
 
 class Record(NamedTuple):

@@ -11,7 +11,7 @@ from helpers.tiny import synthetic_rows
 from train.errors import UserError
 from train.data.batches import EpochBatches, collate, encode
 from train.data.corpus import Split, load_corpus, open_corpus, stratified_subset, subset_rows, to_split
-from train.data.sources import Rows
+from train.data.sources import Rows, expand_paths
 
 ROWS = synthetic_rows(90, seed=5)  # (class 1..4, title, description)
 
@@ -235,3 +235,31 @@ def test_fuzzed_csv_is_read_or_refused_in_one_line(train, test, header, classes,
     if classes is not None:
         (directory / "classes.txt").write_text(classes)
     _one_line_or_fine(directory)
+
+
+NAMES = ["plain.csv", "with space.csv", "[x].csv", "star*.csv", "what?.csv", "ünïcødé.csv", "-dash.csv",
+         "a[!b].csv"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_file_that_exists_is_taken_by_its_name_whatever_it_holds(name, tmp_path):
+    literal = tmp_path / name
+    literal.write_text('"1","a","b"\n')
+    for decoy in ("x.csv", "starry.csv", "whatz.csv", "a!.csv", "ac.csv"):  # what the name would match as a glob
+        (tmp_path / decoy).write_text('"2","c","d"\n')
+    assert expand_paths(str(literal)) == [literal]
+    corpus = open_corpus("", str(literal), str(literal))
+    assert list(corpus.train) == [("a b", 0)]  # the literal file's row, no other
+
+
+def test_a_pattern_is_a_glob_only_when_no_file_has_its_name(tmp_path):
+    folder = tmp_path / "[2024] news"  # a folder whose own name holds glob characters
+    folder.mkdir()
+    for name in ("train-0.csv", "train-1.csv"):
+        (folder / name).write_text('"1","a","b"\n')
+    assert expand_paths(str(folder / "train-*.csv")) == [folder / "train-0.csv", folder / "train-1.csv"]
+    assert expand_paths(str(folder / "train-?.csv")) == [folder / "train-0.csv", folder / "train-1.csv"]
+    with pytest.raises(UserError, match=r"^no files match .*nothing-\*\.csv$"):
+        expand_paths(str(folder / "nothing-*.csv"))
+    with pytest.raises(UserError, match=r"^file not found: .*missing\.csv$"):
+        expand_paths(str(folder / "missing.csv"))
