@@ -5,6 +5,7 @@ it gets its final name only by an atomic rename once whole and synced, and a che
 vouches for it: a damaged entry is rebuilt, never read. Every process memory-maps it rather than loading it."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import mmap
@@ -21,6 +22,7 @@ import torch
 from train.files import atomic_write, sweep_temps, temp_name
 
 from ..console import progress
+from ..errors import UserError
 from .sources import Rows, content_key
 
 # The layout written below, its metadata included. A file of any other format (one without the rows' key,
@@ -147,8 +149,15 @@ def build(path: Path, chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]
     chunk is written, adds to the file's metadata; `final()`, when given, names the entry then instead of `path`
     (rows that only their content names). The parts go to a folder named for this machine and process
     (train.files.temp_name); a kill leaves only that folder, which the next build sweeps once its process is
-    gone (or, from another machine, after a day)."""
-    return _build(path, chunks, meta or dict, final or (lambda: path))
+    gone (or, from another machine, after a day). A full disk is one line that names the entry."""
+    try:
+        return _build(path, chunks, meta or dict, final or (lambda: path))
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(f"no space left on the device for the token cache {path} ({e.strerror or e}): free some, "
+                        "or give --cache-dir a folder on another disk (--cache-dir '' keeps the tokens in memory)"
+                        ) from None
 
 
 def _build(path: Path, chunks, meta: Callable[[], dict[str, str]], final: Callable[[], Path]) -> int:

@@ -16,6 +16,7 @@ from helpers.tiny import Counting, synthetic_rows
 from train.data.batches import EpochBatches, collate, encode, eval_windows
 from train.data.cache import build, cache_file, checksum, open_cached
 from train.data.corpus import Split
+from train.errors import UserError
 
 SPLIT = Split([f"{t} {d}" for _, t, d in synthetic_rows(50, seed=2)], [y - 1 for y, _, _ in synthetic_rows(50, seed=2)])
 
@@ -173,6 +174,21 @@ def test_a_cache_whose_labels_were_changed_is_said_and_rebuilt(tokenizer, tmp_pa
     again = encode(SPLIT, tokenizer, 12, tmp_path)
     assert f"the token cache {entry} is damaged" in capsys.readouterr().err
     assert again.labels.tolist() == SPLIT.labels
+
+
+@pytest.mark.parametrize("where", ["copyfileobj", "fsync"])
+def test_a_full_disk_while_building_names_the_cache_and_leaves_nothing(where, tokenizer, tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(shutil if where == "copyfileobj" else os, where, full)
+    with pytest.raises(UserError, match=rf"^no space left on the device for the token cache {tmp_path}/\w+"
+                                        r"\.safetensors \(No space left on device\): free some, or give --cache-dir "
+                                        r"a folder on another disk \(--cache-dir '' keeps the tokens in memory\)$"):
+        encode(SPLIT, tokenizer, 12, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no part, no half entry
 
 
 def test_an_entry_holds_its_rows_key_and_an_entry_without_one_is_rebuilt(tokenizer, tmp_path):
