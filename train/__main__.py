@@ -15,8 +15,7 @@ from pathlib import Path
 
 from .cli import Parser, csv_list, layer_list, rank_value, run_main, top_layers_value
 from .config import ATTENTIONS, DEFAULT_RECIPE, HEADS, PRECISIONS, RECIPES, TRACKERS, TrainConfig, recipe
-from .console import say_stopped, stop_signal
-from .errors import Diverged, Finished, Stopped, UserError
+from .errors import Diverged, Finished, Stopped, UserError, say_stopped, stop_signal
 
 DEFAULT_CACHE = str(__import__("train.files", fromlist=["cache_home"]).cache_home() / "roberta-lora")  # XDG rules
 RESUME_MAY_CHANGE = {"stop_after", "device", "debug", "resume", "cache_dir"}  # a moved run takes another cache

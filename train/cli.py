@@ -11,8 +11,7 @@ import signal
 import sys
 from typing import Callable
 
-from .console import say_stopped, stop_signal
-from .errors import Stopped, UserError
+from .errors import Stopped, UserError, say_stopped, stop_signal
 
 DEBUG_ENV = "ROBERTA_LORA_DEBUG"
 

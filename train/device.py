@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UserError
 from .distributed import Dist, init_distributed
+from .errors import UserError
 
 
 def avoid_cudnn_attention() -> None:

@@ -66,6 +66,17 @@ FAMILIES = (
 )
 
 
+def usable_length(max_length: int, config) -> int:
+    """max_length capped at what a model of this `config` (its transformers config) can take in its position
+    embeddings, whatever the data's lengths."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is None:
+        return max_length
+    # RoBERTa and MPNet number positions from pad_token_id + 1, so they have that many fewer usable slots.
+    family = next((f for f in FAMILIES if getattr(config, "model_type", None) in f.model_types), None)
+    return min(max_length, positions - (config.pad_token_id + 1 if family and family.positions_after_pad else 0))
+
+
 def family_of(model: nn.Module) -> Family | None:
     """The family of a transformers model (by config.model_type), or None outside the table."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)

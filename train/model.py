@@ -17,7 +17,7 @@ from lora import LoRAConfig, fuse, inject_lora, load_adapter, lora_layers, lora_
 
 from .config import TrainConfig
 from .errors import UserError
-from .families import family_of, matches, resolve_targets
+from .families import family_of, matches, resolve_targets, usable_length
 
 
 def load_pretrained(name: str, num_labels: int, label_names: list[str],
@@ -85,16 +85,6 @@ def supports_sdpa(name: str, local_only: bool = True) -> bool:
 
     config = AutoConfig.from_pretrained(name, local_files_only=local_only)
     return bool(getattr(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING.get(type(config), None), "_supports_sdpa", False))
-
-
-def usable_length(max_length: int, model: nn.Module) -> int:
-    """max_length capped at what the model's position embeddings can take, whatever the data's lengths."""
-    positions = getattr(model.config, "max_position_embeddings", None)
-    if positions is None:
-        return max_length
-    # RoBERTa and MPNet number positions from pad_token_id + 1, so they have that many fewer usable slots.
-    family = family_of(model)
-    return min(max_length, positions - (model.config.pad_token_id + 1 if family and family.positions_after_pad else 0))
 
 
 def head_modules(model: nn.Module) -> tuple[str, str | None, tuple[str, ...], tuple[str, ...]]:
@@ -184,7 +174,7 @@ def resolve(cfg: TrainConfig, model: nn.Module, eval_batch_size: int,
         raise UserError(f"{sum(v for _, v in rows):,} trainable parameters reach the budget of "
                         f"{cfg.max_trainable_params:,}; fit it with a lower --rank (or --rank auto), fewer --targets "
                         "or --layers, or --head linear")
-    length = usable_length(cfg.max_length, model)
+    length = usable_length(cfg.max_length, model.config)
     if length < cfg.max_length:
         say(f"note: --max-length {cfg.max_length} is more than {cfg.model} can take; using {length}")
     return replace(cfg, rank=None, top_layers=None, max_length=length, eval_batch_size=eval_batch_size,

@@ -11,11 +11,10 @@ from torch import nn
 
 from lora import LoRALinear, merge_lora, unmerge_lora
 
-from .console import progress as progress_bar
 from .data.batches import eval_windows
 from .device import autocast, forward_batch_size, inference_attention
 from .distributed import Dist, gather_rows
-from .errors import UserError
+from .errors import UserError, progress as progress_bar
 from .families import FAMILIES, Family, family_of
 
 

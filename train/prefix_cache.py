@@ -29,11 +29,11 @@ from torch.nn.utils.rnn import pad_sequence
 
 from train.files import atomic_write, sweep_temps
 
-from .errors import UserError
 from .data.batches import Encoded
 from .data.cache import checksum
-from .distributed import Dist, barrier
 from .device import inference_attention
+from .distributed import Dist, barrier
+from .errors import UserError
 from .prefix import Logits, PrefixModel, embedding_modules, run_prefix, split_encoder, start_layer
 
 PREFIX_FORMAT = 1  # bump when the layout or what is stored changes, so old caches are never read

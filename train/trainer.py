@@ -9,6 +9,7 @@ what trains, device, frozen prefix, inference), train.rundir and train.records (
 """
 from __future__ import annotations
 
+import gc
 import math
 import time
 from contextlib import nullcontext
@@ -23,11 +24,10 @@ from tqdm import tqdm
 from lora import adapter_files, cast_frozen, count_trainable
 
 from .config import TrainConfig
-from .console import StopSignals, interruptible
 from .data import Encoded, EpochBatches, Prefetcher, load_data, tokenize_early, tokenized
 from .device import autocast, forward_batch_size, pick_attention, pick_precision, set_model_dropout, setup_device
 from .distributed import Dist, agreed_signal, all_reduce_confusion, all_sum, barrier, on_main, shard, shutdown, wrap
-from .errors import Diverged, Finished, Stopped
+from .errors import Diverged, Finished, Stopped, StopSignals, interruptible
 from .metrics import PLOTTED, confusion_matrix, format_report, plot_run, report_from_confusion
 from .model import EMA, describe_plan, load_pretrained, param_groups, prepare, resolve
 from .prefix import predict_rows
@@ -102,6 +102,10 @@ def run(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False,
             result = train(s)
         finally:
             s.tracker.close()
+        # DDP's reducer holds the process group: release it first, or gloo's teardown runs at interpreter exit,
+        # after the group is gone, where it can abort the process (seen once as SIGABRT on rank 1).
+        s.step_model = s.net
+        gc.collect()
         shutdown()  # after a clean finish only: with a dead peer it can block, and torchrun waits for the exit
         return result
     finally:

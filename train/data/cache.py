@@ -21,8 +21,7 @@ import torch
 
 from train.files import atomic_write, sweep_temps, temp_name
 
-from ..console import progress
-from ..errors import UserError
+from ..errors import UserError, progress
 from .sources import Rows, content_key
 
 # The layout written below, its metadata included. A file of any other format (one without the rows' key,

@@ -14,8 +14,7 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
-from ..console import progress
-from ..errors import UserError
+from ..errors import UserError, progress
 from .classes import class_names, infer_names
 from .hub import OFFLINE_RUN, HubUnreachable, hub_corpus, model_needs_hub
 from .sources import EXTENSIONS, Rows, expand_paths, file_kind, file_rows, raw_rows

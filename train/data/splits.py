@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 from ..config import TrainConfig
 from ..distributed import Dist, on_main
+from ..families import usable_length
 from .batches import Encoded, encode
 from .corpus import RowCorpus, check_classes, check_rows
 from .hub import hub_reachable
@@ -48,12 +48,10 @@ def tokenized(early: Tokenized | None, corpus: RowCorpus, tokenizer, cfg: TrainC
 
 
 def _tokenizer(name: str, max_length: int) -> tuple[object, int] | None:
-    """(model `name`'s tokenizer, max_length capped as train.model.usable_length caps it), loaded as
+    """(model `name`'s tokenizer, max_length capped as train.families.usable_length caps it), loaded as
     train.model.load_pretrained loads them (a local directory, else the hub's cache, else the hub), or None."""
     from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
-
-    from ..model import usable_length
 
     hf_logging.set_verbosity_error()
     name = str(Path(name).expanduser()) if name.startswith("~") else name
@@ -65,5 +63,5 @@ def _tokenizer(name: str, max_length: int) -> tuple[object, int] | None:
             config = AutoConfig.from_pretrained(name, local_files_only=local_only)
         except Exception:  # noqa: BLE001  (every way of failing means "not from here"; the model's loading says why)
             continue
-        return tokenizer, usable_length(max_length, SimpleNamespace(config=config))
+        return tokenizer, usable_length(max_length, config)
     return None

@@ -23,8 +23,7 @@ from lora.adapter import CONFIG_NAME as ADAPTER_CONFIG
 from train.files import ANY, NUMBER, TEXT, WHOLE, check_output, read_json_as, sweep_temps, temp_name
 
 from ..cli import Parser, run_main
-from ..console import interruptible
-from ..errors import UserError
+from ..errors import UserError, interruptible
 from ..model import load_for_inference
 from ..prefix import Logits
 from ..rundir import ADAPTER, EVAL, RUN_INFO, read_run_info
