@@ -41,7 +41,8 @@ import torch
 from benchmarks.common import write_json
 from benchmarks.variants import RECIPE, VARIANTS, model_for, tuned_arguments, tuned_kernels, variant_recipe
 from train.errors import UserError
-from train.data.corpus import Corpus, Split, load_corpus, stratified_subset
+from train.data.corpus import Corpus, Split, load_corpus
+from train.data.splits import stratified_subset
 from train.metrics import classification_report  # the same metric code scores both contestants
 
 def _dataset(split: Split, tokenizer, max_length: int):

@@ -117,7 +117,7 @@ class Lengths:
         self.of = {t: len(x) for t, x in zip(texts, ids)}
 
     def split(self, seed: int, max_length: int) -> tuple[list[int], list[int]]:
-        from train.data.corpus import stratified_subset
+        from train.data.splits import stratified_subset
 
         subsets = (stratified_subset(self.corpus.train, self.max_train, seed),
                    stratified_subset(self.corpus.eval, self.max_eval, seed))

@@ -9,9 +9,14 @@ import argparse
 import os
 import signal
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .errors import Stopped, UserError, say_stopped, stop_signal
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .config import TrainConfig
 
 DEBUG_ENV = "ROBERTA_LORA_DEBUG"
 
@@ -112,3 +117,25 @@ def run_main(body: Callable[[], int], argv: list[str] | None = None) -> int:
 
         say_refusal(f"error: {e.strerror or e}{where}")
         return 2
+
+
+def describe_plan(say, cfg: TrainConfig, model: nn.Module, labels: list[str], rows: list[tuple[str, int]],
+                  counts: tuple[int, int], amp, device, d, total_steps: int, warmup: int) -> None:
+    """Print what will run, before the slow parts (tokenizing, the frozen prefix, training)."""
+    layers = model.config.num_hidden_layers
+    adapted = ("all" if cfg.lora.layers is None
+               else f"{min(cfg.lora.layers)}–{max(cfg.lora.layers)}" if len(cfg.lora.layers) > 1
+               and list(cfg.lora.layers) == list(range(min(cfg.lora.layers), max(cfg.lora.layers) + 1))
+               else ", ".join(map(str, cfg.lora.layers)))
+    say(f"model      {cfg.model}  ({type(model).__name__}, {layers} layers, precision {amp or 'torch.float32'}, "
+        f"attention {model.config._attn_implementation}, device {device}"
+        + (f", {d.world} processes" if d.world > 1 else "") + ")")
+    say(f"data       {counts[0]:,} train / {counts[1]:,} eval examples, {len(labels)} classes: {', '.join(labels)}")
+    scale = f"{'rsLoRA: alpha/√rank' if cfg.lora.use_rslora else 'alpha/rank'} = {cfg.lora.scaling:.2f}"
+    say(f"LoRA       rank {cfg.lora.rank}, alpha {cfg.lora.alpha:g} ({scale}), targets {', '.join(cfg.lora.targets)}, "
+        f"layers {adapted} of {layers}, head {cfg.head}")
+    for name, count in rows:
+        say(f"  {count:>10,}  {name}")
+    say(f"trainable  {sum(v for _, v in rows):,} parameters (budget {cfg.max_trainable_params:,})")
+    say(f"schedule   {cfg.epochs} epochs × {total_steps // cfg.epochs} steps of {cfg.batch_size}, lr {cfg.lr:g}, "
+        f"warmup {warmup} steps")

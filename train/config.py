@@ -8,6 +8,7 @@ config.json stores to_dict(), with the rank already resolved.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 
@@ -209,6 +210,13 @@ class TrainConfig:
         if flat.pop("rank") == "auto":
             lora["rank"] = "auto"
         return {**lora, **flat}
+
+    def what_it_trains(self: "TrainConfig | dict") -> dict:
+        """What a run is asked to train, flat, less where and how it runs (device, folders, stop, evaluation
+        batch), as JSON holds it: what --resume auto and sweeps compare. Also takes a to_flat() dict."""
+        flat = self if isinstance(self, dict) else self.to_flat()
+        where = ("stop_after", "device", "output_dir", "cache_dir", "eval_batch_size")
+        return json.loads(json.dumps({k: v for k, v in flat.items() if k not in where}))
 
     @classmethod
     def from_flat(cls, values: dict) -> "TrainConfig":

@@ -4,6 +4,7 @@ loop reads between steps), a stop's line, and the progress bars of the slow phas
 directory use these; the command-line layer (train/cli.py) turns each exception into one line and an exit code."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from contextlib import contextmanager
@@ -16,6 +17,10 @@ class UserError(Exception):
 
 class Diverged(UserError):
     """The loss stopped being a finite number: the recipe (lr, precision) is the user's to change."""
+
+
+class HubUnreachable(UserError):
+    """A model or dataset that only the hub has, while the hub cannot be reached."""
 
 
 class Stopped(Exception):
@@ -103,3 +108,9 @@ class StopSignals:
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+def note(line: str) -> None:
+    """A `note:` line on stderr, from one process of a torchrun job (every process opens the data)."""
+    if os.environ.get("RANK", "0") in ("", "0"):
+        print(line, file=sys.stderr, flush=True)

@@ -251,3 +251,18 @@ def plot_run(out: Path, result: dict, entries: list[dict]) -> None:
     fig.tight_layout()
     atomic_write(out / PLOTS[1], lambda p: fig.savefig(p, dpi=100, format="png"))
     plt.close(fig)
+
+
+def eval_record(best: dict, history: list[dict], train_seconds: float, examples: int, steps: int, trainable: int,
+                labels: list[str]) -> dict:
+    """What eval.json holds: the best epoch's report, every epoch's scores, the final epoch's (no choice made
+    on the evaluation data, so comparable with a single final evaluation), timings and counts."""
+    return {
+        **{k: best[k] for k in ("accuracy", "macro_f1", "per_class", "confusion", "examples", "eval_seconds")},
+        "best_epoch": best["epoch"], "history": history,
+        "final_accuracy": history[-1]["accuracy"], "final_macro_f1": history[-1]["macro_f1"],
+        "train_seconds": train_seconds, "train_examples": examples,
+        "train_examples_per_s": examples / max(train_seconds, 1e-9),
+        "eval_examples_per_s": best["examples"] / max(best["eval_seconds"], 1e-9),
+        "trainable_params": trainable, "labels": labels, "steps": steps,
+    }

@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lora import LoRAConfig, fuse, inject_lora, load_adapter, lora_layers, lora_targets
+from lora import LoRAConfig, fuse, inject_lora, lora_layers, lora_targets
 
 from .config import TrainConfig
+from .device import set_model_dropout
 from .errors import UserError
 from .families import family_of, matches, resolve_targets, usable_length
 
@@ -28,8 +29,7 @@ def load_pretrained(name: str, num_labels: int, label_names: list[str],
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from .loadchecks import check_tokenizer, check_weights
-
+    
     hf_logging.set_verbosity_error()  # its load report is read below (check_weights), not printed
     hf_logging.disable_progress_bar()
     name = str(Path(name).expanduser()) if name.startswith("~") else name
@@ -69,6 +69,56 @@ def head_keys(model: nn.Module) -> tuple[str, ...]:
     """The module names of the classification head (head_modules): the only weights that may start new."""
     out, dense, full, saved = head_modules(model)
     return tuple(dict.fromkeys((out, *full, *saved, *([dense] if dense else []))))
+
+
+# Files that hold a tokenizer's vocabulary, in the formats transformers reads.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "spm.model", "sentencepiece.bpe.model",
+                   "spiece.model", "tokenizer.model")
+# Lowercase news words, the kind of text this tool classifies: every subword vocabulary covers them, and so
+# does a word-level vocabulary built for news (the tests' tiny model knows most of them).
+SAMPLE = "the market said on a new report today that shares rose after the election in a big week for the league"
+
+
+def check_weights(name: str, report: dict, head: tuple[str, ...]) -> None:
+    """Refuse a load (transformers' loading info: `report`) that left a weight outside the `head` modules at a
+    random init: a tensor whose shape in config.json differs from the checkpoint's (ignore_mismatched_sizes
+    re-draws it), or one the checkpoint lacks. Keys a model declares optional (position_ids buffers and the like)
+    transformers leaves out of the report; unexpected keys (a pretraining head, a pooler no head reads) are
+    simply not loaded."""
+    def outside(key: str) -> bool:
+        return not any(key == h or key.startswith(h + ".") for h in head)
+
+    if report.get("error_msgs"):
+        raise UserError(f"cannot load model '{name}': {str(report['error_msgs'][0]).strip().splitlines()[0][:200]}")
+    wrong = sorted((k, list(a), list(b)) for k, a, b in report.get("mismatched_keys", []) if outside(k))
+    if wrong:
+        key, stored, wanted = wrong[0]
+        more = f" (and {len(wrong) - 1} more tensors)" if len(wrong) > 1 else ""
+        raise UserError(f"cannot load model '{name}': {key} is {stored} in its weights but {wanted} in its "
+                        f"config.json{more}; the config does not describe these weights")
+    missing = sorted(k for k in report.get("missing_keys", []) if outside(k))
+    if missing:
+        listed = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise UserError(f"cannot load model '{name}': its weights lack {listed}, which would start at random")
+
+
+def check_tokenizer(name: str, model: nn.Module, tokenizer, local: bool) -> None:
+    """Refuse a tokenizer that is not this model's: for a directory with no tokenizer files AutoTokenizer
+    builds a 5-token one, and the run trains to chance with every word unknown or dropped."""
+    if local and not any((Path(name) / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(f"cannot use model '{name}': no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); "
+                        "save the model's tokenizer in that directory")
+    rows, size = model.get_input_embeddings().num_embeddings, len(tokenizer)
+    # Embeddings may have spare rows (padded to a round number), never fewer than the ids the tokenizer makes;
+    # a vocabulary of special tokens alone reads no text.
+    if size > rows or 2 * size < rows or size <= len(set(tokenizer.all_special_ids)):
+        raise UserError(f"cannot use model '{name}': its tokenizer has a vocabulary of {size} tokens for an "
+                        f"embedding of {rows} rows; it is not this model's tokenizer")
+    ids = tokenizer(SAMPLE, add_special_tokens=False)["input_ids"]
+    unknown = sum(i == tokenizer.unk_token_id for i in ids) if tokenizer.unk_token_id is not None else 0
+    if not ids or 2 * unknown > len(ids):
+        raise UserError(f"cannot use model '{name}': its tokenizer reads {unknown} of the {len(ids)} tokens of an "
+                        "English sample sentence as unknown; it is not this model's tokenizer")
 
 
 def _hub_reachable() -> bool:
@@ -200,26 +250,20 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
             for (is_b, decays), ps in sorted(groups.items())]
 
 
-def describe_plan(say, cfg: TrainConfig, model: nn.Module, labels: list[str], rows: list[tuple[str, int]],
-                  counts: tuple[int, int], amp, device, d, total_steps: int, warmup: int) -> None:
-    """Print what will run, before the slow parts (tokenizing, the frozen prefix, training)."""
-    layers = model.config.num_hidden_layers
-    adapted = ("all" if cfg.lora.layers is None
-               else f"{min(cfg.lora.layers)}–{max(cfg.lora.layers)}" if len(cfg.lora.layers) > 1
-               and list(cfg.lora.layers) == list(range(min(cfg.lora.layers), max(cfg.lora.layers) + 1))
-               else ", ".join(map(str, cfg.lora.layers)))
-    say(f"model      {cfg.model}  ({type(model).__name__}, {layers} layers, precision {amp or torch.float32}, "
-        f"attention {model.config._attn_implementation}, device {device}"
-        + (f", {d.world} processes" if d.world > 1 else "") + ")")
-    say(f"data       {counts[0]:,} train / {counts[1]:,} eval examples, {len(labels)} classes: {', '.join(labels)}")
-    scale = f"{'rsLoRA: alpha/√rank' if cfg.lora.use_rslora else 'alpha/rank'} = {cfg.lora.scaling:.2f}"
-    say(f"LoRA       rank {cfg.lora.rank}, alpha {cfg.lora.alpha:g} ({scale}), targets {', '.join(cfg.lora.targets)}, "
-        f"layers {adapted} of {layers}, head {cfg.head}")
-    for name, count in rows:
-        say(f"  {count:>10,}  {name}")
-    say(f"trainable  {sum(v for _, v in rows):,} parameters (budget {cfg.max_trainable_params:,})")
-    say(f"schedule   {cfg.epochs} epochs × {total_steps // cfg.epochs} steps of {cfg.batch_size}, lr {cfg.lr:g}, "
-        f"warmup {warmup} steps")
+def model_for(cfg: TrainConfig, labels: list[str], attention: str, eval_batch_size: int, record=None,
+              say=lambda line: None) -> tuple[TrainConfig, nn.Module, object, list[tuple[str, int]]]:
+    """The encoder as the run trains it: loaded, its own dropout set, the settings resolved once here (or, for a
+    resumed run, its `record`'s, run where this process runs), the head's init, LoRA injected. Returns (settings,
+    model, tokenizer, the plan's rows)."""
+    model, tokenizer = load_pretrained(cfg.model, len(labels), labels, attention)
+    set_model_dropout(model, cfg.model_dropout)
+    if record is None:
+        settings, rows = resolve(cfg, model, eval_batch_size, say)
+    else:
+        settings, rows = replace(record.train, output_dir=cfg.output_dir, device=cfg.device, cache_dir=cfg.cache_dir,
+                                 stop_after=cfg.stop_after, eval_batch_size=eval_batch_size), record.plan
+    prepare(settings, model)
+    return settings, model, tokenizer, rows
 
 
 class EMA:
@@ -248,21 +292,3 @@ class EMA:
             with torch.no_grad():
                 for n, p in self.params.items():
                     p.copy_(saved[n])
-
-
-def load_for_inference(adapter_dir: str, model_name: str | None,
-                       device: torch.device) -> tuple[nn.Module, object, dict]:
-    """Rebuild a trained classifier from an adapter directory written by `python -m train`:
-    the base model (or `model_name`), the head choice, then the adapter. Returns (model, tokenizer, run info):
-    {"train": TrainConfig as the run resolved it, "labels": [...], "trainable_params": the run's count}."""
-    from .rundir import read_run_info
-
-    record = read_run_info(adapter_dir)
-    cfg, labels = record.train, record.labels
-    info = {"train": cfg, "labels": labels, "trainable_params": record.trainable}
-    model, tokenizer = load_pretrained(model_name or cfg.model, len(labels), labels)
-    try:
-        load_adapter(model, adapter_dir)
-    except Exception as e:  # a wrong, truncated or foreign file: safetensors and our checks raise various types
-        raise UserError(f"cannot load adapter {adapter_dir}: {str(e).splitlines()[0] if str(e) else e}") from None
-    return model.to(device).eval(), tokenizer, info

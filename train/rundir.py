@@ -134,7 +134,7 @@ class RunDir:
         """--resume auto (and a sweep) must continue the run these settings describe, not another one left in the
         directory: what `cfg` asks is compared with what the saved run was asked (its record keeps both what was
         asked and what it resolved to), so nothing is resolved again."""
-        mine, theirs = _asked(cfg.to_flat()), _asked(self.load_record().asked)
+        mine, theirs = cfg.what_it_trains(), TrainConfig.what_it_trains(self.load_record().asked)
         changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         if changed:
             raise UserError(f"{self.path} holds a run with other settings ({', '.join(changed)}); "
@@ -213,19 +213,17 @@ class RunDir:
         write_json_lines(path, kept)
 
 
-# What the files hold: the run record, eval.json's record, the checkpoint's state.
+# What the files hold: the run record and the checkpoint's state (eval.json's is train.metrics.eval_record).
 
 def versions() -> dict:
     """torch, transformers and project versions, and the git commit of the code when there is one."""
-    import importlib.metadata
+    from importlib.metadata import PackageNotFoundError, version
 
-    import transformers
-
-    found = {"torch": torch.__version__, "transformers": transformers.__version__}
+    found = {"torch": torch.__version__, "transformers": version("transformers"), "roberta-lora": None}
     try:
-        found["roberta-lora"] = importlib.metadata.version("roberta-lora")
-    except importlib.metadata.PackageNotFoundError:
-        found["roberta-lora"] = None
+        found["roberta-lora"] = version("roberta-lora")
+    except PackageNotFoundError:
+        pass
     try:
         here = Path(__file__).resolve().parent
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
@@ -263,35 +261,14 @@ def parse_record(record: dict, path: Path) -> Record:
         raise UserError(f"{path} is not a run config written by python -m train: {e}") from None
 
 
-def _asked(flat: dict) -> dict:
-    """What a run was asked, less where and how it runs (device, folders, stop, evaluation batch), as JSON
-    holds it (lists, not tuples)."""
-    where = ("stop_after", "device", "output_dir", "cache_dir", "eval_batch_size")
-    return json.loads(json.dumps({k: v for k, v in flat.items() if k not in where}))
-
-
-def eval_record(best: dict, history: list[dict], train_seconds: float, examples: int, steps: int, trainable: int,
-                labels: list[str]) -> dict:
-    """What eval.json holds: the best epoch's report, every epoch's scores, the final epoch's (no choice made
-    on the evaluation data, so comparable with a single final evaluation), timings and counts."""
-    return {
-        **{k: best[k] for k in ("accuracy", "macro_f1", "per_class", "confusion", "examples", "eval_seconds")},
-        "best_epoch": best["epoch"], "history": history,
-        "final_accuracy": history[-1]["accuracy"], "final_macro_f1": history[-1]["macro_f1"],
-        "train_seconds": train_seconds, "train_examples": examples,
-        "train_examples_per_s": examples / max(train_seconds, 1e-9),
-        "eval_examples_per_s": best["examples"] / max(best["eval_seconds"], 1e-9),
-        "trainable_params": trainable, "labels": labels, "steps": steps,
-    }
-
-
 def checkpoint_state(model: nn.Module, optimizer, scaler, ema, progress: dict, data: list[str]) -> dict:
     """What checkpoint.pt holds: the trained weights, optimizer, scaler, EMA, position, RNG, and the
     fingerprints of the data trained and evaluated on (a resume on other data is refused)."""
     return {"model": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "ema": {n: t.cpu() for n, t in ema.shadow.items()} if ema else {}, "progress": progress,
-            "rng": rng_state(), "data": list(data)}
+            "rng": {"torch": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state_all()}
+                                                       if torch.cuda.is_available() else {})}, "data": list(data)}
 
 
 def restore_checkpoint(state: dict, model: nn.Module, optimizer, scaler, ema, device: torch.device,
@@ -313,21 +290,10 @@ def restore_checkpoint(state: dict, model: nn.Module, optimizer, scaler, ema, de
         scaler.load_state_dict(state["scaler"])
         if ema is not None:
             ema.shadow = {n: t.to(device) for n, t in state["ema"].items()}
-        set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         return dict(state["progress"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise UserError(f"{path} does not fit this run ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
                         "start again with --overwrite") from None
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

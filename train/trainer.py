@@ -1,11 +1,9 @@
 """The main path of `python -m train`, top to bottom, as nanoGPT's train.py:
 
     build(cfg)  the run directory, the data, the model with LoRA, the optimizer; fresh or from a checkpoint
-    train(s)    for each epoch, for each batch: autocast → backward → unscale → clip → step → schedule →
-                zero_grad; then log, checkpoint when due, stop cleanly on SIGTERM/SIGINT; after each epoch:
-                evaluate and keep the best adapter; at the end: plots, eval.json, the report.
-Everything else is a library called by name: train.data (rows in, batches out), train.model (the encoder,
-what trains, device, frozen prefix, inference), train.rundir and train.records (what a run writes).
+    train(s)    for each epoch, for each batch: autocast → backward → unscale → clip → step → schedule → zero_grad;
+                log, checkpoint when due, stop cleanly on a signal; each epoch: evaluate, keep the best adapter.
+Everything else is a library called by name: train.data, train.model, train.prefix, train.rundir.
 """
 from __future__ import annotations
 
@@ -13,7 +11,7 @@ import gc
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
@@ -23,17 +21,16 @@ from tqdm import tqdm
 
 from lora import adapter_files, cast_frozen, count_trainable
 
+from .cli import describe_plan
 from .config import TrainConfig
-from .data import Encoded, EpochBatches, Prefetcher, load_data, tokenize_early, tokenized
-from .device import autocast, forward_batch_size, pick_attention, pick_precision, set_model_dropout, setup_device
+from .data import Encoded, EpochBatches, load_data, ready_batches, tokenize_early, tokenized
+from .device import autocast, forward_batch_size, pick_attention, pick_precision, setup_device
 from .distributed import Dist, agreed_signal, all_reduce_confusion, all_sum, barrier, on_main, shard, shutdown, wrap
 from .errors import Diverged, Finished, Stopped, StopSignals, interruptible
-from .metrics import PLOTTED, confusion_matrix, format_report, plot_run, report_from_confusion
-from .model import EMA, describe_plan, load_pretrained, param_groups, prepare, resolve
-from .prefix import predict_rows
-from .prefix_cache import frozen_prefix
-from .rundir import CHECKPOINT, EVAL, RunDir, checkpoint_state, eval_record, restore_checkpoint, run_record, write_json
-from .trackers import check_tracker, open_tracker
+from .metrics import PLOTTED, confusion_matrix, eval_record, format_report, plot_run, report_from_confusion
+from .model import EMA, model_for, param_groups
+from .prefix import Logits, predict_rows, start_layer
+from .rundir import CHECKPOINT, EVAL, RunDir, checkpoint_state, restore_checkpoint, run_record, write_json
 
 # Reading a loss makes the host wait for the device, and under torchrun a stop is agreed in an all-reduce:
 LOSS_READ_EVERY = 16  # both happen every this many steps (and at every checkpoint), never once per step
@@ -56,12 +53,10 @@ class Progress:
 
 @dataclass(kw_only=True)
 class State:
-    """Everything the loop touches. `model` is the model itself (merge, save, checkpoint); `net` computes logits as
-    net(**inputs): Logits(model), or a PrefixModel fed from the frozen-prefix cache; `step_model` is `net` as a
-    step calls it (DDP under torchrun, torch.compile with --compile)."""
+    """Everything the loop touches. `model` is the model (merge, save, checkpoint); `net` computes its logits from
+    token rows or frozen-prefix rows; `step_model` is `net` as a step calls it (DDP, torch.compile)."""
     cfg: TrainConfig  # as resolved (train.model.resolve): what config.json records; cfg.lora is the adapter's
-    asked: TrainConfig  # as asked (flags, recipe, sweep spec), recorded beside it
-    plan: list[tuple[str, int]]  # what trains, per module group
+    record: dict  # the run record (rundir.run_record): what was asked, what it resolved to, the plan
     run: RunDir
     model: nn.Module
     net: nn.Module
@@ -79,7 +74,7 @@ class State:
     total_steps: int
     warmup_steps: int
     say: Callable[[str], None]
-    tracker: object  # trackers.Tracker: --report-to's on rank 0, a no-op elsewhere
+    tracker: object = None  # trackers.Tracker: --report-to's, on rank 0; None without it or elsewhere
     data_keys: list[str]  # the token cache keys of the training and evaluation rows: their fingerprint
     progress: Progress = field(default_factory=Progress)
 
@@ -101,10 +96,9 @@ def run(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False,
         try:
             result = train(s)
         finally:
-            s.tracker.close()
-        # DDP's reducer holds the process group: release it first, or gloo's teardown runs at interpreter exit,
-        # after the group is gone, where it can abort the process (seen once as SIGABRT on rank 1).
-        s.step_model = s.net
+            if s.tracker:
+                s.tracker.close()
+        s.step_model = s.net  # DDP holds the group: gloo's teardown after the group is gone can abort the process
         gc.collect()
         shutdown()  # after a clean finish only: with a dead peer it can block, and torchrun waits for the exit
         return result
@@ -115,7 +109,9 @@ def run(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False,
 def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[str], None]) -> State:
     """Data and model, LoRA injected, the optimizer, and the start: fresh, or from the checkpoint (resume
     True, or "auto": only if the output directory holds one). The plan is printed before the slow parts."""
-    check_tracker(cfg.report_to)  # a missing tracker package is refused before anything is written
+    if cfg.report_to != "none":  # a missing tracker package is refused before anything is written
+        from .trackers import check_tracker
+        check_tracker(cfg.report_to)
     run_dir, (device, d), asked = RunDir(cfg.output_dir), setup_device(cfg.device), cfg
     say = say if d.main else (lambda *a, **k: None)
     mode = on_main(lambda: run_dir.start_mode(resume, overwrite), d)
@@ -127,41 +123,37 @@ def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[
     torch.manual_seed(cfg.seed)
     corpus = load_data(cfg)
     early = tokenize_early(corpus, cfg, d)  # each row read once, before the model: checked, hashed, tokenized
-    model, tokenizer = load_pretrained(cfg.model, len(corpus.label_names), corpus.label_names,
-                                       pick_attention(cfg.attention, device))
-    set_model_dropout(model, cfg.model_dropout)
-    batch = cfg.eval_batch_size or forward_batch_size(device)
-    if saved is None:  # resolved once, here; a resumed run reads what its record resolved
-        cfg, plan_rows = resolve(cfg, model, batch, say)
-    else:
-        cfg, plan_rows = replace(saved.train, output_dir=cfg.output_dir, device=cfg.device, cache_dir=cfg.cache_dir,
-                                 stop_after=cfg.stop_after, eval_batch_size=batch), saved.plan
-    prepare(cfg, model)
+    cfg, model, tokenizer, plan_rows = model_for(cfg, corpus.label_names, pick_attention(cfg.attention, device),
+                                                 cfg.eval_batch_size or forward_batch_size(device), saved, say)
     amp = pick_precision(cfg.precision, device)
     train_data, eval_data = tokenized(early, corpus, tokenizer, cfg, d)  # the counts come from the pass (or cache)
-    rows = (len(train_data), len(eval_data))
-    total_steps = -(-rows[0] // cfg.batch_size) * cfg.epochs
+    total_steps = -(-len(train_data) // cfg.batch_size) * cfg.epochs
     warmup = int(cfg.warmup_ratio * total_steps)
-    describe_plan(say, cfg, model, corpus.label_names, plan_rows, rows, amp, device, d, total_steps, warmup)
+    describe_plan(say, cfg, model, corpus.label_names, plan_rows, (len(train_data), len(eval_data)), amp, device, d,
+                  total_steps, warmup)
     model.to(device)
     if amp is not None:  # autocast would otherwise re-cast every frozen weight at every call
         cast_frozen(model, amp)
-    data_keys = [train_data.key, eval_data.key]  # what was trained on, so a resume on other data is refused
-    groups = param_groups(model, cfg)
-    net, train_data, eval_data = frozen_prefix(cfg, model, train_data, eval_data, amp, d, say)
-    s = State(cfg=cfg, asked=asked, plan=plan_rows, run=run_dir, model=model, net=net, step_model=net,
+    groups, data_keys = param_groups(model, cfg), [train_data.key, eval_data.key]  # data keys: what it trained on
+    net = Logits(model)
+    if cfg.prefix_cache and start_layer(cfg.lora.layers, model.config.num_hidden_layers):  # below LoRA: run once
+        from .prefix_cache import frozen_prefix
+        net, train_data, eval_data = frozen_prefix(cfg, model, train_data, eval_data, amp, d, say)
+    record = run_record(cfg, asked, corpus.label_names, plan_rows)
+    s = State(cfg=cfg, record=record, run=run_dir, model=model, net=net, step_model=net,
               labels=corpus.label_names, train_data=train_data, eval_data=eval_data, device=device, amp=amp, dist=d,
               optimizer=torch.optim.AdamW(groups, lr=cfg.lr), scaler=torch.amp.GradScaler(device.type,
               enabled=amp == torch.float16), ema=EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
-              base_lrs=[g["lr"] for g in groups], total_steps=total_steps, warmup_steps=warmup, say=say, tracker=None,
-              data_keys=data_keys)
+              base_lrs=[g["lr"] for g in groups], total_steps=total_steps, warmup_steps=warmup,
+              say=say, data_keys=data_keys)
     if mode == "resume":
         restore(s)
         say(f"resuming at step {s.progress.step} of {total_steps}")
     elif d.main:
-        run_dir.start(run_record(cfg, asked, corpus.label_names, plan_rows))
-    s.tracker = on_main(lambda: open_tracker(cfg.report_to, run_dir.path, cfg.to_flat()), d, share=False) or \
-        open_tracker("none", run_dir.path, {})  # the other ranks log nothing
+        run_dir.start(record)
+    if cfg.report_to != "none":  # --report-to's tracker, on rank 0 only
+        from .trackers import open_tracker
+        s.tracker = on_main(lambda: open_tracker(cfg.report_to, run_dir.path, cfg.to_flat()), d, share=False)
     s.step_model = wrap(net, device, d, cfg.compile)
     return s
 
@@ -186,17 +178,15 @@ def train(s: State) -> dict | None:
             batches = EpochBatches(s.train_data, cfg.batch_size, cfg.seed, epoch)
             bar = tqdm(total=len(batches), initial=p.batch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                        disable=None if s.dist.main else True, dynamic_ncols=True)
-            # Made ahead on a thread on CUDA (pinned), inline on CPU (a thread beside a CPU step slows it).
-            cuda = s.device.type == "cuda"
-            with Prefetcher(batches, lambda rows: s.train_data.batch(shard(rows, s.dist) or rows[:1]), start=p.batch,
-                            depth=2 if cuda else 0, pin=cuda) as ready:
-                for item in ready:
+            with ready_batches(batches, lambda rows: s.train_data.batch(shard(rows, s.dist) or rows[:1]), p.batch,
+                               ahead=s.device.type == "cuda") as ready:
+                for rows, batch in ready:
                     started = time.perf_counter()
-                    loss = train_step(s, item.rows, item.batch)
+                    loss = train_step(s, rows, batch)
                     elapsed = time.perf_counter() - started
-                    p.step, p.batch, p.examples = p.step + 1, p.batch + 1, p.examples + len(item.rows)
+                    p.step, p.batch, p.examples = p.step + 1, p.batch + 1, p.examples + len(rows)
                     p.train_seconds += elapsed
-                    unread.append((loss, len(item.rows) / elapsed))
+                    unread.append((loss, len(rows) / elapsed))
                     bar.update(1)
                     limit = cfg.stop_after is not None and p.step >= cfg.stop_after and p.batch < len(batches)
                     save = limit or (cfg.save_every > 0 and p.step % cfg.save_every == 0)
@@ -265,7 +255,8 @@ def read_losses(s: State, unread: list, bar) -> None:
 def log(s: State, entry: dict) -> None:  # one metrics.jsonl line, mirrored into the tracker (--report-to)
     if s.dist.main:
         s.run.append_metrics(entry)
-        s.tracker.log(entry, entry["step"])
+        if s.tracker:
+            s.tracker.log(entry, entry["step"])
         s.progress.plotted.append({k: v for k, v in entry.items() if k in PLOTTED})  # checkpointed: a resume has it
 
 
@@ -285,8 +276,7 @@ def evaluate(s: State) -> None:
         report = report_from_confusion(all_reduce_confusion(mine, s.dist), s.labels)
         improved = report["accuracy"] > p.best_accuracy
         if improved and s.dist.main:
-            s.run.save_adapter(adapter_files(s.model, s.cfg.lora, base_model_name=s.cfg.model),
-                               run_record(s.cfg, s.asked, s.labels, s.plan))
+            s.run.save_adapter(adapter_files(s.model, s.cfg.lora, base_model_name=s.cfg.model), s.record)
     report |= {"eval_seconds": time.perf_counter() - started, "epoch": p.epoch}
     p.history.append({k: report[k] for k in ("epoch", "accuracy", "macro_f1", "eval_seconds")})
     if improved:

@@ -122,7 +122,7 @@ def test_top_layers_resolve_to_the_last_k_layers_of_the_model_and_are_written_re
 
 def test_holdout_scores_on_fixed_training_rows_never_on_the_eval_file(tiny_model_dir, tiny_data_dir, tmp_path):
     from train.data.corpus import Split
-    from train.data.corpus import carve_holdout
+    from train.data.splits import carve_holdout
 
     split = Split([f"t{i}" for i in range(40)], [i % 4 for i in range(40)])
     rest, held = carve_holdout(split, 8)

@@ -68,7 +68,7 @@ def test_model_dropout_and_attention_are_validated_in_one_error():
 
 def test_a_run_trains_with_the_attention_and_model_dropout_it_was_given(tiny_model_dir, tiny_data_dir, tmp_path,
                                                                          monkeypatch):
-    import train.trainer as run_module
+    import train.model as run_module
 
     seen = {}
     real = run_module.set_model_dropout

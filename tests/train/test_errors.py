@@ -202,12 +202,13 @@ def test_a_hub_dataset_alone_offline_names_it_alone(tiny_model_dir, monkeypatch,
 
 def test_output_dir_with_a_run_and_resume_without_checkpoint(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
     from train.config import TrainConfig
+    from train.rundir import run_record
 
     out = tmp_path / "run"
     out.mkdir()
     assert f"nothing to resume: {out / 'config.json'} does not exist" in refused(["--resume", out], capsys)
     cfg = TrainConfig(model=str(tiny_model_dir), data=str(tiny_data_dir), output_dir=str(out), epochs=1)
-    (out / "config.json").write_text(json.dumps({"train": cfg.to_dict(), "labels": ["a", "b"]}))
+    (out / "config.json").write_text(json.dumps(run_record(cfg, cfg, ["a", "b"], [("LoRA", 1)])))
     line = refused(["--resume", out], capsys)
     assert f"nothing to resume: {out / 'checkpoint.pt'} does not exist" in line
     # A run that never reached its first checkpoint holds nothing to keep: the same command starts afresh.

@@ -114,7 +114,7 @@ def test_families_without_a_prefix_split_train_and_load_in_peft(tmp_path, capsys
 
     from train.__main__ import main as train
     from train.ship.export import main as export
-    from train.model import load_for_inference
+    from train.ship.runs import load_for_inference
 
     model, run, report = train_family(tmp_path, model_type)
     assert report["trainable_params"] == 2 * 4 * (4 * 128 + 2 * 192) + 64 * 4 + 4
@@ -161,7 +161,7 @@ def test_mpnet_whole_chain(tmp_path, capsys):
                     "--precision", "fp32"]) == 0
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 16
     tok = AutoTokenizer.from_pretrained(model)
-    from train.model import load_for_inference
+    from train.ship.runs import load_for_inference
 
     ours, _, _ = load_for_inference(str(run / "adapter"), None, torch.device("cpu"))
     expected = logits(ours, tok)

@@ -7,14 +7,14 @@
     for rows in EpochBatches(train, cfg.batch_size, cfg.seed, epoch):   # windowed length grouping
         batch = train.batch(rows)    # input_ids, attention_mask, labels; eval_windows plans evaluation
 
-Modules: sources (CSV/JSONL/Parquet readers), labels (label and text checks), classes (class names), hub (hub
-datasets), corpus (splits, subsets, holdout, checks), cache (the token cache), batches (encode, Encoded, the two
-planners, collate), splits (a run's two splits, tokenized before the model loads), prefetch (batches made ahead).
+Modules: sources (CSV/JSONL/Parquet readers), labels (label and text checks), corpus (where the data is, its
+class names, the checks), splits (the run's two splits, --holdout and subsets, tokenized in one pass before the
+model loads), cache (the token cache), batches (encode, Encoded, the two planners, collate); loaded only when
+needed: hub (hub datasets), prefetch (batches made ahead on CUDA).
 """
-from .batches import Encoded, EpochBatches, collate, encode, eval_windows
-from .corpus import check_classes, check_rows, load_data
-from .prefetch import Prefetcher
-from .splits import Tokenized, tokenize_early, tokenized
+from .batches import Encoded, EpochBatches, collate, encode, eval_windows, ready_batches
+from .corpus import check_classes, check_rows
+from .splits import Tokenized, load_data, tokenize_early, tokenized
 
 __all__ = ["load_data", "tokenize_early", "tokenized", "Tokenized", "check_rows", "check_classes", "encode",
-           "Encoded", "EpochBatches", "eval_windows", "collate", "Prefetcher"]
+           "Encoded", "EpochBatches", "eval_windows", "collate", "ready_batches"]

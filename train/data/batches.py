@@ -9,7 +9,8 @@ import hashlib
 import mmap
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -197,6 +198,16 @@ class EpochBatches:
             order = chunk[torch.argsort(size, descending=True, stable=True)]
             batches += [b.tolist() for b in order.split(self.batch_size)]
         return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+
+def ready_batches(batches: EpochBatches, make: Callable[[list[int]], dict], start: int, ahead: bool):
+    """A context giving (rows, batch) for each batch from `start` on: made ahead on a thread, pinned (`ahead`, on
+    CUDA: train.data.prefetch), or inline, where a thread beside the step would only slow it (CPU)."""
+    if ahead:
+        from .prefetch import Prefetcher
+
+        return Prefetcher(batches, make, start=start, depth=2, pin=True)
+    return nullcontext((rows, make(rows)) for rows in batches.iter_from(start))
 
 
 class _Offsets:

@@ -1,23 +1,25 @@
-"""A run's labelled data: where it is (files, globs, a directory, a hub dataset), its class names (classes.py),
-its splits as row streams (sources.Rows, never held whole) or in memory, stratified subsets, a held-out
-evaluation set carved from the training rows (--holdout), and the checks made before training."""
+"""A run's labelled data: where it is (files, globs, a directory, a hub dataset), as row streams (sources.Rows,
+never held whole) or in memory, the checks made before training, and its class names: classes.txt beside the
+training file, or the training labels themselves (whole numbers, or names sorted), remembered in the cache folder
+so that a run whose token cache already holds its rows reads none of them; and the notes they give rise to
+(labels that differ only in case). How a run's splits are cut from them is splits.py."""
 from __future__ import annotations
 
 import glob
+import json
+import hashlib
 import os
-import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..config import TrainConfig
-from ..errors import UserError, progress
-from .classes import class_names, infer_names
-from .hub import OFFLINE_RUN, HubUnreachable, hub_corpus, model_needs_hub
-from .sources import EXTENSIONS, Rows, expand_paths, file_kind, file_rows, raw_rows
+from ..errors import UserError, note, progress
+from ..files import atomic_write
+from .labels import LabelKinds, case_twins
+from .sources import EXTENSIONS, Rows, expand_paths, file_kind, file_rows, files_origin, raw_labels, raw_rows
 
 EVAL_NAMES = ("test", "dev", "validation")
 # Shipped with the package, so a clone trains offline: --data ag_news_sample (its README says what it is).
@@ -72,6 +74,8 @@ def open_corpus(data: str, train_file: str | None = None, eval_file: str | None 
     if (path.suffix in EXTENSIONS or glob.has_magic(data) or path.is_absolute() or data.count("/") > 1
             or data.startswith((".", "~")) or (os.sep != "/" and os.sep in data)):
         raise UserError(f"data not found: {data}")
+    from .hub import hub_corpus  # the hub's client is loaded only for a hub dataset
+
     return RowCorpus(*hub_corpus(data, streaming, EVAL_NAMES))
 
 
@@ -121,70 +125,6 @@ def read_split(path: Path, names: list[str]) -> Split:
     return to_split(file_rows([path], names, raw_rows(path)[1], str(path)))
 
 
-def stratified_subset(split: Split, n: int | None, seed: int) -> Split:
-    """Exactly n rows (all of them if n is None or larger) with the class mix of `split`: each class
-    gets its share rounded by largest remainder, and at least one row while n allows. Rows keep
-    their order; which rows is a pure function of (split, n, seed)."""
-    if n is None or n >= len(split.labels):
-        return split
-    keep = _stratified_keep(np.asarray(split.labels), n, seed).tolist()
-    return Split([split.texts[i] for i in keep], [split.labels[i] for i in keep])
-
-
-def picked_origin(rows: Rows, how: str) -> Callable[[], str] | None:
-    """The origin of the rows that `how` (a subset, a holdout) picks from `rows`: theirs, or their key, and how."""
-    base = rows.origin or (rows.key and (lambda: f"key:{rows.key()}"))
-    return (lambda: f"{base()}:{how}") if base else None
-
-
-def subset_rows(rows: Rows, n: int | None, seed: int) -> Rows:
-    """The rows stratified_subset would keep, as a stream. The pick is made on first use (one pass
-    that holds the labels, 8 bytes a row), so a run whose token cache already holds them never reads
-    the corpus: the cache knows them by their origin, the pick's settings included."""
-    if n is None:
-        return rows
-    if n < 1:
-        raise UserError(f"a subset needs at least 1 row, got {n}")
-    picked: list[np.ndarray] = []
-
-    def mask() -> np.ndarray:
-        if not picked:
-            labels = np.fromiter((y for _, y in rows), dtype=np.int64)
-            keep = np.ones(len(labels), bool)
-            if n < len(labels):
-                keep[:] = False
-                keep[_stratified_keep(labels, n, seed)] = True
-            picked.append(keep)
-        return picked[0]
-
-    def read() -> Iterator[tuple[str, int]]:
-        keep = mask()
-        return (row for i, row in enumerate(rows) if keep[i])
-
-    return Rows(read, rows.name, origin=picked_origin(rows, f"subset:{n}:{seed}"))
-
-
-def _stratified_keep(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Sorted row indices of the stratified subset; labels: (rows,) ints."""
-    if n < 1:
-        raise UserError(f"a subset needs at least 1 row, got {n}")
-    by_class = {int(y): np.flatnonzero(labels == y) for y in np.unique(labels)}
-    total = len(labels)
-    quota = {y: n * len(idx) // total for y, idx in by_class.items()}
-    by_remainder = sorted(by_class, key=lambda y: (-(n * len(by_class[y]) % total), y))
-    for y in by_remainder[: n - sum(quota.values())]:
-        quota[y] += 1
-    if n >= len(by_class):  # no class present in the data vanishes from the subset
-        for y in sorted(by_class):
-            if quota[y] == 0:
-                quota[max(quota, key=lambda c: (quota[c], -c))] -= 1
-                quota[y] = 1
-    rng = random.Random(seed)
-    # Sampling positions in range(len(idx)) draws exactly what sampling the list idx itself would.
-    keep = [idx[rng.sample(range(len(idx)), quota[y])] for y, idx in sorted(by_class.items())]
-    return np.sort(np.concatenate(keep))
-
-
 def check_classes(labels: torch.Tensor, names: list[str], cfg: TrainConfig, held: torch.Tensor | None = None) -> None:
     """Every class must have training rows (labels: the training labels, (n,)), and the evaluation file
     must name the same classes. held: the evaluation labels, which under --holdout came from the training data."""
@@ -206,75 +146,80 @@ def check_classes(labels: torch.Tensor, names: list[str], cfg: TrainConfig, held
                             f"{names}; both files must use the same classes")
 
 
-HOLDOUT_SEED = 0  # not the run's seed: every run of a sweep must be scored on the same held-out rows
-
-
-def carve_holdout(split: Split, n: int) -> tuple[Split, Split]:
-    """(the rest, n held-out rows): stratified by class, the same rows whatever the run's seed."""
-    if n >= len(split.labels):
-        raise UserError(f"--holdout {n} leaves no training rows (the training data has {len(split.labels)})")
-    tagged = Split([str(i) for i in range(len(split.labels))], split.labels)
-    held = {int(t) for t in stratified_subset(tagged, n, HOLDOUT_SEED).texts}
-    pick = lambda keep: Split([t for i, t in enumerate(split.texts) if (i in held) == keep],  # noqa: E731
-                              [y for i, y in enumerate(split.labels) if (i in held) == keep])
-    return pick(False), pick(True)
-
-
-def holdout_rows(rows: Rows, n: int) -> tuple[Rows, Rows]:
-    """carve_holdout's (rest, held-out rows) as streams. The pick is made on first use, by one pass that
-    holds the labels (8 bytes a row), so a run whose token cache already holds both never reads the rows. A
-    pass over the rest keeps the n held-out rows it passes, and the held-out split is read from them."""
-    picked: list[np.ndarray] = []
-    kept: list[list[tuple[str, int]]] = []  # the held-out rows, once a pass over the rest has ended
-
-    def held() -> np.ndarray:
-        if not picked:
-            labels = np.fromiter((y for _, y in rows), dtype=np.int64)
-            if n >= len(labels):
-                raise UserError(f"--holdout {n} leaves no training rows (the training data has {len(labels)})")
-            mask = np.zeros(len(labels), bool)
-            mask[_stratified_keep(labels, n, HOLDOUT_SEED)] = True
-            picked.append(mask)
-        return picked[0]
-
-    def rest() -> Iterator[tuple[str, int]]:
-        mask, aside = held(), []
-        for i, row in enumerate(rows):
-            if mask[i]:
-                aside.append(row)
-            else:
-                yield row
-        kept[:] = [aside]
-
-    def held_out() -> Iterator[tuple[str, int]]:
-        if kept:
-            return iter(kept[0])
-        mask = held()
-        return (row for i, row in enumerate(rows) if mask[i])
-    origin = lambda keep: picked_origin(rows, f"holdout:{n}:{HOLDOUT_SEED}:{keep}")  # noqa: E731
-    return Rows(rest, rows.name, origin=origin(False)), Rows(held_out, f"{rows.name} (held out)", origin=origin(True))
-
-
-def load_data(cfg: TrainConfig) -> RowCorpus:
-    """The splits as row streams (read again whenever iterated, never all held), --holdout's evaluation rows
-    carved out of the training rows, subsets applied. Reads no rows: the first record of each file, and
-    classes.txt (the training labels where no classes.txt names the classes)."""
-    try:
-        corpus = open_corpus(cfg.data, cfg.train_file, cfg.train_file if cfg.holdout and cfg.train_file
-                             else cfg.eval_file, streaming=cfg.streaming, cache_dir=cfg.cache_dir)
-    except HubUnreachable:
-        if not model_needs_hub(cfg.model):
-            raise
-        raise HubUnreachable(f"cannot fetch dataset '{cfg.data}' nor model '{cfg.model}': the Hugging Face hub is "
-                             "unreachable and they are not in the local cache; pass local ones (--data DIR or "
-                             f"--train-file/--eval-file, and --model DIR), or run {OFFLINE_RUN}") from None
-    train, held = holdout_rows(corpus.train, cfg.holdout) if cfg.holdout else (corpus.train, corpus.eval)
-    return RowCorpus(subset_rows(train, cfg.max_train_samples, cfg.seed),
-                     subset_rows(held, cfg.max_eval_samples, cfg.seed), corpus.label_names)
-
-
 def check_rows(corpus: RowCorpus) -> tuple[int, int]:
     """Read every row once (a streaming pass, nothing held) so that a malformed row is reported before
     the slow model loading, not after it. Returns the numbers of training and evaluation rows."""
     return tuple(sum(1 for _ in progress(split, f"checking {name} rows")) for name, split in
                  (("training", corpus.train), ("evaluation", corpus.eval)))
+
+
+# The class names: classes.txt, or the training labels themselves, remembered in the cache folder.
+
+NAMES_FORMAT = "1"  # of the remembered names (labels-KEY.json); another is not trusted, only recomputed
+
+
+def class_names(train_path: Path) -> list[str] | None:
+    classes = train_path.parent / "classes.txt"
+    if not classes.is_file():
+        return None
+    try:
+        names = [line.strip() for line in classes.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise UserError(f"{classes} is not UTF-8 text") from None
+    if not names:
+        raise UserError(f"{classes} lists no class names (one per line)")
+    if len(set(names)) != len(names):
+        raise UserError(f"{classes} lists a class name twice")
+    return names
+
+
+def infer_names(paths: list[Path], kind: str, name: str, cache_dir: str | os.PathLike | None = None) -> list[str]:
+    """Class names from the training labels (one pass, holding only the distinct labels): whole numbers name
+    classes 1..K in AG News files and 0..K-1 otherwise; class names, sorted. A label of neither kind, a mix of
+    kinds, or a number that would make far more classes than the labels seen, is one line. With cache_dir, the
+    answer (and its notes) is kept there under the files' origin (paths, sizes, times), and read back while the
+    files are unchanged."""
+    memo = Path(cache_dir) / f"labels-{_origin_key(paths, kind)}.json" if cache_dir else None
+    found = _remembered(memo) if memo else None
+    if found is None:
+        found = _infer(paths, kind, name)
+        if memo:
+            try:
+                atomic_write(memo, lambda tmp: Path(tmp).write_text(json.dumps({"format": NAMES_FORMAT, **found})))
+            except OSError:  # a cache that cannot be written costs the next run this pass, nothing else
+                pass
+    for line in found["notes"]:
+        note(line)
+    return found["names"]
+
+
+def _infer(paths: list[Path], kind: str, name: str) -> dict:
+    kinds, seen = LabelKinds(), {}  # each distinct label, and where it first appears
+    for raw, where in raw_labels(paths):
+        seen.setdefault(kinds.check(raw, where), where)
+    if not seen:
+        raise UserError(f"{name} has no rows")
+    if kinds.first[0] is str:
+        return {"names": sorted(seen), "notes": case_twins(seen)}
+    base, low, top = (1 if kind == "agnews" else 0), min(seen), max(seen)
+    if low < base:
+        raise UserError(f"{name}: label {low} is below {base}; whole-number labels are {base}..K"
+                        + (" in AG News' layout" if base else ""))
+    if top - base + 1 > len(seen) + 1000:  # not the index of a class: it would make a head that size
+        raise UserError(f"{name}: label {top} would make {top - base + 1:,} classes, but only {len(seen)} distinct "
+                        f"labels appear; whole-number labels are {base}..K, or name the classes in classes.txt")
+    return {"names": [str(i) for i in range(base, top + 1)], "notes": []}
+
+
+def _origin_key(paths: list[Path], kind: str) -> str:
+    return hashlib.sha256(json.dumps([NAMES_FORMAT, files_origin(paths), kind]).encode()).hexdigest()[:32]
+
+
+def _remembered(memo: Path) -> dict | None:
+    try:
+        found = json.loads(memo.read_text())
+        if found.get("format") == NAMES_FORMAT and all(isinstance(n, str) for n in found["names"] + found["notes"]):
+            return found
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return None

@@ -7,8 +7,7 @@ import socket
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
-from ..errors import UserError
-from .classes import note
+from ..errors import HubUnreachable, UserError, note
 from .labels import case_twins
 from .sources import Rows
 
@@ -32,10 +31,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 OFFLINE_RUN = "with no network at all: --data ag_news_sample and the MiniLM package (README, 'The offline first run')"
-
-
-class HubUnreachable(UserError):
-    """A model or dataset that only the hub has, while the hub cannot be reached."""
 
 
 def unreachable(what: str, name: str, local_flag: str) -> HubUnreachable:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from ..cli import Parser, add_scoring_flags, positive, run_main
 from ..data import encode
-from ..data.corpus import class_names, load_corpus, read_split, stratified_subset
+from ..data.corpus import class_names, load_corpus, read_split
+from ..data.splits import stratified_subset
 from ..device import pick_device, pick_precision
 from ..errors import UserError
 from ..metrics import classification_report, format_report
-from ..model import load_for_inference
 from ..prefix import predict
-from .runs import adapter_dir, check_finished
+from .runs import adapter_dir, check_finished, load_for_inference
 
 
 def parser() -> Parser:

@@ -24,11 +24,10 @@ from train.files import ANY, NUMBER, TEXT, WHOLE, check_output, read_json_as, sw
 
 from ..cli import Parser, run_main
 from ..errors import UserError, interruptible
-from ..model import load_for_inference
 from ..prefix import Logits
 from ..rundir import ADAPTER, EVAL, RUN_INFO, read_run_info
 from .modelcard import base_license, hub_base, write_model_card
-from .runs import check_finished, scores_file
+from .runs import check_finished, load_for_inference, scores_file
 
 FORMATS = ("hf", "peft", "onnx")
 ONNX_FILE = "model.onnx"

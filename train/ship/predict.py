@@ -24,10 +24,9 @@ from ..data.corpus import Split
 from ..device import pick_device, pick_precision
 from ..errors import UserError
 from ..files import check_output, read_json_as
-from ..loadchecks import check_tokenizer, check_weights
-from ..model import load_for_inference
+from ..model import check_tokenizer, check_weights
 from ..prefix import predict
-from .runs import adapter_dir, check_finished
+from .runs import adapter_dir, check_finished, load_for_inference
 from .scoring import file_format, given_texts, read_rows, write_predictions
 
 

@@ -1,14 +1,20 @@
-"""Which run an adapter comes from, and whether that run finished: decided one way for export, predict and
-evaluate. A run is finished when eval.json sits beside its adapter (in the adapter's folder, as an export
-keeps it, or in the run directory above it); before that, its adapter is the best epoch so far."""
+"""A trained run as the tools (export, predict, evaluate) use it: its classifier rebuilt from the adapter, which
+run the adapter comes from, and whether that run finished, decided one way for all three. A run is finished when
+eval.json sits beside its adapter (in the adapter's folder, as an export keeps it, or in the run directory above
+it); before that, its adapter is the best epoch so far."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import torch
+from torch import nn
+
+from lora import load_adapter
 from lora.adapter import CONFIG_NAME as ADAPTER_CONFIG
 
 from ..errors import UserError
+from ..model import load_pretrained
 from ..rundir import ADAPTER, EVAL, read_run_info
 
 
@@ -38,3 +44,19 @@ def check_finished(source: str | Path, adapter: Path, allow: bool) -> None:
         raise UserError(f"{source} is an unfinished run (no {EVAL}: its adapter is the best epoch so far); finish it "
                         "with python -m train --resume, or pass --allow-unfinished to use it as it is")
     print(f"note: {source} is an unfinished run (no {EVAL}): its adapter is the best epoch so far", file=sys.stderr)
+
+
+def load_for_inference(adapter_dir: str, model_name: str | None,
+                       device: torch.device) -> tuple[nn.Module, object, dict]:
+    """Rebuild a trained classifier from an adapter directory written by `python -m train`:
+    the base model (or `model_name`), the head choice, then the adapter. Returns (model, tokenizer, run info):
+    {"train": TrainConfig as the run resolved it, "labels": [...], "trainable_params": the run's count}."""
+    record = read_run_info(adapter_dir)
+    cfg, labels = record.train, record.labels
+    info = {"train": cfg, "labels": labels, "trainable_params": record.trainable}
+    model, tokenizer = load_pretrained(model_name or cfg.model, len(labels), labels)
+    try:
+        load_adapter(model, adapter_dir)
+    except Exception as e:  # a wrong, truncated or foreign file: safetensors and our checks raise various types
+        raise UserError(f"cannot load adapter {adapter_dir}: {str(e).splitlines()[0] if str(e) else e}") from None
+    return model.to(device).eval(), tokenizer, info

@@ -9,7 +9,8 @@ import torch
 from helpers.oneline import refused
 from helpers.tiny import CLASSES, Counting, train_args, write_agnews, write_jsonl
 from train.data.batches import Encoded, collate, encode
-from train.data.corpus import Split, load_corpus, read_split, stratified_subset
+from train.data.corpus import Split, load_corpus, read_split
+from train.data.splits import stratified_subset
 from train.errors import UserError
 
 AGNEWS_ROWS = [("3", "Stocks rise", "Markets gained\non Monday."),  # a quoted description spanning lines

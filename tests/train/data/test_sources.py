@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from helpers.tiny import synthetic_rows
 from train.errors import UserError
 from train.data.batches import EpochBatches, collate, encode
-from train.data.corpus import Split, load_corpus, open_corpus, stratified_subset, subset_rows, to_split
+from train.data.corpus import Split, load_corpus, open_corpus, to_split
+from train.data.splits import stratified_subset, subset_rows
 from train.data.sources import Rows, expand_paths
 
 ROWS = synthetic_rows(90, seed=5)  # (class 1..4, title, description)
