@@ -25,7 +25,7 @@ from pathlib import Path
 
 from benchmarks.common import REPO_ROOT, RESULTS_DIR, machine_info, write_json
 
-TOPICS = [["war", "election", "minister", "treaty", "border", "embassy"],  # tests/tiny.py's vocabulary,
+TOPICS = [["war", "election", "minister", "treaty", "border", "embassy"],  # tests/helpers/tiny.py's vocabulary,
           ["match", "goal", "coach", "league", "season", "striker"],  # so the tiny tokenizer knows it
           ["market", "shares", "profit", "bank", "stocks", "merger"],
           ["software", "chip", "internet", "robot", "laptop", "research"]]
@@ -90,35 +90,38 @@ def generate(directory: Path, n: int, seed: int = 0, pool: int = 4000) -> float:
 
 
 def child_build(data: Path, model: Path, cache: Path, max_length: int) -> dict:
-    """Hash the rows, then build the cache: each timed, with this process's peak RSS."""
+    """Build the cache as a run does (train.data.encode: one pass checks, hashes and tokenizes the rows), timed,
+    with this process's peak RSS and its heap (RssAnon) sampled while it builds."""
+    import threading
+
     from transformers import AutoTokenizer
 
-    from train.data.cache import build, cache_file, token_chunks, token_key
+    from train.data import encode
     from train.data.corpus import open_corpus
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     rows = open_corpus(str(data)).train
-    rss_before, anon = peak_rss_mb(), [anon_mb()]
+    rss_before, anon, done_building = peak_rss_mb(), [anon_mb()], threading.Event()
 
-    def sampled(chunks):
-        for chunk in chunks:
+    def sample() -> None:
+        while not done_building.wait(0.1):
             anon.append(anon_mb())
-            yield chunk
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     started = time.perf_counter()
-    key = token_key(rows, tokenizer, max_length)
-    hashed = time.perf_counter()
-    n = build(cache_file(cache, key), sampled(token_chunks(rows, tokenizer, max_length)))
+    n = len(encode(rows, tokenizer, max_length, cache))
     done = time.perf_counter()
-    return {"rows": n, "hash_seconds": hashed - started, "tokenize_and_write_seconds": done - hashed,
-            "seconds": done - started, "rows_per_s": n / (done - started), "cpu_seconds": time.process_time(),
+    done_building.set()
+    sampler.join()
+    return {"rows": n, "seconds": done - started, "rows_per_s": n / (done - started), "cpu_seconds": time.process_time(),
             "peak_rss_mb": peak_rss_mb(), "peak_rss_before_build_mb": rss_before,
             "anon_before_build_mb": anon[0], "peak_anon_mb": max(anon)}
 
 
 def child_train(data: Path, model: Path, cache: Path, max_length: int, steps: int, batch_size: int) -> dict:
     """`python -m train` itself, in this process: the reference recipe on the tiny model, `steps` steps
-    (--stop-after), fp32, on the cache the build child wrote (a hit: one streaming pass to hash the rows,
-    then memory-map); the process's peak RSS once train's main has returned."""
+    (--stop-after), fp32, on the cache the build child wrote (a hit: found without reading a row, then
+    memory-mapped); the process's peak RSS once train's main has returned."""
     from train.__main__ import main as train_main
 
     out = cache.parent / f"{cache.name}-run"
@@ -201,20 +204,20 @@ def run(args, argv: list[str] | None) -> int:
     ratio = big["train"]["peak_rss_mb"] / small["train"]["peak_rss_mb"]
     result = {
         "command": "python -m benchmarks.scale " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "model": "tiny RoBERTa from tests/tiny.py (2 layers, hidden 64, word-level tokenizer), LoRA rank 8 "
+        "model": "tiny RoBERTa from tests/helpers/tiny.py (2 layers, hidden 64, word-level tokenizer), LoRA rank 8 "
                  "on query/value, AdamW; batch %d, max_length %d" % (args.batch_size, args.max_length),
         "training_process": "python -m train (its main() in the child): --recipe reference --rank 8 --precision fp32 "
                             "--stop-after %d, from the cache the build child wrote" % args.steps,
         "measures": {
-            "build": "a child that hashes the rows (hash_seconds) then tokenizes 8192 rows a call and writes the "
-                     "cache (tokenize_and_write_seconds); rows_per_s over both",
+            "build": "a child that builds the cache as a run does (train.data.encode): one pass checks, hashes and "
+                     "tokenizes 8192 rows a call and writes them; rows_per_s over it",
             "peak_rss_mb": "VmHWM of the child: peak resident memory, libraries and mapped cache pages included",
-            "peak_anon_mb": "build: largest RssAnon (heap, tensors, Python objects) sampled after each chunk",
+            "peak_anon_mb": "build: largest RssAnon (heap, tensors, Python objects) sampled every 0.1 s",
             "anon_at_exit_mb": "train: RssAnon once python -m train's main has returned",
             "cache_resident_mb": "resident pages of the mapped cache at the end; collate unmaps the pages it read "
                                  "after every batch (they stay in the shared page cache)",
-            "seconds": "train: python -m train's main, start to return (load, one row-check pass, the cache-hit "
-                       "hash pass, mmap, 50 steps, the checkpoint)",
+            "seconds": "train: python -m train's main, start to return (load; the cache found by the files' "
+                       "identity, no row read; mmap, the steps, the checkpoint)",
         },
         "machine": machine_info(), "runs": runs,
         "train_peak_rss_ratio": ratio, "target_ratio": 1.2, "target_met": ratio <= 1.2,

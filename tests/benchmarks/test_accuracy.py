@@ -1,5 +1,5 @@
 """benchmarks/accuracy.py: runs paired by seed, the headline and its targets, and a tiny race end to end
-(real child processes on the tiny model from tests/tiny.py)."""
+(real child processes on the tiny model from tests/helpers/tiny.py)."""
 import json
 from pathlib import Path
 

@@ -112,7 +112,7 @@ def test_prefix_model_refuses_a_prefix_that_trains(randomize):
 
 SCRIPT = """
 import json, os, sys, torch
-sys.path[:0] = ["tests/train/model", "tests"]
+sys.path[:0] = ["tests/train", "tests"]
 import train.prefix_cache as prefix
 from test_prefix import encoded, make
 from train.distributed import init_distributed
@@ -129,11 +129,11 @@ with open(os.path.join(sys.argv[2], f"rank{d.rank}.json"), "w") as f:  # not std
 @pytest.mark.slow
 def test_under_torchrun_local_rank_0_builds_and_every_rank_maps_it(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[3]), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")])}
     (tmp_path / "script.py").write_text(SCRIPT)
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(tmp_path / "script.py"), str(tmp_path / "cache"), str(tmp_path)], capture_output=True,
-                          text=True, env=env, timeout=300, cwd=Path(__file__).parents[3])
+                          text=True, env=env, timeout=300, cwd=Path(__file__).parents[2])
     assert done.returncode == 0, done.stderr[-2000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["calls"] for r in ranks] == [1, 0]
