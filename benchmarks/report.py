@@ -1,11 +1,8 @@
-"""Markdown tables from the benchmark JSON, and the results sections of README.md, benchmarks/README.md and
-each sitting's page beside its JSON (benchmarks/results/*.md).
+"""Markdown tables from the benchmark JSON, in README.md, benchmarks/README.md and each sitting's page beside its
+JSON (benchmarks/results/*.md): results/NAME.json is rendered between `<!-- results:NAME -->` and
+`<!-- /results:NAME -->`, so no number there is typed by hand. Pure JSON in, text out: no torch import.
 
-    python -m benchmarks.report           # rewrite the tables in every page
-    python -m benchmarks.report --check   # exit 1 if any page is out of date
-
-Each results/NAME.json is rendered between `<!-- results:NAME -->` and `<!-- /results:NAME -->` in
-a page, so the numbers there are never typed by hand. Pure JSON in, text out: no torch import.
+    python -m benchmarks.report           # rewrite the tables in every page; --check: exit 1 if one is stale
 """
 from __future__ import annotations
 

@@ -113,7 +113,8 @@ def child_build(data: Path, model: Path, cache: Path, max_length: int) -> dict:
     done = time.perf_counter()
     done_building.set()
     sampler.join()
-    return {"rows": n, "seconds": done - started, "rows_per_s": n / (done - started), "cpu_seconds": time.process_time(),
+    return {"rows": n, "seconds": done - started, "rows_per_s": n / (done - started),
+            "cpu_seconds": time.process_time(),
             "peak_rss_mb": peak_rss_mb(), "peak_rss_before_build_mb": rss_before,
             "anon_before_build_mb": anon[0], "peak_anon_mb": max(anon)}
 

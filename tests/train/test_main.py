@@ -100,3 +100,21 @@ def test_default_recipe_adapts_every_linear_layer_with_a_lean_head(tiny_model_di
     keys = load_file(str(out / "adapter/adapter_model.safetensors")).keys()
     assert {k.split(".")[-3] for k in keys if "lora_A" in k} == {"query", "key", "value", "dense"}
     assert json.loads((out / "eval.json").read_text())["accuracy"] >= 0.8
+
+
+def test_a_moved_run_resumes_with_another_cache_dir(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model_dir, tiny_data_dir, out, "--epochs", "1", "--stop-after", "3",
+                           "--cache-dir", str(tmp_path / "c1"))) == 0
+    assert main(["--resume", str(out), "--cache-dir", str(tmp_path / "c2")]) == 0
+    assert list((tmp_path / "c2").glob("*.safetensors")) and (out / "eval.json").is_file()
+
+
+@pytest.mark.parametrize("text", ['{"train": ' * 100_000, '{"n": 1' + "0" * 5000 + "}", '{"a": 1'])
+def test_a_record_nested_too_deeply_or_with_a_number_too_long_is_one_line(tmp_path, text):
+    from train.errors import UserError
+    from train.rundir import read_json
+
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(UserError, match="config.json is not valid JSON"):
+        read_json(tmp_path / "config.json", "run config")

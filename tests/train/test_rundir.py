@@ -294,21 +294,3 @@ def test_a_full_disk_while_checkpointing_is_one_line(tiny_model_dir, tiny_data_d
     line = refused(run_args(tiny_model_dir, tiny_data_dir, out), capsys)
     assert "cannot write" in line and "No space left on device" in line and "checkpoint.pt" in line
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
-
-
-def test_a_moved_run_resumes_with_another_cache_dir(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert main(train_args(tiny_model_dir, tiny_data_dir, out, "--epochs", "1", "--stop-after", "3",
-                           "--cache-dir", str(tmp_path / "c1"))) == 0
-    assert main(["--resume", str(out), "--cache-dir", str(tmp_path / "c2")]) == 0
-    assert list((tmp_path / "c2").glob("*.safetensors")) and (out / "eval.json").is_file()
-
-
-@pytest.mark.parametrize("text", ['{"train": ' * 100_000, '{"n": 1' + "0" * 5000 + "}", '{"a": 1'])
-def test_a_record_nested_too_deeply_or_with_a_number_too_long_is_one_line(tmp_path, text):
-    from train.errors import UserError
-    from train.rundir import read_json
-
-    (tmp_path / "config.json").write_text(text)
-    with pytest.raises(UserError, match="config.json is not valid JSON"):
-        read_json(tmp_path / "config.json", "run config")
