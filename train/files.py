@@ -165,8 +165,9 @@ def check_output(path: str | Path, *, inputs: Iterable[str | Path] = (), overwri
             where = "lies inside" if real in target.parents else "holds"
             raise UserError(f"{path} ({flag}) {where} the input {given}; pick another {flag}, outside it")
     if os.path.lexists(out) and not overwrite and not (ours is not None and _safely(ours, out)):
-        raise UserError(f"{path} ({flag}) already exists and this tool did not write it; pick another {flag}, "
-                        "or --overwrite to replace it")
+        whose = "this tool did not write it" if ours is not None else "nothing marks it as this tool's output"
+        raise UserError(f"{path} ({flag}) already exists and {whose}; pick another {flag}, or --overwrite to "
+                        "replace it")
     return out
 
 

@@ -134,6 +134,8 @@ def test_an_existing_output_is_replaced_only_when_ours_or_asked(tmp_path):
                                         r"pick another --output, or --overwrite to replace it"):
         check_output(theirs, ours=ours)
     assert check_output(theirs, ours=ours, overwrite=True) == theirs
+    with pytest.raises(UserError, match=r"already exists and nothing marks it as this tool's output; "):
+        check_output(theirs)  # predict's plain output files carry no mark: it cannot tell, and says so
     dangling = tmp_path / "dangling.csv"
     dangling.symlink_to(tmp_path / "nowhere")
     with pytest.raises(UserError, match="already exists"):

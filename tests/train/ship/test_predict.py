@@ -227,7 +227,8 @@ def test_the_output_is_never_the_input_and_replaces_a_file_only_with_overwrite(r
     out = tmp_path / "p.jsonl"
     out.write_text("the user's own file\n")
     line = refused([*args, "--output", out], capsys, predict)
-    assert "(--output) already exists and this tool did not write it; pick another --output, or --overwrite" in line
+    assert "(--output) already exists and nothing marks it as this tool's output; pick another --output, or " \
+           "--overwrite" in line
     assert out.read_text() == "the user's own file\n"
     assert predict([str(a) for a in [*args, "--output", out, "--overwrite"]]) == 0
     assert [json.loads(x)["id"] for x in out.read_text().splitlines() if "id" in json.loads(x)] == ["a", 7]
