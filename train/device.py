@@ -1,5 +1,6 @@
-"""Where and how fast a step runs: the device (and torchrun's process group), the autocast precision, the
-attention kernel, and the pretrained model's own dropout (a large share of a CPU step: the recipes turn it off)."""
+"""Where and how fast a step runs: the device, the autocast precision, the attention kernel, and the pretrained
+model's own dropout (a large share of a CPU step: the recipes turn it off). torchrun's process group is
+train/distributed.py's."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -9,7 +10,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .distributed import Dist, init_distributed
 from .errors import UserError
 
 
@@ -40,16 +40,6 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda":
         avoid_cudnn_attention()
     return device
-
-
-def setup_device(name: str) -> tuple[torch.device, Dist]:
-    """The device `--device` names, and the process group torchrun describes (each process its own GPU)."""
-    device = pick_device(name)
-    d = init_distributed(device.type == "cuda")
-    if d.world > 1 and device.type == "cuda":
-        device = torch.device("cuda", d.local_rank)
-        torch.cuda.set_device(device)
-    return device, d
 
 
 def cpu_has_bf16() -> bool:

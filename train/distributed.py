@@ -1,5 +1,5 @@
-"""torchrun support: process group, batch shards, reductions, rank 0's work shared with the others, a stop
-signal agreed by all, and DDP."""
+"""torchrun support: the process group (and each process's device), batch shards, reductions, rank 0's work shared
+with the others, a stop signal agreed by all, and DDP."""
 from __future__ import annotations
 
 import os
@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .device import pick_device
 from .errors import Finished, UserError
 from .files import env_int
 
@@ -45,6 +46,16 @@ def init_distributed(use_cuda: bool) -> Dist:
         if warning and dist.get_rank() == 0:
             print(warning, file=sys.stderr, flush=True)
     return Dist(dist.get_rank(), world, local_rank)
+
+
+def setup_device(name: str) -> tuple[torch.device, Dist]:
+    """The device `--device` names, and the process group torchrun describes (each process its own GPU)."""
+    device = pick_device(name)
+    d = init_distributed(device.type == "cuda")
+    if d.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    return device, d
 
 
 def _shared_store_agents() -> int:

@@ -24,16 +24,16 @@ from lora import adapter_files, cast_frozen, count_trainable
 from .cli import describe_plan
 from .config import TrainConfig
 from .data import Encoded, EpochBatches, load_data, ready_batches, tokenize_early, tokenized
-from .device import autocast, forward_batch_size, pick_attention, pick_precision, setup_device
-from .distributed import Dist, agreed_signal, all_reduce_confusion, all_sum, barrier, on_main, shard, shutdown, wrap
+from .device import autocast, forward_batch_size, pick_attention, pick_precision
+from .distributed import (Dist, agreed_signal, all_reduce_confusion, all_sum, barrier, on_main, setup_device, shard,
+                          shutdown, wrap)
 from .errors import Diverged, Finished, Stopped, StopSignals, interruptible
 from .metrics import PLOTTED, confusion_matrix, eval_record, format_report, plot_run, report_from_confusion
 from .model import EMA, model_for, param_groups
 from .prefix import Logits, predict_rows, start_layer
 from .rundir import CHECKPOINT, EVAL, RunDir, checkpoint_state, restore_checkpoint, run_record, write_json
 
-# Reading a loss makes the host wait for the device, and under torchrun a stop is agreed in an all-reduce:
-LOSS_READ_EVERY = 16  # both happen every this many steps (and at every checkpoint), never once per step
+LOSS_READ_EVERY = 16  # steps between loss reads (a wait for the device) and stop agreements (an all-reduce)
 
 
 @dataclass
