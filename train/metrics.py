@@ -18,8 +18,9 @@ from .rundir import PLOTS
 
 
 def classification_report(preds: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict:
-    """preds, labels: (n,) ints in 0..K-1. Returns accuracy, macro_f1, per_class and confusion[true][pred]."""
-    return report_from_confusion(confusion_matrix(preds, labels, len(names)), names)
+    """preds, labels: (n,) ints in 0..K-1. Returns accuracy, macro_f1, mcc (and f1 of label 1 for two classes),
+    per_class and confusion[true][pred]."""
+    return single_label_scores(confusion_matrix(preds, labels, len(names)), names)
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -195,7 +196,8 @@ def _vectors(preds: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def format_report(report: dict, title: str | None = None) -> str:
-    """The per-class table, then accuracy and macro-F1, as plain text, under `title` when given."""
+    """The per-class table, then accuracy, macro-F1, Matthews correlation (and for two classes the F1 of label 1)
+    when the report has them, as plain text, under `title` when given."""
     width = max(12, *(len(c["label"]) for c in report["per_class"]))
     lines = [title] if title else []
     lines += [f"{'label':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"]
@@ -204,6 +206,9 @@ def format_report(report: dict, title: str | None = None) -> str:
                      f"{c['support']:>9d}")
     lines.append(f"{'accuracy':<{width}} {report['accuracy']:>29.4f} {report['examples']:>9d}")
     lines.append(f"{'macro-F1':<{width}} {report['macro_f1']:>29.4f}")
+    second = report["per_class"][-1]["label"]  # label 1, the positive class, where there are two
+    lines += [f"{name:<{width}} {report[key]:>29.4f}" for key, name in (("mcc", "MCC"), ("f1", f"F1 {second}"))
+              if key in report]
     return "\n".join(lines)
 
 
@@ -258,9 +263,10 @@ def eval_record(best: dict, history: list[dict], train_seconds: float, examples:
     """What eval.json holds: the best epoch's report, every epoch's scores, the final epoch's (no choice made
     on the evaluation data, so comparable with a single final evaluation), timings and counts."""
     return {
-        **{k: best[k] for k in ("accuracy", "macro_f1", "per_class", "confusion", "examples", "eval_seconds")},
+        **{k: best[k] for k in ("accuracy", "macro_f1", "mcc", "f1", "per_class", "confusion", "examples",
+                                "eval_seconds") if k in best},
         "best_epoch": best["epoch"], "history": history,
-        "final_accuracy": history[-1]["accuracy"], "final_macro_f1": history[-1]["macro_f1"],
+        **{f"final_{k}": history[-1][k] for k in ("accuracy", "macro_f1", "mcc", "f1") if k in history[-1]},
         "train_seconds": train_seconds, "train_examples": examples,
         "train_examples_per_s": examples / max(train_seconds, 1e-9),
         "eval_examples_per_s": best["examples"] / max(best["eval_seconds"], 1e-9),

@@ -28,7 +28,7 @@ from .device import autocast, forward_batch_size, pick_attention, pick_precision
 from .distributed import (Dist, agreed_signal, all_reduce_confusion, all_sum, barrier, on_main, setup_device, shard,
                           shutdown, wrap)
 from .errors import Diverged, Finished, Stopped, StopSignals, interruptible
-from .metrics import PLOTTED, confusion_matrix, eval_record, format_report, plot_run, report_from_confusion
+from .metrics import PLOTTED, confusion_matrix, eval_record, format_report, plot_run, single_label_scores
 from .model import EMA, model_for, param_groups
 from .prefix import Logits, predict_rows, start_layer
 from .rundir import CHECKPOINT, EVAL, RunDir, checkpoint_state, restore_checkpoint, run_record, write_json
@@ -273,12 +273,12 @@ def evaluate(s: State) -> None:
     with s.ema.applied() if s.ema else nullcontext():
         index, probs = predict_rows(s.model, s.eval_data, s.cfg.eval_batch_size, s.device, s.amp, s.dist, s.net, True)
         mine = confusion_matrix(probs.argmax(-1), s.eval_data.labels[index], len(s.labels))
-        report = report_from_confusion(all_reduce_confusion(mine, s.dist), s.labels)
+        report = single_label_scores(all_reduce_confusion(mine, s.dist), s.labels)
         improved = report["accuracy"] > p.best_accuracy
         if improved and s.dist.main:
             s.run.save_adapter(adapter_files(s.model, s.cfg.lora, base_model_name=s.cfg.model), s.record)
     report |= {"eval_seconds": time.perf_counter() - started, "epoch": p.epoch}
-    p.history.append({k: report[k] for k in ("epoch", "accuracy", "macro_f1", "eval_seconds")})
+    p.history.append({k: v for k, v in report.items() if k not in ("per_class", "confusion", "examples")})
     if improved:
         p.best_accuracy, p.best = report["accuracy"], report
     log(s, {"step": p.step, "epoch": p.epoch, "eval_accuracy": report["accuracy"], "eval_macro_f1": report["macro_f1"]})

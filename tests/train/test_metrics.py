@@ -84,7 +84,7 @@ def test_bad_inputs_are_refused(preds, labels, match):
 def test_format_report_lists_every_class_in_aligned_columns():
     text = format_report(classification_report(PREDS, LABELS, NAMES))
     lines = text.splitlines()
-    assert len(lines) == 1 + len(NAMES) + 2
+    assert len(lines) == 1 + len(NAMES) + 3  # the header, a line per class, accuracy, macro-F1, MCC
     header = lines[0]
     f1_end, support_end = header.index("f1") + 2, header.index("support") + len("support")
     for line, name in zip(lines[1:5], NAMES):
@@ -96,6 +96,20 @@ def test_format_report_lists_every_class_in_aligned_columns():
     # accuracy and macro-F1 sit in the f1 column, the example count in the support column
     assert accuracy[:f1_end].endswith("0.6000") and accuracy[:support_end].endswith(" 10")
     assert macro.endswith(f"{107 / 210:.4f}") and len(macro) == f1_end
+    from sklearn.metrics import matthews_corrcoef
+
+    assert lines[7].startswith("MCC") and lines[7].endswith(f"{matthews_corrcoef(LABELS, PREDS):.4f}")
+    assert len(lines[7]) == f1_end
+
+
+def test_two_classes_report_the_f1_of_label_1_as_glue_does(tmp_path):
+    from sklearn.metrics import f1_score
+
+    preds, labels = torch.tensor([1, 0, 1, 1, 0, 0]), torch.tensor([1, 1, 0, 1, 0, 0])
+    report = classification_report(preds, labels, ["not_equivalent", "equivalent"])
+    assert report["f1"] == pytest.approx(f1_score(labels, preds), abs=1e-12)
+    assert format_report(report).splitlines()[-1].startswith("F1 equivalent")
+    assert "f1" not in classification_report(PREDS, LABELS, NAMES)  # more than two classes: no positive class
 
 
 # --- the scores of every task kind, against scikit-learn and SciPy to 1e-9 ---------------------------------
