@@ -93,7 +93,8 @@ def _tokenizer_fingerprint(tokenizer) -> str:
 
 def token_chunks(rows: Iterable[tuple[str, int]], tokenizer, max_length: int,
                  chunk_rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per chunk of rows: ids (tokens,) int32 flat, lengths (rows,) int64, labels (rows,) int64."""
+    """Per chunk of rows (a text, or a pair of texts, and a label): ids (tokens,) int32 flat, lengths (rows,)
+    int64, labels (rows,) int64."""
     chunk_rows = chunk_rows or CHUNK_ROWS
     texts: list[str] = []
     labels: list[int] = []
@@ -107,8 +108,13 @@ def token_chunks(rows: Iterable[tuple[str, int]], tokenizer, max_length: int,
         yield _tokenize(texts, labels, tokenizer, max_length)
 
 
-def _tokenize(texts: list[str], labels: list[int], tokenizer, max_length: int):
-    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+def _tokenize(texts: list, labels: list[int], tokenizer, max_length: int):
+    """A chunk's ids; pairs of texts as the tokenizer pairs them (HF run_glue.py: truncation longest_first)."""
+    if texts and isinstance(texts[0], tuple):
+        ids = tokenizer([a for a, _ in texts], [b for _, b in texts], truncation=True,
+                        max_length=max_length)["input_ids"]
+    else:
+        ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     lengths = np.fromiter(map(len, ids), np.int64, len(ids))
     flat = np.fromiter(chain.from_iterable(ids), np.int32, int(lengths.sum()))
     return flat, lengths, np.asarray(labels, np.int64)

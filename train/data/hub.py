@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from urllib.parse import urlparse
 
 from ..errors import HubUnreachable, UserError, note
-from .labels import case_twins
+from .labels import case_twins, row_text, text_columns
 from .sources import Rows
 
 
@@ -68,7 +68,8 @@ def hub_corpus(name: str, streaming: bool, eval_names: tuple[str, ...]) -> tuple
         raise UserError(f"cannot load dataset '{name}': {str(e).splitlines()[0]}") from None
     evalname = next((s for s in eval_names if s in ds), None)
     features = ds["train"].features if "train" in ds else None  # a streaming dataset may not know them
-    if "train" not in ds or evalname is None or (features is not None and not {"text", "label"} <= set(features)):
+    if "train" not in ds or evalname is None or (features is not None and not (
+            "label" in features and text_columns(features, f"dataset '{name}'"))):
         raise UserError(f"dataset '{name}' needs a train split, a test/validation split and text/label columns")
     names = getattr(features.get("label") if features else None, "names", None)
     index = None
@@ -84,18 +85,21 @@ def hub_corpus(name: str, streaming: bool, eval_names: tuple[str, ...]) -> tuple
     return train, evaluation, [str(n) for n in names]
 
 
-def _hub_read(split, name: str) -> Iterator[tuple[str, object]]:
+def _hub_read(split, name: str) -> Iterator[tuple[object, object]]:
+    """(text, or a pair of texts, label) per row."""
     for batch in split.iter(batch_size=1000):
-        if "text" not in batch or "label" not in batch:
+        texts = text_columns(batch, name)
+        if not texts or "label" not in batch:
             raise UserError(f"{name} needs text and label columns, has {sorted(batch)}")
-        yield from zip(batch["text"], batch["label"])
+        yield from zip(row_text(batch, texts) if len(texts) == 1 else zip(*row_text(batch, texts)), batch["label"])
 
 
 def _hub_rows(split, name: str, names: list[str], index: dict | None) -> Rows:
-    def read() -> Iterator[tuple[str, int]]:
+    def read() -> Iterator[tuple[object, int]]:
         for row, (text, label) in enumerate(_hub_read(split, name), start=1):
             y = index.get(label, -1) if index is not None else label if type(label) is int else -1  # not int(): "²"
-            if not isinstance(text, str) or not 0 <= y < len(names):
+            is_text = all(isinstance(t, str) for t in (text if isinstance(text, tuple) else [text]))
+            if not is_text or not 0 <= y < len(names):
                 raise UserError(f"{name} row {row}: needs a string text and a label in {', '.join(names)}, "
                                 f"got {type(text).__name__} and {label!r}")
             yield text, y

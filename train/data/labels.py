@@ -3,12 +3,16 @@ in one split, and never anything else; a text is a non-empty, valid Unicode stri
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import UserError
 
-RawRow = tuple[object, object, int]  # text, label as written, line (or Parquet row) number
+RawRow = tuple[object, object, int]  # text (a str, or a pair of them), label as written, line (or Parquet row) number
+# The hub's usual text columns, in the order they are looked for: one text, or a pair (a pair before a single
+# column it holds: question/sentence is QNLI's pair, not its 'sentence' alone).
+TEXT_COLUMNS = (("text",), ("question", "sentence"), ("sentence",), ("sentence1", "sentence2"),
+                ("question1", "question2"), ("premise", "hypothesis"))
 _WHOLE = re.compile(r"-?[0-9]+")  # the one written form of a whole number: ASCII digits, an optional minus
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode's control characters (category Cc)
 
@@ -46,8 +50,36 @@ def label_of(raw: object) -> int | str | None:
     return None
 
 
+def text_columns(names: Iterable[str], where: str, explicit: Sequence[str] | None = None) -> tuple[str, ...] | None:
+    """The column(s) holding the text, from a header or a record's keys: `explicit` (one or two names) when
+    given, else the first of TEXT_COLUMNS present; None when none is. Half of a pair without the other half is
+    one line naming `where`."""
+    names = set(names)
+    if explicit:
+        missing = [c for c in explicit if c not in names]
+        if missing or not 1 <= len(explicit) <= 2:
+            raise UserError(f"{where}: text columns {','.join(explicit)}: " + (
+                f"no column {missing[0]!r}" if missing else "give one column or a pair"))
+        return tuple(explicit)
+    found = next((cols for cols in TEXT_COLUMNS if names.issuperset(cols)), None)
+    half = next((pair for pair in TEXT_COLUMNS[1:] if len(pair) == 2 and names & set(pair)), None)
+    if found is None and half is not None:
+        has, lacks = (half[0], half[1]) if half[0] in names else (half[1], half[0])
+        raise UserError(f"{where}: has a {has!r} column but no {lacks!r}: a pair of texts needs both")
+    return found
+
+
+def row_text(get, columns: tuple[str, ...]) -> object:
+    """A row's text: its one column's value, or a (first, second) pair. get: column name -> value."""
+    return get[columns[0]] if len(columns) == 1 else (get[columns[0]], get[columns[1]])
+
+
 def text_problem(text: object) -> str | None:
-    """What makes `text` no text to classify (not a string, empty, a lone surrogate), or None."""
+    """What makes `text` no text to classify (not a string, empty, a lone surrogate), or None; a pair's
+    texts are checked each."""
+    if isinstance(text, tuple):
+        return next((f"{side} text: {p}" for side, p in zip(("first", "second"), map(text_problem, text)) if p),
+                    None)
     if not isinstance(text, str):
         return f"text is {type(text).__name__}, not a string"
     if not text.strip():
@@ -76,6 +108,17 @@ class LabelKinds:
 
     def __init__(self) -> None:
         self.first: tuple[type, str] | None = None  # the first label's kind, and where it was
+        self.pairs: tuple[bool, str] | None = None  # whether the first text is a pair, and where it was
+
+    def shape(self, text: object, where: str) -> str | None:
+        """Why `text` does not go with the split's first text (a pair among single texts, or the reverse)."""
+        pair, say = isinstance(text, tuple), {True: "a pair of texts", False: "one text"}
+        if self.pairs is None:
+            self.pairs = (pair, where)
+        elif pair != self.pairs[0]:
+            return (f"text is {say[pair]}, but at {self.pairs[1]} it is {say[self.pairs[0]]}; "
+                    "a split's files hold one text each, or a pair each")
+        return None
 
     def check(self, raw: object, where: str) -> int | str:
         label = label_of(raw)
@@ -93,15 +136,15 @@ class LabelKinds:
 
 
 def labelled(rows: Iterable[RawRow], names: list[str], kind: str, path: Path,
-             kinds: LabelKinds | None = None) -> Iterator[tuple[str, int]]:
-    """(text, label 0..K-1) per row. Whole-number labels count from 1 in AG News files and from 0
+             kinds: LabelKinds | None = None) -> Iterator[tuple[object, int]]:
+    """(text or pair of texts, label 0..K-1) per row. Whole-number labels count from 1 in AG News files and from 0
     otherwise; names are looked up among `names`. One LabelKinds checks every file of a split."""
     base, kinds = 1 if kind == "agnews" else 0, kinds or LabelKinds()
     index = {n: i for i, n in enumerate(names)}
     unit = "row" if path.suffix == ".parquet" else "line"
     for text, raw, line in rows:
         where = f"{path} {unit} {line}"
-        problem = text_problem(text)
+        problem = text_problem(text) or kinds.shape(text, where)
         if problem:
             raise UserError(f"{where}: {problem}")
         label = kinds.check(raw, where)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import UserError
-from .labels import LabelKinds, RawRow, labelled, whole_number
+from .labels import LabelKinds, RawRow, labelled, row_text, text_columns, whole_number
 
 EXTENSIONS = (".csv", ".jsonl", ".parquet")
 
@@ -138,26 +138,28 @@ def _read_csv(path: Path, labels: bool) -> tuple[Iterator[Record], str]:
     if first is None:
         raise UserError(f"{path} is empty")
     header = [h.strip().lower() for h in first[1]]
-    if "text" in header or "label" in header:
-        if "text" not in header or (labels and "label" not in header):
+    agnews = len(first[1]) == 3 and whole_number(first[1][0]) is not None  # a record, not a header
+    texts = text_columns(header, str(path)) if not agnews else ("text",) if "text" in header else None
+    if texts or "label" in header:
+        if not texts or (labels and "label" not in header):
             raise UserError(f"{path}: header needs both 'text' and 'label' columns, has {first[1]}" if labels else
                             f"{path}: header needs a 'text' column, has {first[1]}")
-        return _header_records(rows, header), "textlabel"
+        return _header_records(rows, header, texts), "textlabel"
     if not labels and not (len(first[1]) == 3 and whole_number(first[1][0]) is not None):
         raise UserError(f"{path}: the header needs a 'text' column (or rows of AG News' class,title,description), "
                         f"has {header}")
     return _agnews_records(chain([first], rows), labels), "agnews"
 
 
-def _header_records(rows, header: list[str]) -> Iterator[Record]:
-    column = {name: header.index(name) for name in ("text", "label", "id") if name in header}
+def _header_records(rows, header: list[str], texts: tuple[str, ...]) -> Iterator[Record]:
+    column = {name: header.index(name) for name in (*texts, "label", "id") if name in header}
     for line, row in rows:
         if len(row) != len(header):
             yield Record(line, None, None, problem=f"expected {len(header)} columns ({','.join(header)}), "
                                                    f"got {len(row)}")
             continue
         get = {name: row[i] for name, i in column.items()}
-        yield Record(line, get["text"], get.get("label"), get.get("id"))
+        yield Record(line, row_text(get, texts), get.get("label"), get.get("id"))
 
 
 def _agnews_records(rows, labels: bool) -> Iterator[Record]:
@@ -184,14 +186,20 @@ def jsonl_objects(path: Path) -> Iterator[tuple[int, object, str | None]]:
 
 
 def _read_jsonl(path: Path, labels: bool) -> Iterator[Record]:
+    """The first object's fields name the text column(s) of every line."""
+    texts = None
     for line, obj, problem in jsonl_objects(path):
+        if texts is None and isinstance(obj, dict):
+            texts = text_columns(obj, f"{path} line {line}")
         if problem:
             yield Record(line, None, None, problem=problem)
-        elif not isinstance(obj, dict) or "text" not in obj or (labels and "label" not in obj):
-            yield Record(line, None, None, problem="needs 'text' and 'label' fields" if labels else
-                         'needs a "text" field')
+        elif not isinstance(obj, dict) or texts is None or not obj.keys() >= {*texts, *(["label"] if labels else [])}:
+            names = texts or ("text",)
+            quoted = "', '".join(names)
+            yield Record(line, None, None, problem=f"needs '{quoted}' and 'label' fields" if labels else
+                         'needs a "text" field' if len(names) == 1 else f'needs "{names[0]}" and "{names[1]}" fields')
         else:
-            yield Record(line, obj["text"], obj.get("label"), obj.get("id"))
+            yield Record(line, row_text(obj, texts), obj.get("label"), obj.get("id"))
 
 
 def _read_parquet(path: Path, labels: bool, batch_rows: int = 4096) -> Iterator[Record]:
@@ -203,16 +211,18 @@ def _read_parquet(path: Path, labels: bool, batch_rows: int = 4096) -> Iterator[
     except Exception as e:  # pyarrow raises several types for a file that is not Parquet
         raise UserError(f"{path} is not a Parquet file ({str(e).splitlines()[0]})") from None
     columns = f.schema_arrow.names
-    if "text" not in columns or (labels and "label" not in columns):
+    texts = text_columns(columns, str(path))
+    if not texts or (labels and "label" not in columns):
         raise UserError(f"{path}: needs 'text' and 'label' columns, has {columns}" if labels else
                         f"{path}: needs a 'text' column, has {columns}")
-    wanted = [c for c in ("text", "label", "id") if c in columns]
+    wanted = [c for c in (*texts, "label", "id") if c in columns]
     row = 0
     for batch in f.iter_batches(batch_size=batch_rows, columns=wanted):
         values = {c: batch.column(c).to_pylist() for c in wanted}
-        for i, text in enumerate(values["text"]):
+        for i in range(batch.num_rows):
             row += 1
-            yield Record(row, text, values["label"][i] if "label" in values else None,
+            yield Record(row, row_text({c: values[c][i] for c in texts}, texts),
+                         values["label"][i] if "label" in values else None,
                          values["id"][i] if "id" in values else None)
 
 
@@ -259,12 +269,13 @@ class Fingerprint:
     of rows at a time; `digest` is whole once the iteration has ended."""
 
     def __init__(self, rows: Iterable[tuple[str, int]], chunk: int = 4096):
-        self.rows, self.chunk, self.hash, self.n = rows, chunk, hashlib.sha256(), 0
+        self.rows, self.chunk, self.hash, self.n, self.pairs = rows, chunk, hashlib.sha256(), 0, False
 
     def __iter__(self) -> Iterator[tuple[str, int]]:
         part = []
         for text, label in self.rows:
-            part.append(f"{label}\0{text}\0")
+            self.pairs |= isinstance(text, tuple)  # digest() marks a split of pairs; JSON holds no raw NUL
+            part.append(f"{label}\0{json.dumps(text) if isinstance(text, tuple) else text}\0")
             self.n += 1
             if len(part) == self.chunk:
                 self.hash.update("".join(part).encode("utf-8", "surrogatepass"))
@@ -273,7 +284,8 @@ class Fingerprint:
         self.hash.update("".join(part).encode("utf-8", "surrogatepass"))
 
     def digest(self) -> str:
-        return self.hash.hexdigest()
+        """The hex digest; 'pairs-' before it for rows of text pairs, so no split of single texts shares it."""
+        return ("pairs-" if self.pairs else "") + self.hash.hexdigest()
 
 
 def content_key(rows: Iterable[tuple[str, int]], chunk: int = 4096) -> tuple[str, int]:

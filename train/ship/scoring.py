@@ -26,7 +26,7 @@ INPUTS = (*OUTPUTS, ".parquet")
 @dataclass
 class ScoredRows:
     """The rows of an input file that will be scored."""
-    texts: list[str]
+    texts: list  # each a str, or a (first, second) pair where the file has a pair of text columns
     lines: list[int]  # where each row starts in the file (1-based)
     ids: list[object]  # each row's id, None where it has none
     skipped: int = 0
@@ -41,8 +41,9 @@ def file_format(path: str, flag: str, formats: tuple[str, ...] = OUTPUTS) -> str
 
 
 def read_rows(path: str, skip_bad: bool, warn=lambda line: print(line, file=sys.stderr)) -> ScoredRows:
-    """CSV with a header that has a `text` column (and maybe `id`) or in AG News' layout, JSONL objects with
-    "text" (and maybe "id"), or Parquet with those columns: train.data.sources reads all three. A malformed row
+    """CSV with a header that names the text column(s) as training files do (`text`, `sentence`, a pair such
+    as `sentence1`/`sentence2`: train.data.labels.text_columns; and maybe `id`) or in AG News' layout, JSONL
+    objects with those fields, or Parquet with those columns: train.data.sources reads all three. A malformed row
     stops with its line number, or with skip_bad is reported in one line and left out."""
     p = Path(path)
     if not p.is_file():
