@@ -37,7 +37,7 @@ def base():
         return RobertaForSequenceClassification(RobertaConfig(num_labels=K))
 
 
-def test_auto_rank_with_query_value_and_full_head_is_11(base):
+def test_rank_auto_with_query_value_and_full_head_is_11(base):
     config, rows, total = made(ref(rank="auto"), base)
     assert config.rank == 11
     assert total == 11 * LAYERS * 2 * (H + H) + FULL_HEAD == 999_172
@@ -77,7 +77,7 @@ def test_lora_head_adapts_the_dense_layer_and_trains_out_proj_only(base):
     assert total == 4 * (LAYERS * 2 + 1) * (H + H) + LINEAR_HEAD == count_trainable(base)
 
 
-def test_six_targets_with_linear_head_and_auto_rank_stay_under_budget(base):
+def test_six_targets_with_linear_head_and_rank_auto_stay_under_budget(base):
     targets = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
     config, rows, total = made(ref(rank="auto", head="linear", targets=targets), base)
     per_rank = LAYERS * (3 * (H + H) + (H + H) + (H + 4 * H) + (4 * H + H))  # q k v, attn out, ffn in, ffn out
