@@ -94,7 +94,22 @@ def parser() -> Parser:
                    "(its best epoch so far)")
     add_scoring_flags(p)
     p.add_argument("--json", action="store_true", help="one JSON object per text")
+    p.add_argument("--pair", action="store_true", help="for a model trained on sentence pairs: the texts come two "
+                   "by two (arguments), or as two tab-separated texts per stdin line")
     return p
+
+
+def pairs(given: list[str], arguments: bool) -> list[tuple[str, str]]:
+    """--pair's texts: arguments two by two, or each stdin line split at its one tab; else one line naming it."""
+    if arguments:
+        if len(given) % 2:
+            raise UserError(f"--pair takes texts two by two; {len(given)} were given")
+        return list(zip(given[0::2], given[1::2]))
+    found = [line.split("\t") for line in given]
+    bad = next((n for n, parts in enumerate(found, start=1) if len(parts) != 2), None)
+    if bad is not None:
+        raise UserError(f"stdin line {bad}: --pair needs two texts separated by one tab")
+    return [tuple(parts) for parts in found]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +134,8 @@ def _predict(args) -> int:
         given = args.texts or [line.rstrip("\r\n") for line in sys.stdin]
         if not given:
             raise UserError("no texts: pass them as arguments, one per line on stdin, or --input FILE")
-        rows = given_texts(given, "text argument" if args.texts else "stdin line", skip_bad=skip)
+        where = ("pair" if args.pair else "text argument") if args.texts else "stdin line"
+        rows = given_texts(pairs(given, bool(args.texts)) if args.pair else given, where, skip_bad=skip)
     if args.adapter is not None:
         check_finished(args.adapter, adapter_dir(args.adapter), args.allow_unfinished)
     device = pick_device(args.device)
@@ -136,10 +152,10 @@ def _predict(args) -> int:
     for text, row in zip(texts, probs):
         k = int(row.argmax())
         if args.json:
-            print(json.dumps({"text": text, "label": labels[k], "probability": float(row[k]),
-                              "probabilities": {n: float(v) for n, v in zip(labels, row)}}))
+            print(json.dumps({"text": list(text) if isinstance(text, tuple) else text, "label": labels[k],
+                              "probability": float(row[k]), "probabilities": dict(zip(labels, row.tolist()))}))
         else:
-            print(f"{labels[k]}\t{float(row[k]):.4f}\t{text}")
+            print(f"{labels[k]}\t{float(row[k]):.4f}\t" + ("\t".join(text) if isinstance(text, tuple) else text))
     return 0
 
 

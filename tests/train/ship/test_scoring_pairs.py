@@ -3,6 +3,8 @@ reads a file with the same columns."""
 import json
 import random
 
+import pytest
+
 from helpers.tiny import FILLER, TOPIC_WORDS, train_args
 
 from train.__main__ import main as train
@@ -42,3 +44,32 @@ def test_a_pair_directory_trains_and_its_rows_are_scored(tiny_model_dir, tmp_pat
     assert [p["line"] for p in preds] == [1, 2, 3, 4, 5]
     assert all(p["label"] in ("not_equivalent", "equivalent") for p in preds)
     assert "scored 5 rows" in capsys.readouterr().err
+    # The same pairs on the command line (--pair, two arguments each) and on stdin (one tab between them) get
+    # the labels and probabilities the file gave them.
+    pairs = [(r["sentence1"], r["sentence2"]) for r in rows]
+    common = ["--adapter", str(run), "--precision", "fp32", "--device", "cpu", "--json", "--pair"]
+    assert predict(common + [t for pair in pairs for t in pair]) == 0
+    given = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [g["text"] for g in given] == [list(p) for p in pairs]
+    assert [g["probability"] for g in given] == pytest.approx([p["probability"] for p in preds], abs=1e-6)
+    monkeypatch_stdin = __import__("io").StringIO("".join(f"{a}\t{b}\n" for a, b in pairs))
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr("sys.stdin", monkeypatch_stdin)
+        assert predict(common) == 0
+    assert [json.loads(line)["label"] for line in capsys.readouterr().out.splitlines()] == [g["label"] for g in given]
+
+
+@pytest.mark.parametrize("argv, message", [(["a", "b", "c"], "--pair takes texts two by two; 3 were given"),
+                                           (["a", ""], "pair 1: second text: empty text")])
+def test_pair_arguments_come_two_by_two_and_each_side_is_checked(argv, message, capsys):
+    from helpers.oneline import refused
+
+    assert message in refused(["--adapter", "nowhere", "--pair", *argv], capsys, predict)
+
+
+def test_a_stdin_line_without_one_tab_is_refused_under_pair(capsys, monkeypatch):
+    from helpers.oneline import refused
+
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("first\tsecond\njust one\n"))
+    assert "stdin line 2: --pair needs two texts separated by one tab" in refused(["--adapter", "x", "--pair"], capsys,
+                                                                                   predict)
