@@ -48,6 +48,8 @@ def _data_flags(a, d: TrainConfig) -> None:
     a("--model", help="hub id or local model directory" + _default("model", d.model))
     a("--data", help="hub dataset name, ag_news_sample (shipped), or a directory with train.csv and "
       "test/dev/validation.csv" + _default("data", d.data))
+    a("--data-config", metavar="NAME", help="the hub dataset's configuration: --data nyu-mll/glue --data-config "
+      "mrpc, or --data glue/mrpc")
     a("--streaming", action="store_true", help="read a hub dataset as it downloads")
     a("--train-file", help="training CSV/JSONL/Parquet, or a glob of them (AG News layout, or text,label columns)")
     a("--eval-file", help="evaluation CSV/JSONL/Parquet, or a glob of them")

@@ -77,6 +77,8 @@ class TrainConfig:
     model: str = "roberta-base"
     # hub dataset name, or a directory with train.csv and test/dev/validation.csv
     data: str = "ag_news"
+    # the hub dataset's configuration (GLUE's mrpc); an alias like glue/mrpc in data names it too
+    data_config: str | None = None
     # read a hub dataset as it downloads instead of downloading it first
     streaming: bool = False
     # explicit training file (CSV, JSONL or Parquet, or a glob of them); overrides --data, needs eval_file
@@ -193,6 +195,9 @@ class TrainConfig:
         for name in ("model", "data"):
             need(isinstance(getattr(self, name), str) and getattr(self, name), f"{name} must be a name or a path, "
                  f"got {getattr(self, name)!r}")
+        need(self.data_config is None or (isinstance(self.data_config, str) and self.data_config and not (
+            self.train_file or self.eval_file)), f"data_config must be a hub dataset's configuration name, "
+             f"without train_file/eval_file, got {self.data_config!r}")
         need(bool(self.train_file) == bool(self.eval_file) or (self.train_file and self.holdout),
              "train_file and eval_file go together (or train_file with holdout)")
         if problems:

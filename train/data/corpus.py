@@ -22,6 +22,7 @@ from .labels import LabelKinds, case_twins
 from .sources import EXTENSIONS, Rows, expand_paths, file_kind, file_rows, files_origin, raw_labels, raw_rows
 
 EVAL_NAMES = ("test", "dev", "validation")
+HUB_EVAL_NAMES = ("validation", "dev", "test")  # GLUE's test split has no labels
 # Shipped with the package, so a clone trains offline: --data ag_news_sample (its README says what it is).
 SAMPLES = {"ag_news_sample": Path(__file__).parent / "ag_news_sample"}
 
@@ -52,11 +53,14 @@ class RowCorpus:
 
 
 def open_corpus(data: str, train_file: str | None = None, eval_file: str | None = None,
-                streaming: bool = False, cache_dir: str | os.PathLike | None = None) -> RowCorpus:
+                streaming: bool = False, cache_dir: str | os.PathLike | None = None,
+                data_config: str | None = None) -> RowCorpus:
     """Explicit files (or globs) win; else `data` is a shipped sample's name (SAMPLES), a local directory or a
     hub dataset name. Reads no more than the first record of each file, plus the training labels when no
     classes.txt names them and cache_dir does not remember them. `streaming` applies to hub datasets: rows
-    arrive as they download."""
+    arrive as they download. data_config: a hub dataset's configuration (an alias such as glue/mrpc names both)."""
+    if data_config and (train_file or eval_file or SAMPLES.get(data, Path(data)).is_dir()):
+        raise UserError(f"--data-config {data_config} is for a hub dataset, not local files")
     if train_file or eval_file:
         if not (train_file and eval_file):
             raise UserError("--train-file and --eval-file go together")
@@ -76,7 +80,7 @@ def open_corpus(data: str, train_file: str | None = None, eval_file: str | None 
         raise UserError(f"data not found: {data}")
     from .hub import hub_corpus  # the hub's client is loaded only for a hub dataset
 
-    return RowCorpus(*hub_corpus(data, streaming, EVAL_NAMES))
+    return RowCorpus(*hub_corpus(data, streaming, HUB_EVAL_NAMES, data_config))
 
 
 def load_corpus(data: str, train_file: str | None = None, eval_file: str | None = None) -> Corpus:

@@ -52,21 +52,45 @@ def model_needs_hub(name: str) -> bool:
         return False
 
 
-def hub_corpus(name: str, streaming: bool, eval_names: tuple[str, ...]) -> tuple[Rows, Rows, list[str]]:
-    """(train rows, evaluation rows, class names) of hub dataset `name`: its train split and the first of
-    `eval_names` it has."""
+# ORG/NAME-shaped short names that mean a hub dataset's configuration: glue/mrpc is nyu-mll/glue, config mrpc.
+ALIASES = {"glue": "nyu-mll/glue", "super_glue": "aps/super_glue", "go_emotions": "go_emotions"}
+
+
+def resolve(name: str, config: str | None) -> tuple[str, str | None]:
+    """(hub id, configuration) of `name`, an alias (ALIASES) or a hub id, and `config` (--data-config)."""
+    org, _, rest = name.partition("/")
+    if org not in ALIASES or not rest:
+        return name, config
+    if config and config != rest:
+        raise UserError(f"--data {name} means {ALIASES[org]} with configuration {rest}, but --data-config is {config}")
+    return ALIASES[org], rest
+
+
+def hub_corpus(name: str, streaming: bool, eval_names: tuple[str, ...],
+               config: str | None = None) -> tuple[Rows, Rows, list[str]]:
+    """(train rows, evaluation rows, class names) of hub dataset `name` (configuration `config`): its train split
+    and the first of `eval_names` it has whose labels are not all -1 (GLUE's test split has none)."""
     import datasets
 
+    name, config = resolve(name, config)
+    shown = f"{name}' configuration '{config}" if config else name  # in quotes: 'nyu-mll/glue' configuration 'mrpc'
     if not hub_reachable():
         datasets.config.HF_HUB_OFFLINE = True  # the cache may still have it
     try:
-        ds = datasets.load_dataset(name, streaming=streaming)
+        ds = datasets.load_dataset(*(name, config) if config else (name,), streaming=streaming)
     except Exception as e:  # datasets raises many types; all mean "cannot get it"
         if datasets.config.HF_HUB_OFFLINE:
-            raise unreachable("dataset", name,
+            raise unreachable("dataset", shown,
                               "--data DIR (train.csv + test.csv) or --train-file/--eval-file") from None
-        raise UserError(f"cannot load dataset '{name}': {str(e).splitlines()[0]}") from None
-    evalname = next((s for s in eval_names if s in ds), None)
+        hint = "; pick one with --data-config" if not config and "config" in str(e).lower() else ""
+        raise UserError(f"cannot load dataset '{shown}': {str(e).splitlines()[0]}{hint}") from None
+    if config:
+        name = f"{name}:{config}"  # in row names and cache keys
+    labelled = [s for s in eval_names if s in ds]
+    evalname = next((s for s in labelled if _labelled(ds[s])), None)
+    if labelled and evalname is None:
+        raise UserError(f"dataset '{name}': its {'/'.join(labelled)} split has no labels (all -1), so nothing "
+                        "can be scored; pass a local copy with labelled evaluation rows (--data DIR)")
     features = ds["train"].features if "train" in ds else None  # a streaming dataset may not know them
     if "train" not in ds or evalname is None or (features is not None and not (
             "label" in features and text_columns(features, f"dataset '{name}'"))):
@@ -83,6 +107,13 @@ def hub_corpus(name: str, streaming: bool, eval_names: tuple[str, ...]) -> tuple
             note(line)
     train, evaluation = (_hub_rows(ds[s], f"{name}[{s}]", names, index) for s in ("train", evalname))
     return train, evaluation, [str(n) for n in names]
+
+
+def _labelled(split) -> bool:
+    """False for a split whose first rows all have label -1: the hub's mark of a withheld label."""
+    for batch in split.iter(batch_size=1000):
+        return not ("label" in batch and batch["label"] and all(y == -1 for y in batch["label"]))
+    return True
 
 
 def _hub_read(split, name: str) -> Iterator[tuple[object, object]]:
