@@ -53,6 +53,8 @@ def _data_flags(a, d: TrainConfig) -> None:
     a("--streaming", action="store_true", help="read a hub dataset as it downloads")
     a("--train-file", help="training CSV/JSONL/Parquet, or a glob of them (AG News layout, or text,label columns)")
     a("--eval-file", help="evaluation CSV/JSONL/Parquet, or a glob of them")
+    a("--text-columns", type=csv_list, metavar="A[,B]", help="the column holding the text, or two holding a pair "
+      "(default: text, sentence, or a pair by the hub's usual names)")
     a("--holdout", type=int, metavar="N", help="score on N training rows held out (stratified, fixed) instead of "
       "the evaluation data: for choosing recipes")
     a("--max-train-samples", type=int, help="stratified subset of the training data")

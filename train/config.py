@@ -85,6 +85,8 @@ class TrainConfig:
     train_file: str | None = None
     # explicit evaluation file (CSV or JSONL)
     eval_file: str | None = None
+    # the file columns holding the text: one name, or a pair; None: the hub's usual names (labels.TEXT_COLUMNS)
+    text_columns: tuple[str, ...] | None = None
     # hold out this many training rows (stratified, the same rows for every seed) as the evaluation set,
     # for choosing recipes without touching the real evaluation data; the eval file is then not read
     holdout: int | None = None
@@ -195,6 +197,12 @@ class TrainConfig:
         for name in ("model", "data"):
             need(isinstance(getattr(self, name), str) and getattr(self, name), f"{name} must be a name or a path, "
                  f"got {getattr(self, name)!r}")
+        cols = self.text_columns
+        if isinstance(cols, list):  # as config.json holds it
+            object.__setattr__(self, "text_columns", cols := tuple(cols))
+        need(cols is None or (isinstance(cols, tuple) and 1 <= len(cols) <= 2
+                              and all(isinstance(c, str) and c.strip() for c in cols) and len(set(cols)) == len(cols)),
+             f"text_columns must be one or two distinct column names, got {cols!r}")
         need(self.data_config is None or (isinstance(self.data_config, str) and self.data_config and not (
             self.train_file or self.eval_file)), f"data_config must be a hub dataset's configuration name, "
              f"without train_file/eval_file, got {self.data_config!r}")

@@ -54,17 +54,19 @@ class RowCorpus:
 
 def open_corpus(data: str, train_file: str | None = None, eval_file: str | None = None,
                 streaming: bool = False, cache_dir: str | os.PathLike | None = None,
-                data_config: str | None = None) -> RowCorpus:
+                text_columns: tuple[str, ...] | None = None, data_config: str | None = None) -> RowCorpus:
     """Explicit files (or globs) win; else `data` is a shipped sample's name (SAMPLES), a local directory or a
     hub dataset name. Reads no more than the first record of each file, plus the training labels when no
     classes.txt names them and cache_dir does not remember them. `streaming` applies to hub datasets: rows
-    arrive as they download. data_config: a hub dataset's configuration (an alias such as glue/mrpc names both)."""
+    arrive as they download. text_columns: the files' text column(s), else the usual names are looked for.
+    data_config: a hub dataset's configuration (an alias such as glue/mrpc names both)."""
     if data_config and (train_file or eval_file or SAMPLES.get(data, Path(data)).is_dir()):
         raise UserError(f"--data-config {data_config} is for a hub dataset, not local files")
     if train_file or eval_file:
         if not (train_file and eval_file):
             raise UserError("--train-file and --eval-file go together")
-        return _file_corpus(expand_paths(train_file), expand_paths(eval_file), train_file, eval_file, cache_dir)
+        return _file_corpus(expand_paths(train_file), expand_paths(eval_file), train_file, eval_file, cache_dir,
+                            text_columns)
     path = SAMPLES.get(data, Path(data))
     if path.is_dir():
         train = _find(path, ("train",))
@@ -73,19 +75,22 @@ def open_corpus(data: str, train_file: str | None = None, eval_file: str | None 
         evalf = _find(path, EVAL_NAMES)
         if evalf is None:
             raise UserError(f"{path} has none of test/dev/validation .csv, .jsonl or .parquet")
-        return _file_corpus(train[0], evalf[0], train[1], evalf[1], cache_dir)
+        return _file_corpus(train[0], evalf[0], train[1], evalf[1], cache_dir, text_columns)
     # A hub id is NAME or ORG/NAME; anything else that is not a directory was meant as a local path.
     if (path.suffix in EXTENSIONS or glob.has_magic(data) or path.is_absolute() or data.count("/") > 1
             or data.startswith((".", "~")) or (os.sep != "/" and os.sep in data)):
         raise UserError(f"data not found: {data}")
+    if text_columns:
+        raise UserError(f"--text-columns names columns of files (--train-file, --data DIR), not of hub dataset {data}")
     from .hub import hub_corpus  # the hub's client is loaded only for a hub dataset
 
     return RowCorpus(*hub_corpus(data, streaming, HUB_EVAL_NAMES, data_config))
 
 
-def load_corpus(data: str, train_file: str | None = None, eval_file: str | None = None) -> Corpus:
+def load_corpus(data: str, train_file: str | None = None, eval_file: str | None = None,
+                text_columns: tuple[str, ...] | None = None) -> Corpus:
     """open_corpus, read into memory: for corpora that fit."""
-    c = open_corpus(data, train_file, eval_file)
+    c = open_corpus(data, train_file, eval_file, text_columns=text_columns)
     return Corpus(to_split(c.train), to_split(c.eval), c.label_names)
 
 
@@ -112,21 +117,22 @@ def _find(directory: Path, stems: tuple[str, ...]) -> tuple[list[Path], str] | N
 
 
 def _file_corpus(train: list[Path], evalf: list[Path], train_name: str, eval_name: str,
-                 cache_dir: str | os.PathLike | None) -> RowCorpus:
+                 cache_dir: str | os.PathLike | None, columns: tuple[str, ...] | None = None) -> RowCorpus:
     names = class_names(train[0])
-    kind, eval_kind = file_kind(train), file_kind(evalf)
+    kind, eval_kind = file_kind(train, columns), file_kind(evalf, columns)
     if kind != eval_kind:
         raise UserError(f"{train[0]} and {evalf[0]} are in different formats ({kind} vs {eval_kind})")
     if names is None:
-        names = infer_names(train, kind, train_name, cache_dir)
-    return RowCorpus(file_rows(train, names, kind, train_name), file_rows(evalf, names, kind, eval_name), names)
+        names = infer_names(train, kind, train_name, cache_dir, columns)
+    return RowCorpus(file_rows(train, names, kind, train_name, columns),
+                     file_rows(evalf, names, kind, eval_name, columns), names)
 
 
-def read_split(path: Path, names: list[str]) -> Split:
+def read_split(path: Path, names: list[str], columns: tuple[str, ...] | None = None) -> Split:
     """One file, with labels mapped onto known class names (1..K for AG News, 0..K-1 or names otherwise)."""
     if not path.is_file():
         raise UserError(f"file not found: {path}")
-    return to_split(file_rows([path], names, raw_rows(path)[1], str(path)))
+    return to_split(file_rows([path], names, raw_rows(path, columns)[1], str(path), columns))
 
 
 def check_classes(labels: torch.Tensor, names: list[str], cfg: TrainConfig, held: torch.Tensor | None = None) -> None:
@@ -177,7 +183,8 @@ def class_names(train_path: Path) -> list[str] | None:
     return names
 
 
-def infer_names(paths: list[Path], kind: str, name: str, cache_dir: str | os.PathLike | None = None) -> list[str]:
+def infer_names(paths: list[Path], kind: str, name: str, cache_dir: str | os.PathLike | None = None,
+                columns: tuple[str, ...] | None = None) -> list[str]:
     """Class names from the training labels (one pass, holding only the distinct labels): whole numbers name
     classes 1..K in AG News files and 0..K-1 otherwise; class names, sorted. A label of neither kind, a mix of
     kinds, or a number that would make far more classes than the labels seen, is one line. With cache_dir, the
@@ -186,7 +193,7 @@ def infer_names(paths: list[Path], kind: str, name: str, cache_dir: str | os.Pat
     memo = Path(cache_dir) / f"labels-{_origin_key(paths, kind)}.json" if cache_dir else None
     found = _remembered(memo) if memo else None
     if found is None:
-        found = _infer(paths, kind, name)
+        found = _infer(paths, kind, name, columns)
         if memo:
             try:
                 atomic_write(memo, lambda tmp: Path(tmp).write_text(json.dumps({"format": NAMES_FORMAT, **found})))
@@ -197,9 +204,9 @@ def infer_names(paths: list[Path], kind: str, name: str, cache_dir: str | os.Pat
     return found["names"]
 
 
-def _infer(paths: list[Path], kind: str, name: str) -> dict:
+def _infer(paths: list[Path], kind: str, name: str, columns: tuple[str, ...] | None) -> dict:
     kinds, seen = LabelKinds(), {}  # each distinct label, and where it first appears
-    for raw, where in raw_labels(paths):
+    for raw, where in raw_labels(paths, columns):
         seen.setdefault(kinds.check(raw, where), where)
     if not seen:
         raise UserError(f"{name} has no rows")

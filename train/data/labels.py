@@ -54,12 +54,14 @@ def text_columns(names: Iterable[str], where: str, explicit: Sequence[str] | Non
     """The column(s) holding the text, from a header or a record's keys: `explicit` (one or two names) when
     given, else the first of TEXT_COLUMNS present; None when none is. Half of a pair without the other half is
     one line naming `where`."""
-    names = set(names)
+    listed = list(names)
+    names = set(listed)
     if explicit:
         missing = [c for c in explicit if c not in names]
         if missing or not 1 <= len(explicit) <= 2:
             raise UserError(f"{where}: text columns {','.join(explicit)}: " + (
-                f"no column {missing[0]!r}" if missing else "give one column or a pair"))
+                f"no column {missing[0]!r} (it has {', '.join(map(str, listed))})" if missing else
+                "give one column or a pair"))
         return tuple(explicit)
     found = next((cols for cols in TEXT_COLUMNS if names.issuperset(cols)), None)
     half = next((pair for pair in TEXT_COLUMNS[1:] if len(pair) == 2 and names & set(pair)), None)

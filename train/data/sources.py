@@ -16,6 +16,7 @@ from ..errors import UserError
 from .labels import LabelKinds, RawRow, labelled, row_text, text_columns, whole_number
 
 EXTENSIONS = (".csv", ".jsonl", ".parquet")
+Columns = tuple[str, ...] | None  # the text column(s) a user named (labels.text_columns' `explicit`), or None
 
 
 class Rows:
@@ -65,28 +66,28 @@ class Record(NamedTuple):
     problem: str | None = None
 
 
-def records(path: Path, labels: bool = True) -> tuple[Iterator[Record], str]:
+def records(path: Path, labels: bool = True, columns: Columns = None) -> tuple[Iterator[Record], str]:
     """The records of a CSV, JSONL or Parquet file, lazily, and its layout: 'agnews' (no header: class, title,
     description; the text is title + " " + description) or 'textlabel' (a CSV header or JSON fields naming
-    text, and label when `labels`, and maybe id). A malformed record comes with its problem, for the caller to
-    stop on (training) or skip (bulk scoring); a file that cannot be read at all is one UserError."""
+    text, or `columns`, and label when `labels`, and maybe id). A malformed record comes with its problem, for
+    the caller to stop on (training) or skip (bulk scoring); a file that cannot be read at all is one UserError."""
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty")
     if path.suffix == ".parquet":
-        return _read_parquet(path, labels), "textlabel"
+        return _read_parquet(path, labels, columns), "textlabel"
     if path.suffix == ".jsonl":
-        return _utf8(path, _read_jsonl(path, labels)), "textlabel"
+        return _utf8(path, _read_jsonl(path, labels, columns)), "textlabel"
     try:  # the first record says which CSV layout this is
-        rows, kind = _read_csv(path, labels)
+        rows, kind = _read_csv(path, labels, columns)
     except UnicodeDecodeError:
         raise UserError(f"{path} line {_first_bad_line(path)} is not UTF-8 text") from None
     return _utf8(path, rows), kind
 
 
-def raw_rows(path: Path) -> tuple[Iterator[RawRow], str]:
+def raw_rows(path: Path, columns: Columns = None) -> tuple[Iterator[RawRow], str]:
     """(text, raw label, line number) per row of a training or evaluation file, lazily, and its layout; the
     first malformed record stops the read, naming its line."""
-    found, kind = records(path, labels=True)
+    found, kind = records(path, True, columns)
 
     def rows() -> Iterator[RawRow]:
         for r in found:
@@ -132,14 +133,15 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
 AGNEWS = ("class", "title", "description")
 
 
-def _read_csv(path: Path, labels: bool) -> tuple[Iterator[Record], str]:
+def _read_csv(path: Path, labels: bool, columns: Columns) -> tuple[Iterator[Record], str]:
     rows = _csv_rows(path)
     first = next(rows, None)
     if first is None:
         raise UserError(f"{path} is empty")
     header = [h.strip().lower() for h in first[1]]
-    agnews = len(first[1]) == 3 and whole_number(first[1][0]) is not None  # a record, not a header
-    texts = text_columns(header, str(path)) if not agnews else ("text",) if "text" in header else None
+    agnews = len(first[1]) == 3 and whole_number(first[1][0]) is not None and not columns  # a record, not a header
+    named = columns and tuple(c.strip().lower() for c in columns)  # as the header is read
+    texts = text_columns(header, str(path), named) if not agnews else ("text",) if "text" in header else None
     if texts or "label" in header:
         if not texts or (labels and "label" not in header):
             raise UserError(f"{path}: header needs both 'text' and 'label' columns, has {first[1]}" if labels else
@@ -185,12 +187,12 @@ def jsonl_objects(path: Path) -> Iterator[tuple[int, object, str | None]]:
                 yield line, None, f"not valid JSON ({e.msg})"
 
 
-def _read_jsonl(path: Path, labels: bool) -> Iterator[Record]:
+def _read_jsonl(path: Path, labels: bool, columns: Columns) -> Iterator[Record]:
     """The first object's fields name the text column(s) of every line."""
     texts = None
     for line, obj, problem in jsonl_objects(path):
         if texts is None and isinstance(obj, dict):
-            texts = text_columns(obj, f"{path} line {line}")
+            texts = text_columns(obj, f"{path} line {line}", columns)
         if problem:
             yield Record(line, None, None, problem=problem)
         elif not isinstance(obj, dict) or texts is None or not obj.keys() >= {*texts, *(["label"] if labels else [])}:
@@ -202,7 +204,7 @@ def _read_jsonl(path: Path, labels: bool) -> Iterator[Record]:
             yield Record(line, row_text(obj, texts), obj.get("label"), obj.get("id"))
 
 
-def _read_parquet(path: Path, labels: bool, batch_rows: int = 4096) -> Iterator[Record]:
+def _read_parquet(path: Path, labels: bool, columns: Columns, batch_rows: int = 4096) -> Iterator[Record]:
     """Row groups are read a batch at a time; 'line' is the 1-based row number."""
     import pyarrow.parquet as pq
 
@@ -210,12 +212,12 @@ def _read_parquet(path: Path, labels: bool, batch_rows: int = 4096) -> Iterator[
         f = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a file that is not Parquet
         raise UserError(f"{path} is not a Parquet file ({str(e).splitlines()[0]})") from None
-    columns = f.schema_arrow.names
-    texts = text_columns(columns, str(path))
-    if not texts or (labels and "label" not in columns):
-        raise UserError(f"{path}: needs 'text' and 'label' columns, has {columns}" if labels else
-                        f"{path}: needs a 'text' column, has {columns}")
-    wanted = [c for c in (*texts, "label", "id") if c in columns]
+    has = f.schema_arrow.names
+    texts = text_columns(has, str(path), columns)
+    if not texts or (labels and "label" not in has):
+        raise UserError(f"{path}: needs 'text' and 'label' columns, has {has}" if labels else
+                        f"{path}: needs a 'text' column, has {has}")
+    wanted = [c for c in (*texts, "label", "id") if c in has]
     row = 0
     for batch in f.iter_batches(batch_size=batch_rows, columns=wanted):
         values = {c: batch.column(c).to_pylist() for c in wanted}
@@ -226,23 +228,24 @@ def _read_parquet(path: Path, labels: bool, batch_rows: int = 4096) -> Iterator[
                          values["id"][i] if "id" in values else None)
 
 
-def file_kind(paths: list[Path]) -> str:
+def file_kind(paths: list[Path], columns: Columns = None) -> str:
     """The one format all of `paths` share (each file's first record says); a mix is refused."""
-    kind = raw_rows(paths[0])[1]
+    kind = raw_rows(paths[0], columns)[1]
     for p in paths[1:]:
-        other = raw_rows(p)[1]
+        other = raw_rows(p, columns)[1]
         if other != kind:
             raise UserError(f"{paths[0]} and {p} are in different formats ({kind} vs {other})")
     return kind
 
 
-def file_rows(paths: list[Path], names: list[str], kind: str, name: str) -> Rows:
-    """The rows of `paths`, in order, as one split; nothing is read until the split is iterated."""
+def file_rows(paths: list[Path], names: list[str], kind: str, name: str, columns: Columns = None) -> Rows:
+    """The rows of `paths` (the text in `columns`, when given), in order, as one split; read when iterated."""
     def read() -> Iterator[tuple[str, int]]:
         kinds = LabelKinds()
         for p in paths:
-            yield from labelled(raw_rows(p)[0], names, kind, p, kinds)
-    return Rows(read, name, origin=lambda: json.dumps([files_origin(paths), kind, names]))
+            yield from labelled(raw_rows(p, columns)[0], names, kind, p, kinds)
+    named = [list(columns)] if columns else []  # a run that names no columns keeps its cache key
+    return Rows(read, name, origin=lambda: json.dumps([files_origin(paths), kind, names, *named]))
 
 
 def files_origin(paths: list[Path]) -> list:
@@ -256,10 +259,10 @@ def files_origin(paths: list[Path]) -> list:
     return out
 
 
-def raw_labels(paths: list[Path]) -> Iterator[tuple[object, str]]:
+def raw_labels(paths: list[Path], columns: Columns = None) -> Iterator[tuple[object, str]]:
     """(label as written, where: "FILE line N") of every row of `paths`."""
     for p in paths:
-        for _, label, line in raw_rows(p)[0]:
+        for _, label, line in raw_rows(p, columns)[0]:
             yield label, f"{p} {'row' if p.suffix == '.parquet' else 'line'} {line}"
 
 

@@ -80,7 +80,8 @@ def load_data(cfg: TrainConfig) -> RowCorpus:
     classes.txt (the training labels where no classes.txt names the classes)."""
     try:
         corpus = open_corpus(cfg.data, cfg.train_file, cfg.train_file if cfg.holdout and cfg.train_file
-                             else cfg.eval_file, streaming=cfg.streaming, cache_dir=cfg.cache_dir)
+                             else cfg.eval_file, streaming=cfg.streaming, cache_dir=cfg.cache_dir,
+                             text_columns=cfg.text_columns)
     except HubUnreachable:
         from .hub import OFFLINE_RUN, model_needs_hub
 

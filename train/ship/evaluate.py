@@ -50,10 +50,10 @@ def _evaluate(args) -> int:
         if theirs is not None and theirs != labels:  # the same check python -m train makes: never remap silently
             raise UserError(f"{Path(args.eval_file).parent / 'classes.txt'} lists {theirs}, but the adapter was "
                             f"trained on {labels}; both must list the same classes in the same order")
-        split = read_split(Path(args.eval_file), labels)
+        split = read_split(Path(args.eval_file), labels, cfg.text_columns)
     else:
         corpus = load_corpus(args.data or cfg.data, None if args.data else cfg.train_file,
-                             None if args.data else cfg.eval_file)
+                             None if args.data else cfg.eval_file, cfg.text_columns)
         if corpus.label_names != labels:
             raise UserError(f"the data's labels {corpus.label_names} differ from the adapter's {labels}")
         split = corpus.eval

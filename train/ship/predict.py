@@ -24,6 +24,7 @@ from ..data.corpus import Split
 from ..device import pick_device, pick_precision
 from ..errors import UserError
 from ..files import check_output, read_json_as
+from ..rundir import read_run_info
 from ..model import check_tokenizer, check_weights
 from ..prefix import predict
 from .runs import adapter_dir, check_finished, load_for_inference
@@ -39,6 +40,13 @@ def load_classifier(adapter: str | None, model: str | None, device):
         return load_merged(model, device)
     net, tokenizer, info = load_for_inference(str(adapter_dir(adapter)), model, device)
     return net, tokenizer, info["labels"], info["train"].max_length
+
+
+def recorded_columns(adapter: str | None) -> tuple[str, ...] | None:
+    """The text column(s) the adapter's run was trained on (--text-columns), read before any model loads; None
+    for a merged export, a run that named none, or no adapter at all (the loader says what is wrong)."""
+    found = adapter_dir(adapter) if adapter is not None else None
+    return read_run_info(found).train.text_columns if found and (found / ADAPTER_CONFIG).is_file() else None
 
 
 def is_merged_export(path: str | Path) -> bool:
@@ -127,7 +135,7 @@ def _predict(args) -> int:
             raise UserError("--input needs --output (a .jsonl or .csv file)")
         file_format(args.output, "--output")
         check_output(args.output, inputs=[args.input], overwrite=args.overwrite, flag="--output")
-        rows = read_rows(args.input, skip_bad=skip)
+        rows = read_rows(args.input, skip_bad=skip, columns=recorded_columns(args.adapter))
     else:
         if args.output:
             raise UserError("--output goes with --input")

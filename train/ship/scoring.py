@@ -40,16 +40,18 @@ def file_format(path: str, flag: str, formats: tuple[str, ...] = OUTPUTS) -> str
     return suffix
 
 
-def read_rows(path: str, skip_bad: bool, warn=lambda line: print(line, file=sys.stderr)) -> ScoredRows:
+def read_rows(path: str, skip_bad: bool, warn=lambda line: print(line, file=sys.stderr),
+              columns: tuple[str, ...] | None = None) -> ScoredRows:
     """CSV with a header that names the text column(s) as training files do (`text`, `sentence`, a pair such
     as `sentence1`/`sentence2`: train.data.labels.text_columns; and maybe `id`) or in AG News' layout, JSONL
     objects with those fields, or Parquet with those columns: train.data.sources reads all three. A malformed row
-    stops with its line number, or with skip_bad is reported in one line and left out."""
+    stops with its line number, or with skip_bad is reported in one line and left out. `columns`: the text
+    column(s) the run was trained on (--text-columns), else the usual names are looked for."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--input {path}: file not found")
     file_format(path, "--input", INPUTS)
-    found = ((line, text, key, problem) for line, text, _, key, problem in records(p, labels=False)[0])
+    found = ((line, text, key, problem) for line, text, _, key, problem in records(p, False, columns)[0])
     rows = _collect(found, f"{path} line", skip_bad, warn)  # a file not UTF-8: one line, with its line
     if not rows.texts:
         raise UserError(f"{path} has no rows to score" + (f" ({rows.skipped} skipped)" if rows.skipped else ""))

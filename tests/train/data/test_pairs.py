@@ -51,7 +51,7 @@ def test_each_column_pattern_is_found(columns, found):
 
 def test_an_explicit_list_names_the_columns():
     assert text_columns(["a", "b", "text"], "f.csv", explicit=["b", "a"]) == ("b", "a")
-    with pytest.raises(UserError, match=r"^f.csv: text columns a,c: no column 'c'$"):
+    with pytest.raises(UserError, match=r"^f.csv: text columns a,c: no column 'c' \(it has a, b\)$"):
         text_columns(["a", "b"], "f.csv", explicit=["a", "c"])
 
 
