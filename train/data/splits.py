@@ -81,7 +81,7 @@ def load_data(cfg: TrainConfig) -> RowCorpus:
     try:
         corpus = open_corpus(cfg.data, cfg.train_file, cfg.train_file if cfg.holdout and cfg.train_file
                              else cfg.eval_file, streaming=cfg.streaming, cache_dir=cfg.cache_dir,
-                             text_columns=cfg.text_columns)
+                             text_columns=cfg.text_columns, data_config=cfg.data_config)
     except HubUnreachable:
         from .hub import OFFLINE_RUN, model_needs_hub
 

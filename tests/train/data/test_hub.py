@@ -115,3 +115,12 @@ def test_data_config_flag_and_its_validation():
     with pytest.raises(ValueError, match=r"data_config must be a hub dataset's configuration name, without "
                                          r"train_file/eval_file, got 'mrpc'"):
         TrainConfig(data_config="mrpc", train_file="a.csv", eval_file="b.csv")
+
+
+def test_a_runs_data_config_reaches_the_hub_through_load_data(monkeypatch):
+    from train.config import TrainConfig
+    from train.data.splits import load_data
+
+    calls = _fake_hub(monkeypatch, GLUE)
+    load_data(TrainConfig(data="nyu-mll/glue", data_config="mrpc", model="m"))
+    assert calls == [("nyu-mll/glue", "mrpc")]  # the flag was accepted but never passed on before
