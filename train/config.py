@@ -197,19 +197,26 @@ class TrainConfig:
         for name in ("model", "data"):
             need(isinstance(getattr(self, name), str) and getattr(self, name), f"{name} must be a name or a path, "
                  f"got {getattr(self, name)!r}")
-        cols = self.text_columns
-        if isinstance(cols, list):  # as config.json holds it
-            object.__setattr__(self, "text_columns", cols := tuple(cols))
-        need(cols is None or (isinstance(cols, tuple) and 1 <= len(cols) <= 2
-                              and all(isinstance(c, str) and c.strip() for c in cols) and len(set(cols)) == len(cols)),
-             f"text_columns must be one or two distinct column names, got {cols!r}")
-        need(self.data_config is None or (isinstance(self.data_config, str) and self.data_config and not (
-            self.train_file or self.eval_file)), f"data_config must be a hub dataset's configuration name, "
-             f"without train_file/eval_file, got {self.data_config!r}")
+        problems += self._data_problems()
         need(bool(self.train_file) == bool(self.eval_file) or (self.train_file and self.holdout),
              "train_file and eval_file go together (or train_file with holdout)")
         if problems:
             raise ValueError("; ".join(problems))
+
+    def _data_problems(self) -> list[str]:
+        """What is wrong with the text columns and the hub configuration (text_columns as a list, as config.json
+        holds it, becomes a tuple)."""
+        cols, problems = self.text_columns, []
+        if isinstance(cols, list):
+            object.__setattr__(self, "text_columns", cols := tuple(cols))
+        if not (cols is None or (isinstance(cols, tuple) and 1 <= len(cols) <= 2 and len(set(cols)) == len(cols)
+                                 and all(isinstance(c, str) and c.strip() for c in cols))):
+            problems.append(f"text_columns must be one or two distinct column names, got {cols!r}")
+        if not (self.data_config is None or (isinstance(self.data_config, str) and self.data_config
+                                             and not (self.train_file or self.eval_file))):
+            problems.append(f"data_config must be a hub dataset's configuration name, without train_file/eval_file, "
+                            f"got {self.data_config!r}")
+        return problems
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -66,7 +66,8 @@ def test_three_columns_are_refused(tiny_model_dir, tmp_path, files, capsys):
 
 @pytest.mark.parametrize("columns", [(), ("a", "a"), ("a", ""), ("a", "b", "c"), "ab", (1,)])
 def test_the_config_takes_one_or_two_distinct_names(columns):
-    with pytest.raises(ValueError, match=r"lr must be > 0, got 0; .*text_columns must be one or two distinct column names, got"):
+    with pytest.raises(ValueError, match=r"lr must be > 0, got 0; .*text_columns must be one or two distinct column "
+                                         r"names, got"):
         TrainConfig(text_columns=columns, lr=0)
 
 
