@@ -16,20 +16,19 @@ from torch import nn
 from lora import LoRAConfig, fuse, inject_lora, lora_layers, lora_targets
 
 from .config import TrainConfig
-from .device import set_model_dropout
+from .device import forward_batch_size, pick_attention, set_model_dropout
 from .errors import UserError
 from .families import family_of, matches, resolve_targets, usable_length
 
 
-def load_pretrained(name: str, num_labels: int, label_names: list[str],
-                    attention: str = "sdpa") -> tuple[nn.Module, object]:
+def load_pretrained(name: str, num_labels: int, label_names: list[str], attention: str = "sdpa",
+                    tokenizer=None) -> tuple[nn.Module, object]:
     """(AutoModelForSequenceClassification with `attention` ("sdpa" or "eager"), tokenizer), from a
-    directory or the hub. Refused unless every weight but the head's comes from the checkpoint and the
-    tokenizer is the model's own (check_weights, check_tokenizer)."""
+    directory or the hub; `tokenizer`, when given, is this model's already loaded. Refused unless every weight but
+    the head's comes from the checkpoint and the tokenizer is the model's own (check_weights, check_tokenizer)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    
     hf_logging.set_verbosity_error()  # its load report is read below (check_weights), not printed
     hf_logging.disable_progress_bar()
     name = str(Path(name).expanduser()) if name.startswith("~") else name
@@ -45,7 +44,7 @@ def load_pretrained(name: str, num_labels: int, label_names: list[str],
             from .data.hub import unreachable
             raise unreachable("model", name, "--model PATH")
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(name, local_files_only=local_only)
             kernel = attention if attention != "sdpa" or supports_sdpa(name, local_only) else "eager"
             model, report = AutoModelForSequenceClassification.from_pretrained(
                 name, local_files_only=local_only, attn_implementation=kernel, **kwargs)
@@ -250,12 +249,13 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
             for (is_b, decays), ps in sorted(groups.items())]
 
 
-def model_for(cfg: TrainConfig, labels: list[str], attention: str, eval_batch_size: int, record=None,
-              say=lambda line: None) -> tuple[TrainConfig, nn.Module, object, list[tuple[str, int]]]:
-    """The encoder as the run trains it: loaded, its own dropout set, the settings resolved once here (or, for a
-    resumed run, its `record`'s, run where this process runs), the head's init, LoRA injected. Returns (settings,
-    model, tokenizer, the plan's rows)."""
-    model, tokenizer = load_pretrained(cfg.model, len(labels), labels, attention)
+def model_for(cfg: TrainConfig, labels: list[str], device: torch.device, record=None, say=lambda line: None,
+              tokenizer=None) -> tuple[TrainConfig, nn.Module, object, list[tuple[str, int]]]:
+    """The encoder as the run trains it on `device`: loaded (with `tokenizer` when one is loaded already), its own
+    dropout set, the settings resolved once here (or, for a resumed run, its `record`'s, run where this process
+    runs), the head's init, LoRA injected. Returns (settings, model, tokenizer, the plan's rows)."""
+    eval_batch_size = cfg.eval_batch_size or forward_batch_size(device)
+    model, tokenizer = load_pretrained(cfg.model, len(labels), labels, pick_attention(cfg.attention, device), tokenizer)
     set_model_dropout(model, cfg.model_dropout)
     if record is None:
         settings, rows = resolve(cfg, model, eval_batch_size, say)

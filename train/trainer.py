@@ -24,7 +24,7 @@ from lora import adapter_files, cast_frozen, count_trainable
 from .cli import describe_plan
 from .config import TrainConfig
 from .data import Encoded, EpochBatches, load_data, ready_batches, tokenize_early, tokenized
-from .device import autocast, forward_batch_size, pick_attention, pick_precision
+from .device import autocast, pick_precision
 from .distributed import (Dist, agreed_signal, all_reduce_confusion, all_sum, barrier, on_main, setup_device, shard,
                           shutdown, wrap)
 from .errors import Diverged, Finished, Stopped, StopSignals, interruptible
@@ -123,8 +123,8 @@ def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[
     torch.manual_seed(cfg.seed)
     corpus = load_data(cfg)
     early = tokenize_early(corpus, cfg, d)  # each row read once, before the model: checked, hashed, tokenized
-    cfg, model, tokenizer, plan_rows = model_for(cfg, corpus.label_names, pick_attention(cfg.attention, device),
-                                                 cfg.eval_batch_size or forward_batch_size(device), saved, say)
+    cfg, model, tokenizer, plan_rows = model_for(cfg, corpus.label_names, device, saved, say,
+                                                 early and early.tokenizer)
     amp = pick_precision(cfg.precision, device)
     train_data, eval_data = tokenized(early, corpus, tokenizer, cfg, d)  # the counts come from the pass (or cache)
     total_steps = -(-len(train_data) // cfg.batch_size) * cfg.epochs

@@ -125,3 +125,19 @@ def test_every_shipped_layout_loads_without_a_refusal(tmp_path, model_type):
                  if model_type.endswith("encoder") else make_family_dir(tmp_path / "m", model_type))
     model, tokenizer = load_pretrained(str(directory), 4, ["a", "b", "c", "d"])
     assert len(tokenizer) == model.get_input_embeddings().num_embeddings
+
+
+def test_a_run_reads_its_tokenizer_once(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
+    """The early data pass loads the tokenizer; the model's loading takes it instead of reading it again (and
+    still checks it against the model)."""
+    import transformers
+
+    real, calls = transformers.AutoTokenizer.from_pretrained, []
+
+    def counted(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", counted)
+    assert main(train_args(tiny_model_dir, tiny_data_dir, tmp_path / "run", "--epochs", "1")) == 0
+    assert calls == [str(tiny_model_dir)]

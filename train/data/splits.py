@@ -26,6 +26,7 @@ class Tokenized:
     train: Encoded
     eval: Encoded
     max_length: int  # what the rows were cut to: --max-length, capped at what the model's positions take
+    tokenizer: object  # the model's, loaded once here: the model's loading takes it rather than reading it again
 
 
 def tokenize_early(corpus: RowCorpus, cfg: TrainConfig, d: Dist) -> Tokenized | None:
@@ -40,7 +41,7 @@ def tokenize_early(corpus: RowCorpus, cfg: TrainConfig, d: Dist) -> Tokenized | 
     tokenizer, length = found
     train, held = (encode(split, tokenizer, length, cfg.cache_dir, d) for split in (corpus.train, corpus.eval))
     check_classes(train.labels, corpus.label_names, cfg, held.labels)
-    return Tokenized(train, held, length)
+    return Tokenized(train, held, length, tokenizer)
 
 
 def tokenized(early: Tokenized | None, corpus: RowCorpus, tokenizer, cfg: TrainConfig,
