@@ -11,12 +11,12 @@
 """
 from .adapter import adapter_files, load_adapter, read_adapter_config, save_adapter
 from .config import LoRAConfig
-from .inject import (cast_frozen, count_trainable, fuse, inject_lora, lora_layers, lora_targets, merge_and_unload,
-                     merge_lora, unfuse, unmerge_lora)
+from .inject import (cast_frozen, count_trainable, fuse, inject_lora, load_trainable, lora_layers, lora_targets,
+                     merge_and_unload, merge_lora, trainable_state, unfuse, unmerge_lora)
 from .layer import LoRALinear
 
 __all__ = [
     "LoRAConfig", "LoRALinear", "inject_lora", "lora_targets", "lora_layers", "count_trainable", "merge_lora",
     "unmerge_lora", "merge_and_unload", "fuse", "unfuse", "cast_frozen", "adapter_files", "save_adapter",
-    "load_adapter", "read_adapter_config",
+    "load_adapter", "read_adapter_config", "trainable_state", "load_trainable",
 ]

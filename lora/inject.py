@@ -104,6 +104,20 @@ def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of every parameter that requires grad, by name: a snapshot that load_trainable puts back."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Copy a trainable_state snapshot back into `model`'s parameters of those names."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+    return model
+
+
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Fold every LoRA update into its layer and put plain nn.Linear back, in place: the stock model, with
     nothing of LoRA left (transformers, ONNX). Returns the same model, frozen.

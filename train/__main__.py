@@ -14,7 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from .cli import Parser, csv_list, layer_list, rank_value, run_main, top_layers_value
-from .config import ATTENTIONS, DEFAULT_RECIPE, HEADS, PRECISIONS, RECIPES, TRACKERS, TrainConfig, recipe
+from .config import (ATTENTIONS, DEFAULT_RECIPE, HEADS, METRICS, PRECISIONS, RECIPES, TASKS, TRACKERS, TrainConfig,
+                     recipe)
 from .errors import Diverged, Finished, Stopped, UserError, say_stopped, stop_signal
 
 DEFAULT_CACHE = str(__import__("train.files", fromlist=["cache_home"]).cache_home() / "roberta-lora")  # XDG rules
@@ -59,6 +60,12 @@ def _data_flags(a, d: TrainConfig) -> None:
       "the evaluation data: for choosing recipes")
     a("--max-train-samples", type=int, help="stratified subset of the training data")
     a("--max-eval-samples", type=int, help="stratified subset of the evaluation data")
+    a("--task", choices=TASKS, help="single_label, multi_label (a list of labels per row) or regression (a number "
+      "per row); auto: read from the training labels" + _default("task", d.task))
+    a("--metric", choices=METRICS, help="the score that picks the best epoch (default: accuracy, macro_f1 or "
+      "pearson, by the task's kind)")
+    a("--threshold", type=float, help="multi-label: predict a label when its sigmoid is above this"
+      + _default("threshold", d.threshold))
     a("--allow-empty-classes", action="store_true", help="train even if a class has no training row")
     a("--max-length", type=int, help="tokens per text; longer texts are truncated" + _default("max_length", 128))
 

@@ -120,7 +120,7 @@ def run_main(body: Callable[[], int], argv: list[str] | None = None) -> int:
 
 
 def describe_plan(say, cfg: TrainConfig, model: nn.Module, labels: list[str], rows: list[tuple[str, int]],
-                  counts: tuple[int, int], amp, device, d, total_steps: int, warmup: int) -> None:
+                  counts: tuple[int, int, int | None], amp, device, d, total_steps: int, warmup: int) -> None:
     """Print what will run, before the slow parts (tokenizing, the frozen prefix, training)."""
     layers = model.config.num_hidden_layers
     adapted = ("all" if cfg.lora.layers is None
@@ -130,7 +130,11 @@ def describe_plan(say, cfg: TrainConfig, model: nn.Module, labels: list[str], ro
     say(f"model      {cfg.model}  ({type(model).__name__}, {layers} layers, precision {amp or 'torch.float32'}, "
         f"attention {model.config._attn_implementation}, device {device}"
         + (f", {d.world} processes" if d.world > 1 else "") + ")")
-    say(f"data       {counts[0]:,} train / {counts[1]:,} eval examples, {len(labels)} classes: {', '.join(labels)}")
+    what = {"single_label": f"{len(labels)} classes", "multi_label": f"{len(labels)} labels, any of them per row",
+            "regression": "regression: one score"}[cfg.task]
+    say(f"data       {counts[0]:,} train / {counts[1]:,} eval" + (f" / {counts[2]:,} validation" if counts[2] else "")
+        + f" examples, {what}" + (f": {', '.join(labels)}" if cfg.task != "regression" else "")
+        + f"; epoch kept: {'best ' + cfg.metric + ' on validation' if counts[2] else 'the final one'}")
     scale = f"{'rsLoRA: alpha/√rank' if cfg.lora.use_rslora else 'alpha/rank'} = {cfg.lora.scaling:.2f}"
     say(f"LoRA       rank {cfg.lora.rank}, alpha {cfg.lora.alpha:g} ({scale}), targets {', '.join(cfg.lora.targets)}, "
         f"layers {adapted} of {layers}, head {cfg.head}")

@@ -54,6 +54,8 @@ HEADS = ("full", "lora", "linear")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ATTENTIONS = ("auto", "sdpa", "eager")  # train.device.pick_attention
 TRACKERS = ("none", "tensorboard", "mlflow", "wandb")  # train/trackers.py
+TASKS = ("auto", "single_label", "multi_label", "regression")  # train.tasks.KINDS, and auto
+METRICS = ("accuracy", "macro_f1", "mcc", "f1", "micro_f1", "exact_match", "pearson", "spearman", "mse")  # every kind's
 _R = RECIPES[DEFAULT_RECIPE]
 
 
@@ -93,6 +95,13 @@ class TrainConfig:
     # stratified subset sizes; None keeps everything
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    # the task kind: single_label, multi_label (a list of labels per row) or regression (a number per row);
+    # auto: read from the training labels (train.data.labels.kind_of_labels)
+    task: str = "auto"
+    # the score that picks the best epoch on the validation rows; None: the kind's (accuracy, macro_f1, pearson)
+    metric: str | None = None
+    # multi-label: a label is predicted when its sigmoid is above this
+    threshold: float = 0.5
     # train even if some class has no training row (otherwise refused: such a class can never be learned)
     allow_empty_classes: bool = False
     # tokens per text after truncation; batches are padded only to their longest row
@@ -204,14 +213,20 @@ class TrainConfig:
             raise ValueError("; ".join(problems))
 
     def _data_problems(self) -> list[str]:
-        """What is wrong with the text columns and the hub configuration (text_columns as a list, as config.json
-        holds it, becomes a tuple)."""
+        """What is wrong with the text columns, the task's settings and the hub configuration (text_columns as a
+        list, as config.json holds it, becomes a tuple)."""
         cols, problems = self.text_columns, []
         if isinstance(cols, list):
             object.__setattr__(self, "text_columns", cols := tuple(cols))
         if not (cols is None or (isinstance(cols, tuple) and 1 <= len(cols) <= 2 and len(set(cols)) == len(cols)
                                  and all(isinstance(c, str) and c.strip() for c in cols))):
             problems.append(f"text_columns must be one or two distinct column names, got {cols!r}")
+        if self.task not in TASKS:
+            problems.append(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if not (self.metric is None or self.metric in METRICS):
+            problems.append(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        if not (_finite(self.threshold) and 0 < self.threshold < 1):
+            problems.append(f"threshold must be in (0, 1), got {self.threshold!r}")
         if not (self.data_config is None or (isinstance(self.data_config, str) and self.data_config
                                              and not (self.train_file or self.eval_file))):
             problems.append(f"data_config must be a hub dataset's configuration name, without train_file/eval_file, "

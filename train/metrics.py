@@ -195,24 +195,28 @@ def _vectors(preds: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, 
     return x, y
 
 
+REPORTED = {"accuracy": "accuracy", "macro_f1": "macro-F1", "micro_f1": "micro-F1", "exact_match": "exact match",
+            "mcc": "MCC", "f1": "F1", "pearson": "Pearson", "spearman": "Spearman", "mse": "MSE"}  # report order
+
+
 def format_report(report: dict, title: str | None = None) -> str:
-    """The per-class table, then accuracy, macro-F1, Matthews correlation (and for two classes the F1 of label 1)
-    when the report has them, as plain text, under `title` when given."""
-    width = max(12, *(len(c["label"]) for c in report["per_class"]))
+    """The per-class table where there is one, then every score the report has (accuracy, macro-F1, MCC, for two
+    classes the F1 of label 1; micro-F1 and exact match; Pearson, Spearman, MSE), as plain text, under `title`."""
     lines = [title] if title else []
-    lines += [f"{'label':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"]
-    for c in report["per_class"]:
-        lines.append(f"{c['label']:<{width}} {c['precision']:>9.4f} {c['recall']:>9.4f} {c['f1']:>9.4f} "
-                     f"{c['support']:>9d}")
-    lines.append(f"{'accuracy':<{width}} {report['accuracy']:>29.4f} {report['examples']:>9d}")
-    lines.append(f"{'macro-F1':<{width}} {report['macro_f1']:>29.4f}")
-    second = report["per_class"][-1]["label"]  # label 1, the positive class, where there are two
-    lines += [f"{name:<{width}} {report[key]:>29.4f}" for key, name in (("mcc", "MCC"), ("f1", f"F1 {second}"))
-              if key in report]
+    per_class = report.get("per_class", [])
+    width = max(12, *(len(c["label"]) for c in per_class)) if per_class else 12
+    if per_class:
+        lines += [f"{'label':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"]
+        lines += [f"{c['label']:<{width}} {c['precision']:>9.4f} {c['recall']:>9.4f} {c['f1']:>9.4f} "
+                  f"{c['support']:>9d}" for c in per_class]
+    shown = [k for k in REPORTED if k in report]
+    for i, key in enumerate(shown):
+        name = f"F1 {per_class[-1]['label']}" if key == "f1" and per_class else REPORTED[key]  # label 1, of two
+        lines.append(f"{name:<{width}} {report[key]:>29.4f}" + (f" {report['examples']:>9d}" if i == 0 else ""))
     return "\n".join(lines)
 
 
-PLOTTED = ("step", "loss", "lr", "eval_accuracy", "eval_macro_f1")  # what curves.png draws of metrics.jsonl's lines
+PLOTTED = ("step", "loss", "lr", *(f"eval_{k}" for k in REPORTED))  # what curves.png draws of metrics.jsonl's lines
 
 
 def plot_run(out: Path, result: dict, entries: list[dict]) -> None:
@@ -224,15 +228,16 @@ def plot_run(out: Path, result: dict, entries: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     train = [e for e in entries if "loss" in e]
-    evals = [e for e in entries if "eval_accuracy" in e]
+    keys = [k for k in REPORTED if any(f"eval_{k}" in e for e in entries) and k != "mse"][:3]  # mse: another scale
+    evals = [e for e in entries if any(f"eval_{k}" in e for k in keys)]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot([e["step"] for e in train], [e["loss"] for e in train], lw=0.8)
     axes[0].set(title="training loss", xlabel="step")
     axes[1].plot([e["step"] for e in train], [e["lr"] for e in train])
     axes[1].set(title="learning rate", xlabel="step")
-    axes[2].plot([e["step"] for e in evals], [e["eval_accuracy"] for e in evals], marker="o", label="accuracy")
-    axes[2].plot([e["step"] for e in evals], [e["eval_macro_f1"] for e in evals], marker="x", label="macro-F1")
-    scores = [e[k] for e in evals for k in ("eval_accuracy", "eval_macro_f1")]
+    for key, marker in zip(keys, "ox+"):
+        axes[2].plot([e["step"] for e in evals], [e[f"eval_{key}"] for e in evals], marker=marker, label=REPORTED[key])
+    scores = [e[f"eval_{k}"] for e in evals for k in keys]
     if scores:  # at least 10 points of range, so a change of a few tenths does not fill the plot
         low = max(0.0, min(min(scores), max(scores) - 0.10) - 0.01)
         axes[2].set_ylim(low, min(1.0, max(max(scores), low + 0.10) + 0.01))
@@ -242,13 +247,16 @@ def plot_run(out: Path, result: dict, entries: list[dict]) -> None:
     atomic_write(out / PLOTS[0], lambda p: fig.savefig(p, dpi=100, format="png"))
     plt.close(fig)
 
+    if "confusion" not in result:  # single-label only
+        (out / PLOTS[1]).unlink(missing_ok=True)
+        return
     labels, confusion = result["labels"], result["confusion"]
     fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.1 * len(labels) + 1.5))
     ax.imshow(confusion, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     ax.set_yticks(range(len(labels)), labels)
     ax.set(xlabel="predicted", ylabel="true",
-           title=f"best epoch ({result.get('best_epoch', '?')}): accuracy {result['accuracy']:.4f}")
+           title=f"epoch {result.get('best_epoch', '?')}: accuracy {result['accuracy']:.4f}")
     top = max(max(row) for row in confusion) or 1
     for i, row in enumerate(confusion):
         for j, v in enumerate(row):
@@ -258,17 +266,16 @@ def plot_run(out: Path, result: dict, entries: list[dict]) -> None:
     plt.close(fig)
 
 
-def eval_record(best: dict, history: list[dict], train_seconds: float, examples: int, steps: int, trainable: int,
-                labels: list[str]) -> dict:
-    """What eval.json holds: the best epoch's report, every epoch's scores, the final epoch's (no choice made
-    on the evaluation data, so comparable with a single final evaluation), timings and counts."""
+def eval_record(report: dict, history: list[dict], train_seconds: float, examples: int, steps: int, trainable: int,
+                labels: list[str], selection: dict) -> dict:
+    """What eval.json holds: the kept epoch's report on the evaluation rows, every epoch's scores (on the rows that
+    chose), how the epoch was chosen (selection: task, metric, selected_on, and the validation report when
+    validation rows chose it), timings and counts."""
     return {
-        **{k: best[k] for k in ("accuracy", "macro_f1", "mcc", "f1", "per_class", "confusion", "examples",
-                                "eval_seconds") if k in best},
-        "best_epoch": best["epoch"], "history": history,
-        **{f"final_{k}": history[-1][k] for k in ("accuracy", "macro_f1", "mcc", "f1") if k in history[-1]},
+        **{k: report[k] for k in (*REPORTED, "per_class", "confusion", "examples", "eval_seconds") if k in report},
+        "best_epoch": report["epoch"], **selection, "history": history,
         "train_seconds": train_seconds, "train_examples": examples,
         "train_examples_per_s": examples / max(train_seconds, 1e-9),
-        "eval_examples_per_s": best["examples"] / max(best["eval_seconds"], 1e-9),
+        "eval_examples_per_s": report["examples"] / max(report["eval_seconds"], 1e-9),
         "trainable_params": trainable, "labels": labels, "steps": steps,
     }

@@ -18,13 +18,16 @@ from lora import LoRAConfig, fuse, inject_lora, lora_layers, lora_targets
 from .config import TrainConfig
 from .device import forward_batch_size, pick_attention, set_model_dropout
 from .errors import UserError
+from .data.labels import SINGLE
 from .families import family_of, matches, resolve_targets, usable_length
+from .tasks import task_kind
 
 
 def load_pretrained(name: str, num_labels: int, label_names: list[str], attention: str = "sdpa",
-                    tokenizer=None) -> tuple[nn.Module, object]:
+                    tokenizer=None, problem_type: str | None = None) -> tuple[nn.Module, object]:
     """(AutoModelForSequenceClassification with `attention` ("sdpa" or "eager"), tokenizer), from a
-    directory or the hub; `tokenizer`, when given, is this model's already loaded. Refused unless every weight but
+    directory or the hub, its head of num_labels outputs named by label_names, for transformers' problem_type
+    (None: single-label); `tokenizer`, when given, is this model's already loaded. Refused unless every weight but
     the head's comes from the checkpoint and the tokenizer is the model's own (check_weights, check_tokenizer)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -37,6 +40,7 @@ def load_pretrained(name: str, num_labels: int, label_names: list[str], attentio
         raise UserError(f"model not found: {name} is not a model directory")
     kwargs = dict(num_labels=num_labels, id2label=dict(enumerate(label_names)),
                   label2id={n: i for i, n in enumerate(label_names)}, output_loading_info=True,
+                  **({"problem_type": problem_type} if problem_type else {}),
                   ignore_mismatched_sizes=True)  # for a saved head of another label count; check_weights limits it
     attempts = [True] if local else [True, False]  # cache first; the network only if it answers
     for local_only in attempts:
@@ -226,8 +230,14 @@ def resolve(cfg: TrainConfig, model: nn.Module, eval_batch_size: int,
     length = usable_length(cfg.max_length, model.config)
     if length < cfg.max_length:
         say(f"note: --max-length {cfg.max_length} is more than {cfg.model} can take; using {length}")
+    task = SINGLE if cfg.task == "auto" else cfg.task  # model_for sets the data's kind
+    kind = task_kind(task)
+    metric = cfg.metric or kind.default_metric
+    if metric not in kind.metric_names(model.config.num_labels):
+        raise UserError(f"--metric {metric} is not a score of this {task} task: one of "
+                        f"{', '.join(kind.metric_names(model.config.num_labels))}")
     return replace(cfg, rank=None, top_layers=None, max_length=length, eval_batch_size=eval_batch_size,
-                   lora=replace(probe, rank=rank)), rows
+                   lora=replace(probe, rank=rank), task=task, metric=metric), rows
 
 
 def prepare(cfg: TrainConfig, model: nn.Module) -> None:
@@ -250,15 +260,17 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
 
 
 def model_for(cfg: TrainConfig, labels: list[str], device: torch.device, record=None, say=lambda line: None,
-              tokenizer=None) -> tuple[TrainConfig, nn.Module, object, list[tuple[str, int]]]:
+              tokenizer=None, task: str = SINGLE) -> tuple[TrainConfig, nn.Module, object, list[tuple[str, int]]]:
     """The encoder as the run trains it on `device`: loaded (with `tokenizer` when one is loaded already), its own
     dropout set, the settings resolved once here (or, for a resumed run, its `record`'s, run where this process
-    runs), the head's init, LoRA injected. Returns (settings, model, tokenizer, the plan's rows)."""
-    eval_batch_size = cfg.eval_batch_size or forward_batch_size(device)
-    model, tokenizer = load_pretrained(cfg.model, len(labels), labels, pick_attention(cfg.attention, device), tokenizer)
+    runs), the head's init, LoRA injected; the head has the task kind's outputs (K, or 1 for a regression).
+    Returns (settings, model, tokenizer, the plan's rows)."""
+    eval_batch_size, kind = cfg.eval_batch_size or forward_batch_size(device), task_kind(task)
+    model, tokenizer = load_pretrained(cfg.model, kind.outputs(len(labels)), labels,
+                                       pick_attention(cfg.attention, device), tokenizer, kind.problem_type)
     set_model_dropout(model, cfg.model_dropout)
     if record is None:
-        settings, rows = resolve(cfg, model, eval_batch_size, say)
+        settings, rows = resolve(replace(cfg, task=task), model, eval_batch_size, say)
     else:
         settings, rows = replace(record.train, output_dir=cfg.output_dir, device=cfg.device, cache_dir=cfg.cache_dir,
                                  stop_after=cfg.stop_after, eval_batch_size=eval_batch_size), record.plan

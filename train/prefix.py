@@ -16,6 +16,7 @@ from .device import autocast, forward_batch_size, inference_attention
 from .distributed import Dist, gather_rows
 from .errors import UserError, progress as progress_bar
 from .families import FAMILIES, Family, family_of
+from .tasks import TaskKind, kind_of_model, score_rows
 
 
 def start_layer(layers: tuple[int, ...] | None, num_layers: int) -> int:
@@ -142,13 +143,22 @@ def predict(model: nn.Module, data, batch_size: int | None, device: torch.device
     return gather_rows(index, probs, len(data), d)
 
 
+def score(model: nn.Module, data, kind: TaskKind, names: list[str], cfg, device: torch.device,
+          amp: torch.dtype | None, d: Dist = Dist(), net: nn.Module | None = None) -> dict:
+    """The task kind's report (train.tasks.score_rows) on `data`, a labelled batch source, as `model` is now;
+    cfg: the run's settings (eval_batch_size, threshold)."""
+    index, outputs = predict_rows(model, data, cfg.eval_batch_size, device, amp, d, net, True)
+    return score_rows(kind, outputs, data.labels[index], index, len(data), names, cfg.threshold, d)
+
+
 def predict_rows(model: nn.Module, data, batch_size: int | None, device: torch.device, amp: torch.dtype | None,
                  d: Dist = Dist(), net: nn.Module | None = None,
                  progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row indices (m,), class probabilities (m, K)) of this process's share of `data`, a batch source
-    (token rows, or frozen-prefix rows with `net` the PrefixModel over `model`; default Logits(model)).
-    LoRA is merged in `model` while it scores. batch_size None: the device's (forward_batch_size)."""
-    net = Logits(model) if net is None else net
+    """(row indices (m,), outputs (m, K) as the model's task kind activates them: class probabilities, a sigmoid
+    per label, or the score (m, 1)) of this process's share of `data`, a batch source (token rows, or frozen-prefix
+    rows with `net` the PrefixModel over `model`; default Logits(model)). LoRA is merged in `model` while it
+    scores. batch_size None: the device's (forward_batch_size)."""
+    net, kind = Logits(model) if net is None else net, kind_of_model(model.config)
     batch_size = batch_size or forward_batch_size(device)
     was_training = model.training
     model.eval()
@@ -163,7 +173,7 @@ def predict_rows(model: nn.Module, data, batch_size: int | None, device: torch.d
                 with autocast(device, amp):
                     logits = net(**{k: v.to(device, non_blocking=True) for k, v in batch.items()})
                 index.append(torch.tensor(rows))
-                probs.append(logits.float().softmax(-1).cpu())
+                probs.append(kind.activation(logits.float()).cpu())
                 bar.update(len(rows) * d.world)
         return torch.cat(index), torch.cat(probs)
     finally:

@@ -222,17 +222,17 @@ def _build(model: nn.Module, data: Encoded, start: int, amp: torch.dtype | None,
     return cache
 
 
-def frozen_prefix(cfg, model: nn.Module, train_data: Encoded, eval_data: Encoded, amp: torch.dtype | None,
-                  d: Dist, say: Callable[[str], None]) -> tuple[nn.Module, object, object]:
-    """(net, train data, eval data): when LoRA starts above layer 0, the layers below run once per example
-    (in eval mode, so without dropout) into the frozen-prefix cache, and net is the PrefixModel running the
-    layers above from it; else Logits(model) on the token rows."""
+def frozen_prefix(cfg, model: nn.Module, splits: tuple, amp: torch.dtype | None, d: Dist,
+                  say: Callable[[str], None]) -> tuple[nn.Module, tuple]:
+    """(net, splits): when LoRA starts above layer 0, the layers below run once per example of each split (token
+    rows; None stays None), in eval mode, so without dropout, into the frozen-prefix cache, and net is the
+    PrefixModel running the layers above from it; else Logits(model) on the token rows."""
     start = start_layer(cfg.lora.layers, model.config.num_hidden_layers) if cfg.prefix_cache else 0
     if start == 0:
-        return Logits(model), train_data, eval_data
+        return Logits(model), splits
     began = time.perf_counter()
-    train_data, eval_data = (build_prefix_cache(model, data, start, amp, cfg.cache_dir, cfg.eval_batch_size, d)
-                             for data in (train_data, eval_data))
+    splits = tuple(data and build_prefix_cache(model, data, start, amp, cfg.cache_dir, cfg.eval_batch_size, d)
+                   for data in splits)
     say(f"prefix     layers 0..{start - 1} computed once per example ({time.perf_counter() - began:.1f}s, "
         + (f"cached in {cfg.cache_dir})" if cfg.cache_dir else "in memory)"))
-    return PrefixModel(model, start), train_data, eval_data
+    return PrefixModel(model, start), splits

@@ -1,24 +1,22 @@
 """The three task kinds in one table, KINDS: what each needs wherever they differ (the head's size, the loss, the
 activation, how evaluation combines processes and scores, its metrics and the default one that picks the best
-epoch); and kind_of_labels, which reads the kind from a label column as written.
+epoch). train.data.labels reads the kind from a label column as written.
 
 Evaluation runs in two steps, so that torchrun's scores equal one process's: summarize(outputs, targets) on
 each process, combined as the kind's `reduce` says ("sum": all-reduce every tensor of it; "gather": every
 row's values in row order), then scores(combined, names) once."""
 from __future__ import annotations
 
-import math
-import numbers
-import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from . import metrics
+from .distributed import Dist, all_reduce_confusion, gather_rows
+from .data.labels import MULTI, REGRESSION, SINGLE
 
-SINGLE, MULTI, REGRESSION = "single_label", "multi_label", "regression"
 LOWER_IS_BETTER = frozenset({"mse"})  # every other metric is better higher
 
 
@@ -61,6 +59,13 @@ class TaskKind:
         confusion; MultiLabelCounts of the labels whose probability is above `threshold` (0.5 itself is
         not); or an (n, 2) float64 [prediction, target] per row."""
         return self._summarize(outputs, targets, threshold)
+
+    def loss_sum(self, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        """The loss summed over rows, each row's as the kind reduces it: a multi-label row's is the mean over
+        its K labels, so that the batch mean equals BCEWithLogitsLoss's mean over n·K."""
+        if self.name == MULTI:
+            return self.loss(logits, targets, label_smoothing, "none").mean(-1).sum()
+        return self.loss(logits, targets, label_smoothing, "sum")
 
     def scores(self, summary, names: list[str]) -> dict:
         """The report (eval.json's scores) from the summary combined over processes; names: the K labels
@@ -120,86 +125,29 @@ def task_kind(name: str) -> TaskKind:
     return KINDS[name]
 
 
+def kind_of_model(config) -> TaskKind:
+    """The kind a model's config was trained for, by transformers' problem_type (unset: single-label)."""
+    by_type = {k.problem_type: k for k in KINDS.values()}
+    return by_type.get(getattr(config, "problem_type", None), KINDS[SINGLE])
+
+
+def score_rows(kind: TaskKind, outputs: torch.Tensor, targets: torch.Tensor, index: torch.Tensor, n: int,
+               names: list[str], threshold: float = 0.5, d: Dist = Dist()) -> dict:
+    """The kind's report of n rows scored by every process: outputs (m, outputs) as activation makes them and
+    their targets, for this process's rows `index` (m,); the summaries are combined as the kind's reduce says,
+    so torchrun's scores equal one process's."""
+    summary = kind.summarize(outputs, targets, threshold)
+    if kind.reduce == "gather":
+        summary = gather_rows(index, summary, n, d)
+    elif isinstance(summary, tuple):
+        summary = type(summary)(*(all_reduce_confusion(part, d) for part in summary))
+    else:
+        summary = all_reduce_confusion(summary, d)
+    return kind.scores(summary, names)
+
+
 def is_better(metric: str, new: float, best: float | None) -> bool:
     """Whether score `new` beats `best` (None: nothing yet) on `metric`: lower for mse, higher otherwise."""
     if best is None:
         return True
     return new < best if metric in LOWER_IS_BETTER else new > best
-
-
-class LabelKindError(ValueError):
-    """A label column kind_of_labels refuses; index: the position of the value at fault, which the caller
-    turns into a file and line."""
-
-    def __init__(self, message: str, index: int):
-        super().__init__(message)
-        self.index = index
-
-
-_WHOLE = re.compile(r"-?[0-9]+")  # as train.data.labels writes a whole number: ASCII digits, an optional minus
-_REAL = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
-# The kinds each way of writing a label allows: a whole number is a class id, or a value among other numbers.
-_ALLOWS = {"whole number": {SINGLE, REGRESSION}, "number": {REGRESSION}, "class name": {SINGLE}, "list": {MULTI}}
-
-
-def kind_of_labels(values: Iterable[object]) -> str:
-    """The task kind of a label column as read (JSON values, or CSV text): "single_label" when every label is
-    a whole number (3, "3") or a class name; "multi_label" when every label is a list (of ids or names, maybe
-    empty); "regression" when they are numbers and one at least is written as a float (3.8, "3.8", 1e-3).
-    A float with nothing after the point (5.0, "1.0") counts as written: a number on a scale, so a column of
-    only whole floats is regression (STS-B has 0.0 and 5.0 among its 3.8s); write class ids as ints.
-    Raises LabelKindError (a ValueError with .index) at the first label that is no label (null, true, NaN,
-    infinity, '', '+1') or whose kind no earlier one shares, naming both; ValueError when there are none."""
-    possible, first = {SINGLE, MULTI, REGRESSION}, {}
-    for i, value in enumerate(values):
-        how = _written_as(value, i)
-        if not possible & _ALLOWS[how]:
-            earlier, j = next((h, j) for h, (j, _) in first.items() if not _ALLOWS[h] & _ALLOWS[how])
-            raise LabelKindError(f"label {i} ({_show(value)}) is a {how}, but label {j} ({_show(first[earlier][1])})"
-                                 f" is a {earlier}: one column holds one kind of label (class ids or names, lists "
-                                 f"of them, or numbers)", i)
-        possible &= _ALLOWS[how]
-        first.setdefault(how, (i, value))
-    if not first:
-        raise ValueError("no labels to read the task kind from")
-    return SINGLE if SINGLE in possible else possible.pop()
-
-
-def _written_as(value: object, i: int) -> str:
-    """How label `i` is written: "whole number", "number", "class name" or "list"; LabelKindError if none."""
-    if isinstance(value, (list, tuple)):
-        for j, item in enumerate(value):
-            if isinstance(item, (list, tuple)) or _scalar(item) is None:
-                raise LabelKindError(f"label {i} is a list whose item {j} ({_show(item)}) is no label", i)
-        return "list"
-    how = _scalar(value)
-    if how is None:
-        raise LabelKindError(f"label {i} ({_show(value)}) is no label: not a whole number, a finite number "
-                             f"(ASCII digits, an optional leading '-'), a class name or a list", i)
-    return how
-
-
-def _scalar(value: object) -> str | None:
-    if isinstance(value, bool) or value is None:  # bool is an int to Python, but true is no label
-        return None
-    if isinstance(value, numbers.Integral):
-        return "whole number"
-    if isinstance(value, numbers.Real):
-        return "number" if math.isfinite(value) else None
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if _WHOLE.fullmatch(text):
-        return "whole number"
-    if _REAL.fullmatch(text):
-        return "number" if math.isfinite(float(text)) else None
-    try:  # what float() reads but is no plain number ('nan', 'inf', '+1', '1_0', '١٢') is refused, not a name
-        float(text)
-        return None
-    except ValueError:
-        return "class name" if text else None
-
-
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."

@@ -15,23 +15,22 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from lora import adapter_files, cast_frozen, count_trainable
+from lora import adapter_files, cast_frozen, count_trainable, load_trainable, trainable_state
 
 from .cli import describe_plan
 from .config import TrainConfig
 from .data import Encoded, EpochBatches, load_data, ready_batches, tokenize_early, tokenized
 from .device import autocast, pick_precision
-from .distributed import (Dist, agreed_signal, all_reduce_confusion, all_sum, barrier, on_main, setup_device, shard,
-                          shutdown, wrap)
+from .distributed import Dist, agreed_signal, all_sum, barrier, on_main, setup_device, shard, shutdown, wrap
 from .errors import Diverged, Finished, Stopped, StopSignals, interruptible
-from .metrics import PLOTTED, confusion_matrix, eval_record, format_report, plot_run, single_label_scores
+from .metrics import PLOTTED, eval_record, format_report, plot_run
 from .model import EMA, model_for, param_groups
-from .prefix import Logits, predict_rows, start_layer
+from .prefix import Logits, score, start_layer
 from .rundir import CHECKPOINT, EVAL, RunDir, checkpoint_state, restore_checkpoint, run_record, write_json
+from .tasks import TaskKind, is_better, task_kind
 
 LOSS_READ_EVERY = 16  # steps between loss reads (a wait for the device) and stop agreements (an all-reduce)
 
@@ -45,9 +44,10 @@ class Progress:
     train_seconds: float = 0.0  # summed over every session of a resumed run
     sessions: int = 1  # processes the run has trained in: 1, plus one per resume
     examples: int = 0
-    best_accuracy: float = -1.0
+    best_score: float | None = None  # the kept epoch's cfg.metric on the rows that choose it
     history: list = field(default_factory=list)  # one dict per finished epoch
-    best: dict = field(default_factory=dict)  # the full report of the best epoch so far
+    best: dict = field(default_factory=dict)  # the full report of the kept epoch: the best so far, or the latest
+    best_state: dict = field(default_factory=dict)  # its trainable weights, where validation rows chose it
     plotted: list = field(default_factory=list)  # what the plots draw of each logged line (metrics.PLOTTED)
 
 
@@ -62,8 +62,11 @@ class State:
     net: nn.Module
     step_model: nn.Module
     labels: list[str]
+    kind: TaskKind  # the task's kind: its loss, activation and metrics
     train_data: Encoded  # or a PrefixCache: both are batch sources (len, offsets_range, batch)
     eval_data: Encoded
+    valid_data: Encoded | None  # the rows that pick the best epoch; None: the final epoch is kept
+    selected_on: str  # what picks the kept epoch, as eval.json says it
     device: torch.device
     amp: torch.dtype | None  # the autocast dtype, None for fp32
     dist: Dist
@@ -124,24 +127,27 @@ def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[
     corpus = load_data(cfg)
     early = tokenize_early(corpus, cfg, d)  # each row read once, before the model: checked, hashed, tokenized
     cfg, model, tokenizer, plan_rows = model_for(cfg, corpus.label_names, device, saved, say,
-                                                 early and early.tokenizer)
+                                                 early and early.tokenizer, corpus.task)
     amp = pick_precision(cfg.precision, device)
-    train_data, eval_data = tokenized(early, corpus, tokenizer, cfg, d)  # the counts come from the pass (or cache)
+    train_data, eval_data, valid_data = tokenized(early, corpus, tokenizer, cfg, d)  # counted by the pass (or cache)
     total_steps = -(-len(train_data) // cfg.batch_size) * cfg.epochs
     warmup = int(cfg.warmup_ratio * total_steps)
-    describe_plan(say, cfg, model, corpus.label_names, plan_rows, (len(train_data), len(eval_data)), amp, device, d,
-                  total_steps, warmup)
+    counts = (len(train_data), len(eval_data), valid_data and len(valid_data))
+    describe_plan(say, cfg, model, corpus.label_names, plan_rows, counts, amp, device, d, total_steps, warmup)
     model.to(device)
     if amp is not None:  # autocast would otherwise re-cast every frozen weight at every call
         cast_frozen(model, amp)
-    groups, data_keys = param_groups(model, cfg), [train_data.key, eval_data.key]  # data keys: what it trained on
+    groups, data_keys = param_groups(model, cfg), [x.key for x in (train_data, eval_data, valid_data) if x is not None]
     net = Logits(model)
     if cfg.prefix_cache and start_layer(cfg.lora.layers, model.config.num_hidden_layers):  # below LoRA: run once
         from .prefix_cache import frozen_prefix
-        net, train_data, eval_data = frozen_prefix(cfg, model, train_data, eval_data, amp, d, say)
+        net, (train_data, eval_data, valid_data) = frozen_prefix(cfg, model, (train_data, eval_data, valid_data),
+                                                                 amp, d, say)
     record = run_record(cfg, asked, corpus.label_names, plan_rows)
     s = State(cfg=cfg, record=record, run=run_dir, model=model, net=net, step_model=net,
-              labels=corpus.label_names, train_data=train_data, eval_data=eval_data, device=device, amp=amp, dist=d,
+              labels=corpus.label_names, kind=task_kind(cfg.task), train_data=train_data, eval_data=eval_data,
+              valid_data=valid_data, device=device, amp=amp, dist=d, selected_on=f"best {cfg.metric} on "
+              f"{corpus.valid.name}" if corpus.valid else "final epoch (no validation rows)",
               optimizer=torch.optim.AdamW(groups, lr=cfg.lr), scaler=torch.amp.GradScaler(device.type,
               enabled=amp == torch.float16), ema=EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
               base_lrs=[g["lr"] for g in groups], total_steps=total_steps, warmup_steps=warmup,
@@ -220,7 +226,7 @@ def train_step(s: State, rows: list[int], batch: dict) -> torch.Tensor:
     with autocast(s.device, s.amp):
         logits = s.step_model(**batch)
     # Sum over this shard, divided by the global batch: DDP's gradient mean then equals one process's.
-    loss_sum = weight * F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing, reduction="sum")
+    loss_sum = weight * s.kind.loss_sum(logits.float(), labels, cfg.label_smoothing)
     loss = loss_sum * d.world / len(rows)
     for group, base in zip(opt.param_groups, s.base_lrs):  # the learning rate of this step, set here only
         group["lr"] = base * lr_at(s.progress.step, s.total_steps, s.warmup_steps)
@@ -268,33 +274,42 @@ def checkpoint(s: State) -> None:
 
 
 def evaluate(s: State) -> None:
-    """Score the epoch (with EMA weights when on); the best epoch so far saves its adapter."""
-    p, started = s.progress, time.perf_counter()
+    """Score the epoch (with EMA weights when on) on the validation rows, or without them on the evaluation rows.
+    The epoch kept (the best by cfg.metric on validation rows, else the latest) saves its adapter."""
+    p, started, metric, valid = s.progress, time.perf_counter(), s.cfg.metric, s.valid_data is not None
     with s.ema.applied() if s.ema else nullcontext():
-        index, probs = predict_rows(s.model, s.eval_data, s.cfg.eval_batch_size, s.device, s.amp, s.dist, s.net, True)
-        mine = confusion_matrix(probs.argmax(-1), s.eval_data.labels[index], len(s.labels))
-        report = single_label_scores(all_reduce_confusion(mine, s.dist), s.labels)
-        improved = report["accuracy"] > p.best_accuracy
-        if improved and s.dist.main:
+        report = score(s.model, s.valid_data if valid else s.eval_data, s.kind, s.labels, s.cfg, s.device, s.amp,
+                       s.dist, s.net)
+        keep = not valid or is_better(metric, report[metric], p.best_score)
+        if keep and s.dist.main:
             s.run.save_adapter(adapter_files(s.model, s.cfg.lora, base_model_name=s.cfg.model), s.record)
+        if keep and valid:  # the chosen epoch's weights (EMA's, when on) score the evaluation rows at the end
+            p.best_state = trainable_state(s.model)
     report |= {"eval_seconds": time.perf_counter() - started, "epoch": p.epoch}
     p.history.append({k: v for k, v in report.items() if k not in ("per_class", "confusion", "examples")})
-    if improved:
-        p.best_accuracy, p.best = report["accuracy"], report
-    log(s, {"step": p.step, "epoch": p.epoch, "eval_accuracy": report["accuracy"], "eval_macro_f1": report["macro_f1"]})
-    s.say(f"epoch {p.epoch}/{s.cfg.epochs}: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}")
+    if keep:
+        p.best_score, p.best = report[metric], report
+    shown = s.kind.metric_names(len(s.labels))
+    log(s, {"step": p.step, "epoch": p.epoch, **{f"eval_{k}": report[k] for k in shown}})
+    s.say(f"epoch {p.epoch}/{s.cfg.epochs}: " + ", ".join(f"{k} {report[k]:.4f}" for k in shown))
 
 
 def finish(s: State) -> dict:
-    """Plots, then eval.json (the best epoch, and the final epoch's scores), written last: a run with eval.json
-    is a finished run. Then the report."""
-    p, best = s.progress, s.progress.best
-    result = eval_record(p.best, p.history, p.train_seconds, p.examples, p.step, count_trainable(s.model), s.labels)
+    """The kept epoch's weights score the evaluation rows (already scored where no validation rows chose it);
+    plots, then eval.json, written last: a run with eval.json is a finished run. Then the report."""
+    p, chosen, started = s.progress, s.progress.best, time.perf_counter()
+    report = chosen
+    if s.valid_data is not None:
+        report = score(load_trainable(s.model, p.best_state), s.eval_data, s.kind, s.labels, s.cfg, s.device, s.amp,
+                       s.dist, s.net) | {"eval_seconds": time.perf_counter() - started, "epoch": chosen["epoch"]}
+    result = eval_record(report, p.history, p.train_seconds, p.examples, p.step, count_trainable(s.model), s.labels,
+                         {"task": s.cfg.task, "metric": s.cfg.metric, "selected_on": s.selected_on,
+                          **({"validation": chosen} if s.valid_data is not None else {})})
     if s.dist.main:
         plot_run(s.run.path, result, p.plotted)
         write_json(s.run / EVAL, result)
-        s.say(format_report(best, f"epoch {best['epoch']} of {s.cfg.epochs}, the best, whose adapter is saved (the "
-                                  f"final epoch: accuracy {result['final_accuracy']:.4f})"))
+        s.say(format_report(report, f"epoch {chosen['epoch']} of {s.cfg.epochs}, kept by {s.selected_on}; its "
+                                    "adapter is saved"))
         s.say(f"trained in {p.train_seconds:.1f}s" + (f", summed over its {p.sessions} sessions" if p.sessions > 1
               else "") + f" ({result['train_examples_per_s']:.1f} examples/s); outputs in {s.run.path}")
     return result

@@ -31,7 +31,7 @@ class Encoded:
     EpochBatches and eval_windows use so that a process holds only the bytes of its batches."""
     ids: torch.Tensor  # (total_tokens,) int32
     offsets: torch.Tensor  # (n + 1,) int64
-    labels: torch.Tensor  # (n,) int64
+    labels: torch.Tensor  # (n,) int64 class ids, (n,) float64 scores or (n, K) uint8 multi-hot (the task's kind)
     pad_id: int = 0  # the tokenizer's padding id, which batch() pads with
     key: str = ""  # the rows' fingerprint (token_key: rows, tokenizer, max_length); names the cache entry
     reader: CacheReader | None = field(default=None, repr=False, compare=False)  # set when from the cache
@@ -124,7 +124,7 @@ def _find_or_build(rows, tokenizer, max_length: int, parts: list[str], cache_dir
 
 def _in_memory(rows: Iterable[tuple[str, int]], tokenizer, max_length: int, pad_id: int) -> Encoded:
     parts = list(token_chunks(rows, tokenizer, max_length))
-    ids, lengths, labels = (torch.from_numpy(np.concatenate([np.zeros(0, dtype), *(p[i] for p in parts)]))
+    ids, lengths, labels = (torch.from_numpy(np.concatenate([p[i] for p in parts] or [np.zeros(0, dtype)]))
                             for i, dtype in enumerate((np.int32, np.int64, np.int64)))
     offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
     offsets[1:] = torch.cumsum(lengths, 0)

@@ -29,7 +29,8 @@ from .sources import Rows, content_key
 TOKEN_FORMAT = "3"
 KEY_FORMAT = "2"  # how data_key is made: unchanged, so a checkpoint made before still resumes on the same data
 CHUNK_ROWS = 8192  # rows tokenized per call: ~10 MB of Python token lists at AG News lengths
-_DTYPES = {"I32": np.int32, "I64": np.int64}
+_DTYPES = {"I32": np.int32, "I64": np.int64, "F64": np.float64, "U8": np.uint8}
+_CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
 
 
 def tokenizer_parts(tokenizer, max_length: int) -> list[str]:
@@ -94,7 +95,7 @@ def _tokenizer_fingerprint(tokenizer) -> str:
 def token_chunks(rows: Iterable[tuple[str, int]], tokenizer, max_length: int,
                  chunk_rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per chunk of rows (a text, or a pair of texts, and a label): ids (tokens,) int32 flat, lengths (rows,)
-    int64, labels (rows,) int64."""
+    int64, labels as label_array makes them."""
     chunk_rows = chunk_rows or CHUNK_ROWS
     texts: list[str] = []
     labels: list[int] = []
@@ -117,7 +118,14 @@ def _tokenize(texts: list, labels: list[int], tokenizer, max_length: int):
         ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     lengths = np.fromiter(map(len, ids), np.int64, len(ids))
     flat = np.fromiter(chain.from_iterable(ids), np.int32, int(lengths.sum()))
-    return flat, lengths, np.asarray(labels, np.int64)
+    return flat, lengths, label_array(labels)
+
+
+def label_array(labels: list) -> np.ndarray:
+    """A chunk's labels as arrays: (n,) int64 class ids, (n,) float64 scores, or (n, K) uint8 multi-hot."""
+    if labels and isinstance(labels[0], bytes):
+        return np.frombuffer(b"".join(labels), np.uint8).reshape(len(labels), len(labels[0]))
+    return np.asarray(labels, np.float64 if labels and isinstance(labels[0], float) else np.int64)
 
 
 def cache_file(cache_dir: str | os.PathLike, key: str) -> Path:
@@ -170,16 +178,20 @@ def _build(path: Path, chunks, meta: Callable[[], dict[str, str]], final: Callab
     sweep_temps(path.parent, path.name)
     partial = Path(tempfile.mkdtemp(dir=path.parent, prefix=temp_name(path)[0], suffix=temp_name(path)[1]))
     try:
-        n = tokens = 0
+        n, tokens, classes = 0, 0, {}
+        shape = np.zeros(0, np.int64)  # an empty split's labels: class ids
         with (partial / "ids").open("wb") as fi, (partial / "offsets").open("wb") as fo, \
                 (partial / "labels").open("wb") as fl:
             fo.write(np.zeros(1, np.int64).tobytes())
             for ids, lengths, labels in chunks:
+                if labels.ndim == 2:  # multi-hot: K padded to a multiple of 8 (zeros), so the ids after stay aligned
+                    classes = {"classes": str(labels.shape[1])}
+                    labels = np.pad(labels, ((0, 0), (0, -labels.shape[1] % 8)))
                 fi.write(ids.tobytes())
                 fo.write((tokens + np.cumsum(lengths)).tobytes())
                 fl.write(labels.tobytes())
-                n, tokens = n + len(lengths), tokens + int(lengths.sum())
-        header = _header(n, tokens, meta())
+                n, tokens, shape = n + len(lengths), tokens + int(lengths.sum()), labels[:0]
+        header = _header(n, tokens, {**meta(), **classes}, shape)
         whole = partial / "whole.safetensors"
         with whole.open("wb") as out:
             out.write(len(header).to_bytes(8, "little") + header)
@@ -197,13 +209,16 @@ def _build(path: Path, chunks, meta: Callable[[], dict[str, str]], final: Callab
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def _header(n: int, tokens: int, meta: dict[str, str]) -> bytes:
-    """safetensors header: offsets, labels, ids, back to back; padded with spaces (the format allows
-    it) so the data start at a multiple of 8 bytes and every array maps aligned."""
-    a, b, c = 8 * (n + 1), 8 * (2 * n + 1), 8 * (2 * n + 1) + 4 * tokens
+def _header(n: int, tokens: int, meta: dict[str, str], labels: np.ndarray) -> bytes:
+    """safetensors header: offsets, labels (of `labels`' dtype and row shape), ids, back to back; padded with
+    spaces (the format allows it) so the data start at a multiple of 8 bytes and every array maps aligned."""
+    row = labels.shape[1:]
+    a = 8 * (n + 1)
+    b = a + n * int(np.prod(row, dtype=np.int64)) * labels.itemsize
+    c = b + 4 * tokens
     spec = {"__metadata__": {**meta, "format": TOKEN_FORMAT, "rows": str(n), "tokens": str(tokens)},
             "offsets": {"dtype": "I64", "shape": [n + 1], "data_offsets": [0, a]},
-            "labels": {"dtype": "I64", "shape": [n], "data_offsets": [a, b]},
+            "labels": {"dtype": _CODES[labels.dtype], "shape": [n, *row], "data_offsets": [a, b]},
             "ids": {"dtype": "I32", "shape": [tokens], "data_offsets": [b, c]}}
     raw = json.dumps(spec).encode()
     return raw + b" " * (-(8 + len(raw)) % 8)
@@ -219,6 +234,7 @@ class CacheReader:
         self.mapping, self.meta = mapping, spec.get("__metadata__", {})  # meta: the rows' key, their count
         self._file = path.open("rb", buffering=0)  # closed with the reader
         self._at = {name: base + spec[name]["data_offsets"][0] for name in ("ids", "offsets", "labels")}
+        self._label = (np.dtype(_DTYPES[spec["labels"]["dtype"]]), tuple(spec["labels"]["shape"][1:]))
 
     def _into(self, out: np.ndarray, name: str, index: int) -> np.ndarray:
         want = out.nbytes
@@ -246,10 +262,12 @@ class CacheReader:
         return torch.from_numpy(out).to(torch.int64)
 
     def labels(self, rows: list[int]) -> torch.Tensor:
-        out = np.empty(len(rows), np.int64)
+        """The rows' labels, (b,) or (b, K) multi-hot (its padding columns cut off)."""
+        dtype, row = self._label
+        out = np.empty((len(rows), *row), dtype)
         for r, i in enumerate(rows):
-            self._into(out[r:r + 1], "labels", i)
-        return torch.from_numpy(out)
+            self._into(out[r:r + 1], "labels", i * max(1, int(np.prod(row))))
+        return torch.from_numpy(out)[:, :int(self.meta.get("classes", 0))] if row else torch.from_numpy(out)
 
 
 def open_cached(path: Path) -> tuple[dict[str, torch.Tensor], CacheReader] | None:
@@ -270,6 +288,8 @@ def open_cached(path: Path) -> tuple[dict[str, torch.Tensor], CacheReader] | Non
         if hasattr(mmap, "MADV_RANDOM"):
             whole.madvise(mmap.MADV_RANDOM)
         tensors = {name: _view(whole, spec[name], 8 + hlen) for name in ("ids", "offsets", "labels")}
+        if tensors["labels"].ndim == 2:  # multi-hot: the padding columns cut off (a view, no copy)
+            tensors["labels"] = tensors["labels"][:, :int(spec["__metadata__"]["classes"])]
         reader = CacheReader(path, spec, 8 + hlen, whole)
         last = reader.offsets(len(tensors["offsets"]) - 1, len(tensors["offsets"]))
     except (OSError, ValueError, KeyError, TypeError):
@@ -287,5 +307,5 @@ def _view(whole: mmap.mmap, entry: dict, base: int) -> torch.Tensor:
     if count != int(np.prod(entry["shape"])):
         raise ValueError("shape and byte range disagree")
     if count == 0:
-        return torch.from_numpy(np.zeros(0, dtype))
-    return torch.from_numpy(np.frombuffer(whole, dtype=dtype, count=count, offset=base + start))
+        return torch.from_numpy(np.zeros(entry["shape"], dtype))
+    return torch.from_numpy(np.frombuffer(whole, dtype=dtype, count=count, offset=base + start).reshape(entry["shape"]))

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from urllib.parse import urlparse
 
 from ..errors import HubUnreachable, UserError, note
-from .labels import case_twins, row_text, text_columns
+from .labels import MULTI, REGRESSION, SINGLE, case_twins, label_column, row_text, score, text_columns
 from .sources import Rows
 
 
@@ -66,10 +66,11 @@ def resolve(name: str, config: str | None) -> tuple[str, str | None]:
     return ALIASES[org], rest
 
 
-def hub_corpus(name: str, streaming: bool, eval_names: tuple[str, ...],
-               config: str | None = None) -> tuple[Rows, Rows, list[str]]:
-    """(train rows, evaluation rows, class names) of hub dataset `name` (configuration `config`): its train split
-    and the first of `eval_names` it has whose labels are not all -1 (GLUE's test split has none)."""
+def hub_corpus(name: str, streaming: bool, eval_names: tuple[str, ...], config: str | None = None,
+               task: str | None = None) -> tuple[Rows, Rows, list[str], str]:
+    """(train rows, evaluation rows, label names, task kind) of hub dataset `name` (configuration `config`): its
+    train split and the first of `eval_names` it has whose labels are not all -1 (GLUE's test split has none). The
+    kind is `task` (--task), else the label feature's: a list of classes is multi-label, a float a regression."""
     import datasets
 
     name, config = resolve(name, config)
@@ -92,11 +93,19 @@ def hub_corpus(name: str, streaming: bool, eval_names: tuple[str, ...],
         raise UserError(f"dataset '{name}': its {'/'.join(labelled)} split has no labels (all -1), so nothing "
                         "can be scored; pass a local copy with labelled evaluation rows (--data DIR)")
     features = ds["train"].features if "train" in ds else None  # a streaming dataset may not know them
+    column = label_column(features or {})
     if "train" not in ds or evalname is None or (features is not None and not (
-            "label" in features and text_columns(features, f"dataset '{name}'"))):
+            column in features and text_columns(features, f"dataset '{name}'"))):
         raise UserError(f"dataset '{name}' needs a train split, a test/validation split and text/label columns")
-    names = getattr(features.get("label") if features else None, "names", None)
+    feature = features.get(column) if features else None
+    inner = getattr(feature, "feature", None)  # a Sequence or List of ClassLabel: multi-label
+    dtype = str(getattr(feature, "dtype", ""))
+    task = task or (MULTI if inner is not None else REGRESSION if dtype.startswith("float") else SINGLE)
+    names = ["score"] if task == REGRESSION else getattr(inner if task == MULTI else feature, "names", None)
     index = None
+    if task == MULTI and not names:
+        raise UserError(f"dataset '{name}': its '{column}' lists are not of named classes (ClassLabel); pass a local "
+                        "copy with a classes.txt (--data DIR)")
     if not names:  # no ClassLabel: the distinct labels, sorted, from one pass over the training split
         first: dict = {}  # each distinct label, and the row where it first appears
         for row, (_, y) in enumerate(_hub_read(ds["train"], f"{name}[train]"), start=1):
@@ -105,8 +114,8 @@ def hub_corpus(name: str, streaming: bool, eval_names: tuple[str, ...],
         names, index = [str(v) for v in values], {v: i for i, v in enumerate(values)}
         for line in case_twins({v: w for v, w in first.items() if isinstance(v, str)}):
             note(line)
-    train, evaluation = (_hub_rows(ds[s], f"{name}[{s}]", names, index) for s in ("train", evalname))
-    return train, evaluation, [str(n) for n in names]
+    train, evaluation = (_hub_rows(ds[s], f"{name}[{s}]", names, index, task) for s in ("train", evalname))
+    return train, evaluation, [str(n) for n in names], task
 
 
 def _labelled(split) -> bool:
@@ -119,18 +128,25 @@ def _labelled(split) -> bool:
 def _hub_read(split, name: str) -> Iterator[tuple[object, object]]:
     """(text, or a pair of texts, label) per row."""
     for batch in split.iter(batch_size=1000):
-        texts = text_columns(batch, name)
-        if not texts or "label" not in batch:
+        texts, column = text_columns(batch, name), label_column(batch)
+        if not texts or column not in batch:
             raise UserError(f"{name} needs text and label columns, has {sorted(batch)}")
-        yield from zip(row_text(batch, texts) if len(texts) == 1 else zip(*row_text(batch, texts)), batch["label"])
+        yield from zip(row_text(batch, texts) if len(texts) == 1 else zip(*row_text(batch, texts)), batch[column])
 
 
-def _hub_rows(split, name: str, names: list[str], index: dict | None) -> Rows:
-    def read() -> Iterator[tuple[object, int]]:
+def _hub_rows(split, name: str, names: list[str], index: dict | None, task: str = SINGLE) -> Rows:
+    def read() -> Iterator[tuple[object, object]]:
         for row, (text, label) in enumerate(_hub_read(split, name), start=1):
-            y = index.get(label, -1) if index is not None else label if type(label) is int else -1  # not int(): "²"
             is_text = all(isinstance(t, str) for t in (text if isinstance(text, tuple) else [text]))
-            if not is_text or not 0 <= y < len(names):
+            if task == REGRESSION and is_text:
+                yield text, score(label, f"{name} row {row}")
+                continue
+            if task == MULTI and is_text and isinstance(label, list) and all(
+                    type(y) is int and 0 <= y < len(names) for y in label):
+                yield text, bytes(int(k in label) for k in range(len(names)))
+                continue
+            y = index.get(label, -1) if index is not None else label if type(label) is int else -1  # not int(): "²"
+            if task != SINGLE or not is_text or not 0 <= y < len(names):
                 raise UserError(f"{name} row {row}: needs a string text and a label in {', '.join(names)}, "
                                 f"got {type(text).__name__} and {label!r}")
             yield text, y

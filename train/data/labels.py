@@ -1,12 +1,19 @@
-"""Labels and texts as a reader finds them, checked: a label is a whole number or a class name, never both
-in one split, and never anything else; a text is a non-empty, valid Unicode string."""
+"""Labels and texts as a reader finds them, checked, and the task kind a label column is written for: class ids
+or names (single-label; never both in one split), lists of them (multi-label) or numbers (regression); a text is a
+non-empty, valid Unicode string."""
 from __future__ import annotations
 
+import json
+import math
+import numbers
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import UserError
+
+SINGLE, MULTI, REGRESSION = "single_label", "multi_label", "regression"  # the task kinds (train.tasks.KINDS)
+LABEL_COLUMNS = ("label", "labels")  # the label column, the first present: GoEmotions' lists are 'labels'
 
 RawRow = tuple[object, object, int]  # text (a str, or a pair of them), label as written, line (or Parquet row) number
 # The hub's usual text columns, in the order they are looked for: one text, or a pair (a pair before a single
@@ -48,6 +55,24 @@ def label_of(raw: object) -> int | str | None:
             return number
         return None if not text or number_problem(text) or _CONTROL.search(text) else text
     return None
+
+
+def label_column(names: Iterable[str]) -> str:
+    """The label column among a header's or a record's names: the first of LABEL_COLUMNS present, else 'label'
+    (which the caller's message then names as missing)."""
+    names = set(names)
+    return next((c for c in LABEL_COLUMNS if c in names), LABEL_COLUMNS[0])
+
+
+def csv_label(text: str | None) -> object:
+    """A CSV field's label: a JSON list when written as one ('[2, 5]', '["joy"]'), else the text as it is."""
+    if text is not None and text.strip().startswith("["):
+        try:
+            value = json.loads(text)
+            return value if isinstance(value, list) else text
+        except ValueError:
+            pass
+    return text
 
 
 def text_columns(names: Iterable[str], where: str, explicit: Sequence[str] | None = None) -> tuple[str, ...] | None:
@@ -137,11 +162,13 @@ class LabelKinds:
         return label
 
 
-def labelled(rows: Iterable[RawRow], names: list[str], kind: str, path: Path,
-             kinds: LabelKinds | None = None) -> Iterator[tuple[object, int]]:
-    """(text or pair of texts, label 0..K-1) per row. Whole-number labels count from 1 in AG News files and from 0
-    otherwise; names are looked up among `names`. One LabelKinds checks every file of a split."""
-    base, kinds = 1 if kind == "agnews" else 0, kinds or LabelKinds()
+def labelled(rows: Iterable[RawRow], names: list[str], layout: str, path: Path,
+             kinds: LabelKinds | None = None, task: str = SINGLE) -> Iterator[tuple[object, object]]:
+    """(text or pair of texts, label) per row, the label as the task's kind trains on it: a class 0..K-1, a
+    multi-hot bytes of K 0/1 (multi-label) or a float (regression). Whole-number class ids count from 1 in AG
+    News files and from 0 otherwise; names are looked up among `names`. One LabelKinds checks every file of a
+    split."""
+    base, kinds = 1 if layout == "agnews" else 0, kinds or LabelKinds()
     index = {n: i for i, n in enumerate(names)}
     unit = "row" if path.suffix == ".parquet" else "line"
     for text, raw, line in rows:
@@ -149,14 +176,119 @@ def labelled(rows: Iterable[RawRow], names: list[str], kind: str, path: Path,
         problem = text_problem(text) or kinds.shape(text, where)
         if problem:
             raise UserError(f"{where}: {problem}")
-        label = kinds.check(raw, where)
-        if isinstance(label, int):
-            if not base <= label < base + len(names):
-                raise UserError(f"{where}: label {label} is outside {base}..{base + len(names) - 1}")
-            yield text, label - base
-        elif label in index:
-            yield text, index[label]
+        if task == REGRESSION:
+            yield text, score(raw, where)
+        elif task == MULTI:
+            if not isinstance(raw, (list, tuple)):
+                raise UserError(f"{where}: label {raw!r} is not a list; a multi-label split's labels are lists of "
+                                "class ids or names ([0, 3], [])")
+            hot = bytearray(len(names))
+            for item in raw:
+                hot[class_index(kinds.check(item, where), item, names, index, base, where)] = 1
+            yield text, bytes(hot)
         else:
-            twin = next((n for n in names if n.casefold() == label.casefold()), None)  # Sports vs sports
-            raise UserError(f"{where}: unknown label {raw!r} (labels: {', '.join(names)})"
-                            + (f"; labels are case-sensitive: did you mean {twin!r}?" if twin else ""))
+            yield text, class_index(kinds.check(raw, where), raw, names, index, base, where)
+
+
+def class_index(label: int | str, raw: object, names: list[str], index: dict[str, int], base: int,
+                where: str) -> int:
+    """A checked label's class 0..K-1: a whole number within base..base+K-1, or one of `names` (index)."""
+    if isinstance(label, int):
+        if not base <= label < base + len(names):
+            raise UserError(f"{where}: label {label} is outside {base}..{base + len(names) - 1}")
+        return label - base
+    if label in index:
+        return index[label]
+    twin = next((n for n in names if n.casefold() == label.casefold()), None)  # Sports vs sports
+    raise UserError(f"{where}: unknown label {raw!r} (labels: {', '.join(names)})"
+                    + (f"; labels are case-sensitive: did you mean {twin!r}?" if twin else ""))
+
+
+def score(raw: object, where: str) -> float:
+    """A regression label: a finite number, written as one (3.8, "3.8", 4) or refused in one line."""
+    if _scalar(raw) not in ("whole number", "number"):
+        raise UserError(f"{where}: label {raw!r} is not a finite number, as a regression's labels are (3.8, 4)")
+    return float(raw.strip() if isinstance(raw, str) else raw)
+
+
+class LabelKindError(ValueError):
+    """A label column kind_of_labels refuses; index: the position of the value at fault, which the caller
+    turns into a file and line."""
+
+    def __init__(self, message: str, index: int):
+        super().__init__(message)
+        self.index = index
+
+
+_REAL = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+# The kinds each way of writing a label allows: a whole number is a class id, or a value among other numbers.
+_ALLOWS = {"whole number": {SINGLE, REGRESSION}, "number": {REGRESSION}, "class name": {SINGLE}, "list": {MULTI}}
+
+
+def kind_of_labels(values: Iterable[object], where: Callable[[int], str] | None = None) -> str:
+    """The task kind of a label column as read (JSON values, or CSV text): "single_label" when every label is
+    a whole number (3, "3") or a class name; "multi_label" when every label is a list (of ids or names, maybe
+    empty); "regression" when they are numbers and one at least is written as a float (3.8, "3.8", 1e-3).
+    A float with nothing after the point (5.0, "1.0") counts as written: a number on a scale, so a column of
+    only whole floats is regression (STS-B has 0.0 and 5.0 among its 3.8s); write class ids as ints."""
+    possible = label_kinds(values, where)
+    return SINGLE if SINGLE in possible else next(iter(possible))
+
+
+def label_kinds(values: Iterable[object], where: Callable[[int], str] | None = None) -> frozenset[str]:
+    """Every kind the column fits: whole numbers fit single-label and regression. Raises LabelKindError (a
+    ValueError with .index) at the first label that is no label (null, true, NaN, infinity, '', '+1') or whose
+    kind no earlier one shares, naming both as where(i) says (else "label i"); ValueError when there are none."""
+    possible, first, name = {SINGLE, MULTI, REGRESSION}, {}, where or (lambda i: f"label {i}")
+    for i, value in enumerate(values):
+        how = _written_as(value, i, name)
+        if not possible & _ALLOWS[how]:
+            earlier, (j, seen, at) = next((h, f) for h, f in first.items() if not _ALLOWS[h] & _ALLOWS[how])
+            raise LabelKindError(f"{name(i)} ({_show(value)}) is a {how}, but {at} ({_show(seen)}) is a {earlier}: "
+                                 "one column holds one kind of label (class ids or names, lists of them, or numbers)",
+                                 i)
+        possible &= _ALLOWS[how]
+        first.setdefault(how, (i, value, name(i)))
+    if not first:
+        raise ValueError("no labels to read the task kind from")
+    return frozenset(possible)
+
+
+def _written_as(value: object, i: int, name: Callable[[int], str]) -> str:
+    """How label `i` is written: "whole number", "number", "class name" or "list"; LabelKindError if none."""
+    if isinstance(value, (list, tuple)):
+        for j, item in enumerate(value):
+            if isinstance(item, (list, tuple)) or _scalar(item) is None:
+                raise LabelKindError(f"{name(i)} is a list whose item {j} ({_show(item)}) is no label", i)
+        return "list"
+    how = _scalar(value)
+    if how is None:
+        raise LabelKindError(f"{name(i)} ({_show(value)}) is no label: not a whole number, a finite number "
+                             f"(ASCII digits, an optional leading '-'), a class name or a list", i)
+    return how
+
+
+def _scalar(value: object) -> str | None:
+    if isinstance(value, bool) or value is None:  # bool is an int to Python, but true is no label
+        return None
+    if isinstance(value, numbers.Integral):
+        return "whole number"
+    if isinstance(value, numbers.Real):
+        return "number" if math.isfinite(value) else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if _WHOLE.fullmatch(text):
+        return "whole number"
+    if _REAL.fullmatch(text):
+        return "number" if math.isfinite(float(text)) else None
+    try:  # what float() reads but is no plain number ('nan', 'inf', '+1', '1_0', '١٢') is refused, not a name
+        float(text)
+        return None
+    except ValueError:
+        return "class name" if text else None
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import UserError
-from .labels import LabelKinds, RawRow, labelled, row_text, text_columns, whole_number
+from .labels import SINGLE, LabelKinds, RawRow, csv_label, label_column, labelled, row_text, text_columns, whole_number
 
 EXTENSIONS = (".csv", ".jsonl", ".parquet")
 Columns = tuple[str, ...] | None  # the text column(s) a user named (labels.text_columns' `explicit`), or None
@@ -142,26 +142,27 @@ def _read_csv(path: Path, labels: bool, columns: Columns) -> tuple[Iterator[Reco
     agnews = len(first[1]) == 3 and whole_number(first[1][0]) is not None and not columns  # a record, not a header
     named = columns and tuple(c.strip().lower() for c in columns)  # as the header is read
     texts = text_columns(header, str(path), named) if not agnews else ("text",) if "text" in header else None
-    if texts or "label" in header:
-        if not texts or (labels and "label" not in header):
+    label = label_column(header)
+    if texts or label in header:
+        if not texts or (labels and label not in header):
             raise UserError(f"{path}: header needs both 'text' and 'label' columns, has {first[1]}" if labels else
                             f"{path}: header needs a 'text' column, has {first[1]}")
-        return _header_records(rows, header, texts), "textlabel"
+        return _header_records(rows, header, texts, label), "textlabel"
     if not labels and not (len(first[1]) == 3 and whole_number(first[1][0]) is not None):
         raise UserError(f"{path}: the header needs a 'text' column (or rows of AG News' class,title,description), "
                         f"has {header}")
     return _agnews_records(chain([first], rows), labels), "agnews"
 
 
-def _header_records(rows, header: list[str], texts: tuple[str, ...]) -> Iterator[Record]:
-    column = {name: header.index(name) for name in (*texts, "label", "id") if name in header}
+def _header_records(rows, header: list[str], texts: tuple[str, ...], label: str) -> Iterator[Record]:
+    column = {name: header.index(name) for name in (*texts, label, "id") if name in header}
     for line, row in rows:
         if len(row) != len(header):
             yield Record(line, None, None, problem=f"expected {len(header)} columns ({','.join(header)}), "
                                                    f"got {len(row)}")
             continue
         get = {name: row[i] for name, i in column.items()}
-        yield Record(line, row_text(get, texts), get.get("label"), get.get("id"))
+        yield Record(line, row_text(get, texts), csv_label(get.get(label)), get.get("id"))
 
 
 def _agnews_records(rows, labels: bool) -> Iterator[Record]:
@@ -189,19 +190,19 @@ def jsonl_objects(path: Path) -> Iterator[tuple[int, object, str | None]]:
 
 def _read_jsonl(path: Path, labels: bool, columns: Columns) -> Iterator[Record]:
     """The first object's fields name the text column(s) of every line."""
-    texts = None
+    texts, label = None, "label"
     for line, obj, problem in jsonl_objects(path):
         if texts is None and isinstance(obj, dict):
-            texts = text_columns(obj, f"{path} line {line}", columns)
+            texts, label = text_columns(obj, f"{path} line {line}", columns), label_column(obj)
         if problem:
             yield Record(line, None, None, problem=problem)
-        elif not isinstance(obj, dict) or texts is None or not obj.keys() >= {*texts, *(["label"] if labels else [])}:
+        elif not isinstance(obj, dict) or texts is None or not obj.keys() >= {*texts, *([label] if labels else [])}:
             names = texts or ("text",)
             quoted = "', '".join(names)
-            yield Record(line, None, None, problem=f"needs '{quoted}' and 'label' fields" if labels else
+            yield Record(line, None, None, problem=f"needs '{quoted}' and '{label}' fields" if labels else
                          'needs a "text" field' if len(names) == 1 else f'needs "{names[0]}" and "{names[1]}" fields')
         else:
-            yield Record(line, row_text(obj, texts), obj.get("label"), obj.get("id"))
+            yield Record(line, row_text(obj, texts), obj.get(label), obj.get("id"))
 
 
 def _read_parquet(path: Path, labels: bool, columns: Columns, batch_rows: int = 4096) -> Iterator[Record]:
@@ -213,18 +214,18 @@ def _read_parquet(path: Path, labels: bool, columns: Columns, batch_rows: int = 
     except Exception as e:  # pyarrow raises several types for a file that is not Parquet
         raise UserError(f"{path} is not a Parquet file ({str(e).splitlines()[0]})") from None
     has = f.schema_arrow.names
-    texts = text_columns(has, str(path), columns)
-    if not texts or (labels and "label" not in has):
+    texts, label = text_columns(has, str(path), columns), label_column(has)
+    if not texts or (labels and label not in has):
         raise UserError(f"{path}: needs 'text' and 'label' columns, has {has}" if labels else
                         f"{path}: needs a 'text' column, has {has}")
-    wanted = [c for c in (*texts, "label", "id") if c in has]
+    wanted = [c for c in (*texts, label, "id") if c in has]
     row = 0
     for batch in f.iter_batches(batch_size=batch_rows, columns=wanted):
         values = {c: batch.column(c).to_pylist() for c in wanted}
         for i in range(batch.num_rows):
             row += 1
             yield Record(row, row_text({c: values[c][i] for c in texts}, texts),
-                         values["label"][i] if "label" in values else None,
+                         values[label][i] if label in values else None,
                          values["id"][i] if "id" in values else None)
 
 
@@ -238,13 +239,16 @@ def file_kind(paths: list[Path], columns: Columns = None) -> str:
     return kind
 
 
-def file_rows(paths: list[Path], names: list[str], kind: str, name: str, columns: Columns = None) -> Rows:
-    """The rows of `paths` (the text in `columns`, when given), in order, as one split; read when iterated."""
+def file_rows(paths: list[Path], names: list[str], kind: str, name: str, columns: Columns = None,
+              task: str = SINGLE) -> Rows:
+    """The rows of `paths` (the text in `columns`, when given), in order, as one split of the task's kind (how
+    labelled reads the labels); read when iterated."""
     def read() -> Iterator[tuple[str, int]]:
         kinds = LabelKinds()
         for p in paths:
-            yield from labelled(raw_rows(p, columns)[0], names, kind, p, kinds)
-    named = [list(columns)] if columns else []  # a run that names no columns keeps its cache key
+            yield from labelled(raw_rows(p, columns)[0], names, kind, p, kinds, task)
+    # a run that names no columns, of a single-label task, keeps its cache key
+    named = ([list(columns)] if columns else []) + ([task] if task != SINGLE else [])
     return Rows(read, name, origin=lambda: json.dumps([files_origin(paths), kind, names, *named]))
 
 

@@ -25,6 +25,7 @@ from .sources import Rows
 class Tokenized:
     train: Encoded
     eval: Encoded
+    valid: Encoded | None  # the rows that pick the best epoch, when the data has them
     max_length: int  # what the rows were cut to: --max-length, capped at what the model's positions take
     tokenizer: object  # the model's, loaded once here: the model's loading takes it rather than reading it again
 
@@ -39,20 +40,24 @@ def tokenize_early(corpus: RowCorpus, cfg: TrainConfig, d: Dist) -> Tokenized | 
         on_main(lambda: check_rows(corpus), d)
         return None
     tokenizer, length = found
-    train, held = (encode(split, tokenizer, length, cfg.cache_dir, d) for split in (corpus.train, corpus.eval))
-    check_classes(train.labels, corpus.label_names, cfg, held.labels)
-    return Tokenized(train, held, length, tokenizer)
+    return Tokenized(*_encoded(corpus, tokenizer, length, cfg, d), length, tokenizer)
 
 
 def tokenized(early: Tokenized | None, corpus: RowCorpus, tokenizer, cfg: TrainConfig,
-              d: Dist) -> tuple[Encoded, Encoded]:
-    """tokenize_early's splits; or, where it had none or the model took another length than it expected
-    (cfg: as prepared, max_length resolved), both splits tokenized now by the model's tokenizer."""
+              d: Dist) -> tuple[Encoded, Encoded, Encoded | None]:
+    """tokenize_early's (train, eval, valid); or, where it had none or the model took another length than it
+    expected (cfg: as prepared, max_length resolved), the splits tokenized now by the model's tokenizer."""
     if early is not None and early.max_length == cfg.max_length:
-        return early.train, early.eval
-    train, held = (encode(split, tokenizer, cfg.max_length, cfg.cache_dir, d) for split in (corpus.train, corpus.eval))
-    check_classes(train.labels, corpus.label_names, cfg, held.labels)
-    return train, held
+        return early.train, early.eval, early.valid
+    return _encoded(corpus, tokenizer, cfg.max_length, cfg, d)
+
+
+def _encoded(corpus: RowCorpus, tokenizer, length: int, cfg: TrainConfig,
+             d: Dist) -> tuple[Encoded, Encoded, Encoded | None]:
+    train, held, valid = (split and encode(split, tokenizer, length, cfg.cache_dir, d)
+                          for split in (corpus.train, corpus.eval, corpus.valid))
+    check_classes(train.labels, corpus.label_names, cfg, valid.labels if cfg.holdout and valid else held.labels)
+    return train, held, valid
 
 
 def _tokenizer(name: str, max_length: int) -> tuple[object, int] | None:
@@ -82,7 +87,8 @@ def load_data(cfg: TrainConfig) -> RowCorpus:
     try:
         corpus = open_corpus(cfg.data, cfg.train_file, cfg.train_file if cfg.holdout and cfg.train_file
                              else cfg.eval_file, streaming=cfg.streaming, cache_dir=cfg.cache_dir,
-                             text_columns=cfg.text_columns, data_config=cfg.data_config)
+                             text_columns=cfg.text_columns, data_config=cfg.data_config,
+                             task=None if cfg.task == "auto" else cfg.task)
     except HubUnreachable:
         from .hub import OFFLINE_RUN, model_needs_hub
 
@@ -91,9 +97,13 @@ def load_data(cfg: TrainConfig) -> RowCorpus:
         raise HubUnreachable(f"cannot fetch dataset '{cfg.data}' nor model '{cfg.model}': the Hugging Face hub is "
                              "unreachable and they are not in the local cache; pass local ones (--data DIR or "
                              f"--train-file/--eval-file, and --model DIR), or run {OFFLINE_RUN}") from None
-    train, held = holdout_rows(corpus.train, cfg.holdout) if cfg.holdout else (corpus.train, corpus.eval)
-    return RowCorpus(subset_rows(train, cfg.max_train_samples, cfg.seed),
-                     subset_rows(held, cfg.max_eval_samples, cfg.seed), corpus.label_names)
+    train, held, valid = corpus.train, corpus.eval, corpus.valid
+    if cfg.holdout:  # held-out rows pick the epoch; without an evaluation file they are scored too, the last epoch's
+        train, valid = holdout_rows(corpus.train, cfg.holdout)
+        held, valid = (held, valid) if cfg.eval_file or not cfg.train_file else (valid, None)
+    pick = lambda rows, n: rows and subset_rows(rows, n, cfg.seed)  # noqa: E731
+    return RowCorpus(pick(train, cfg.max_train_samples), pick(held, cfg.max_eval_samples), corpus.label_names,
+                     corpus.task, pick(valid, cfg.max_eval_samples))
 
 
 def stratified_subset(split: Split, n: int | None, seed: int) -> Split:
@@ -102,7 +112,7 @@ def stratified_subset(split: Split, n: int | None, seed: int) -> Split:
     their order; which rows is a pure function of (split, n, seed)."""
     if n is None or n >= len(split.labels):
         return split
-    keep = _stratified_keep(np.asarray(split.labels), n, seed).tolist()
+    keep = _stratified_keep(_strata(split), n, seed).tolist()
     return Split([split.texts[i] for i in keep], [split.labels[i] for i in keep])
 
 
@@ -124,7 +134,7 @@ def subset_rows(rows: Rows, n: int | None, seed: int) -> Rows:
 
     def mask() -> np.ndarray:
         if not picked:
-            labels = np.fromiter((y for _, y in rows), dtype=np.int64)
+            labels = _strata(rows)
             keep = np.ones(len(labels), bool)
             if n < len(labels):
                 keep[:] = False
@@ -137,6 +147,12 @@ def subset_rows(rows: Rows, n: int | None, seed: int) -> Rows:
         return (row for i, row in enumerate(rows) if keep[i])
 
     return Rows(read, rows.name, origin=picked_origin(rows, f"subset:{n}:{seed}"))
+
+
+def _strata(rows) -> np.ndarray:
+    """(rows,) int64: each row's class, which subsets and holdouts keep in proportion; multi-label and regression
+    rows are one stratum (0), so they are picked at random."""
+    return np.fromiter((y if isinstance(y, int) else 0 for _, y in rows), dtype=np.int64)
 
 
 def _stratified_keep(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -183,7 +199,7 @@ def holdout_rows(rows: Rows, n: int) -> tuple[Rows, Rows]:
 
     def held() -> np.ndarray:
         if not picked:
-            labels = np.fromiter((y for _, y in rows), dtype=np.int64)
+            labels = _strata(rows)
             if n >= len(labels):
                 raise UserError(f"--holdout {n} leaves no training rows (the training data has {len(labels)})")
             mask = np.zeros(len(labels), bool)

@@ -6,14 +6,17 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from ..cli import Parser, add_scoring_flags, positive, run_main
 from ..data import encode
 from ..data.corpus import class_names, load_corpus, read_split
 from ..data.splits import stratified_subset
 from ..device import pick_device, pick_precision
 from ..errors import UserError
-from ..metrics import classification_report, format_report
+from ..metrics import format_report
 from ..prefix import predict
+from ..tasks import score_rows, task_kind
 from .runs import adapter_dir, check_finished, load_for_inference
 
 
@@ -50,10 +53,10 @@ def _evaluate(args) -> int:
         if theirs is not None and theirs != labels:  # the same check python -m train makes: never remap silently
             raise UserError(f"{Path(args.eval_file).parent / 'classes.txt'} lists {theirs}, but the adapter was "
                             f"trained on {labels}; both must list the same classes in the same order")
-        split = read_split(Path(args.eval_file), labels, cfg.text_columns)
+        split = read_split(Path(args.eval_file), labels, cfg.text_columns, cfg.task)
     else:
         corpus = load_corpus(args.data or cfg.data, None if args.data else cfg.train_file,
-                             None if args.data else cfg.eval_file, cfg.text_columns)
+                             None if args.data else cfg.eval_file, cfg.text_columns, cfg.task)
         if corpus.label_names != labels:
             raise UserError(f"the data's labels {corpus.label_names} differ from the adapter's {labels}")
         split = corpus.eval
@@ -65,8 +68,9 @@ def _evaluate(args) -> int:
               file=sys.stderr)
     data = encode(subset, tokenizer, cfg.max_length, None)
     started = time.perf_counter()
-    probs = predict(model, data, args.batch_size, device, pick_precision(args.precision, device))
-    report = classification_report(probs.argmax(-1), data.labels, labels)
+    outputs = predict(model, data, args.batch_size, device, pick_precision(args.precision, device))
+    report = score_rows(task_kind(cfg.task), outputs, data.labels, torch.arange(len(data)), len(data), labels,
+                        cfg.threshold)
     report["eval_seconds"] = time.perf_counter() - started
     print(json.dumps(report) if args.json else format_report(report))
     return 0

@@ -26,7 +26,7 @@ from ..cli import Parser, run_main
 from ..errors import UserError, interruptible
 from ..prefix import Logits
 from ..rundir import ADAPTER, EVAL, RUN_INFO, read_run_info
-from .modelcard import base_license, hub_base, write_model_card
+from .modelcard import METRICS, base_license, hub_base, write_model_card
 from .runs import check_finished, load_for_inference, scores_file
 
 FORMATS = ("hf", "peft", "onnx")
@@ -35,8 +35,9 @@ ONNX_TOLERANCE = 1e-4  # max |Δlogit| between ONNX Runtime and PyTorch that the
 # Written into every export: --overwrite replaces only a directory that holds it (never a run, never other data).
 MARKER = ".roberta-lora-export"
 # What the model card reads from eval.json: checked when it is read, so a damaged file is one line, not a traceback.
-SCORES = {"accuracy": NUMBER, "macro_f1": NUMBER, "examples": WHOLE, "trainable_params?": WHOLE, "best_epoch?": ANY,
-          "per_class": [{"label": TEXT, "precision": NUMBER, "recall": NUMBER, "f1": NUMBER, "support": WHOLE}]}
+SCORES = {"examples": WHOLE, "trainable_params?": WHOLE, "best_epoch?": ANY, "selected_on?": TEXT,
+          **{f"{k}?": NUMBER for k in METRICS},
+          "per_class?": [{"label": TEXT, "precision": NUMBER, "recall": NUMBER, "f1": NUMBER, "support": WHOLE}]}
 
 
 @dataclass
@@ -93,8 +94,7 @@ def export(source: str, out: str, fmt: str, model_name: str | None = None, overw
         if fmt == "peft":
             _write_peft(run, staging, base)
         else:
-            merge_and_unload(model)
-            model.config.problem_type = "single_label_classification"
+            merge_and_unload(model)  # config.problem_type is the task's: pipeline() activates by it
             # The training length, so that truncation=True (pipeline, tokenizer) cuts where predict does.
             tokenizer.model_max_length = info["train"]["max_length"]
             tokenizer.save_pretrained(staging)

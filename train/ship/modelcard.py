@@ -9,6 +9,7 @@ from pathlib import Path
 
 from train.errors import UserError
 from train.files import atomic_write, read_json_as
+from train.tasks import task_kind
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # ORG/NAME or NAME: what the hub takes as a repo id
 # Where the data of a run came from, as a hub dataset id (the shipped sample is rows of AG News' test split).
@@ -23,6 +24,15 @@ WHAT = {
     "hf": "a plain transformers model: the LoRA update merged into the base weights, the head included",
     "onnx": "the merged model in ONNX (`model.onnx`, dynamic batch and sequence axes) with its tokenizer",
 }
+# eval.json's scores as the hub's model-index names them: (metric type, display name, config)
+METRICS = {"accuracy": ("accuracy", "Accuracy", None), "macro_f1": ("f1", "Macro-F1", "macro"),
+           "micro_f1": ("f1", "Micro-F1", "micro"), "f1": ("f1", "F1 (label 1)", "binary"),
+           "mcc": ("matthews_correlation", "MCC", None), "exact_match": ("exact_match", "Exact match", None),
+           "pearson": ("pearsonr", "Pearson", None), "spearman": ("spearmanr", "Spearman", None),
+           "mse": ("mse", "MSE", None)}
+TASKS = {"single_label": "{k}-class text classifier ({names})",
+         "multi_label": "multi-label text classifier ({k} labels, any of them per text: {names})",
+         "regression": "text regression model (one score per text)"}
 HEADS = {
     "full": "the stock head, trained whole",
     "lora": "the stock head: LoRA on its dense layer (frozen at its random init), its output layer trained",
@@ -90,12 +100,11 @@ def front_matter(name: str, kind: str, cfg: dict, report: dict | None, base: str
                                   cfg.get("eval_file") or cfg["data"]).name, dataset_split="test",
                               metric_type=metric, metric_name=label, metric_value=round(report[key], 4),
                               metric_config=config)
-                   for metric, label, key, config in (("accuracy", "Accuracy", "accuracy", None),
-                                                      ("f1", "Macro-F1", "macro_f1", "macro"))]
+                   for key, (metric, label, config) in METRICS.items() if key in report]
     data = ModelCardData(base_model=base, library_name=LIBRARY[kind], pipeline_tag="text-classification",
                          license=license, tags=["lora", "text-classification", "roberta-lora"],
-                         datasets=[dataset] if dataset else None, metrics=["accuracy", "f1"], model_name=name,
-                         eval_results=results)
+                         datasets=[dataset] if dataset else None, model_name=name, eval_results=results,
+                         metrics=sorted({METRICS[k][0] for k in METRICS if k in (report or {"accuracy": 0})}))
     return f"---\n{data.to_yaml()}\n---"
 
 
@@ -105,13 +114,15 @@ def model_card(directory: str, kind: str, info: dict, report: dict | None, train
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     cfg, labels = info["train"], info["labels"]
-    name = Path(directory).name
+    name, task = Path(directory).name, cfg.get("task", "auto").replace("auto", "single_label")  # a run resolves auto
     return "\n\n".join([
         front_matter(name, kind, cfg, report, base_model, license), f"# {name}",
-        f"A {len(labels)}-class text classifier ({', '.join(labels)}): `{base_model or Path(cfg['model']).name}` "
+        f"A {TASKS[task].format(k=len(labels), names=', '.join(labels))}: "
+        f"`{base_model or Path(cfg['model']).name}` "
         f"fine-tuned with LoRA by `python -m train` (roberta-lora). This directory is {WHAT[kind]}.",
         "## Recipe", _recipe(cfg, trainable), "## Evaluation", _evaluation(cfg, report),
-        "## Usage", _usage(kind, directory, base_model, labels, cfg["max_length"])]) + "\n"
+        "## Usage", _usage(kind, directory, base_model, labels, cfg["max_length"], task)]
+                     ) + "\n"
 
 
 def _recipe(cfg: dict, trainable: int | None) -> str:
@@ -139,16 +150,26 @@ def _evaluation(cfg: dict, report: dict | None) -> str:
         return "No evaluation was recorded with this adapter; `python -m train.evaluate` scores it."
     where = cfg.get("eval_file") or f"the evaluation split of {cfg['data']}"
     epoch = f", epoch {report['best_epoch']} (the saved one)" if "best_epoch" in report else ""
-    lines = [f"{report['examples']:,} examples of {where}{epoch}.", "",
-             "| accuracy | macro-F1 |", "|---:|---:|", f"| {report['accuracy']:.4f} | {report['macro_f1']:.4f} |",
-             "", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {c['label']} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |"
-              for c in report["per_class"]]
+    shown = [k for k in METRICS if k in report]
+    lines = [f"{report['examples']:,} examples of {where}{epoch}" + (f"; the epoch was chosen by "
+             f"{report['selected_on']}." if "selected_on" in report else "."), "",
+             "| " + " | ".join(METRICS[k][1] for k in shown) + " |", "|" + "---:|" * len(shown),
+             "| " + " | ".join(f"{report[k]:.4f}" for k in shown) + " |"]
+    if report.get("per_class"):
+        lines += ["", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {c['label']} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |"
+                  for c in report["per_class"]]
     return "\n".join(lines)
 
 
-def _usage(kind: str, directory: str, base: str | None, labels: list[str], max_length: int) -> str:
+def _usage(kind: str, directory: str, base: str | None, labels: list[str], max_length: int,
+           task: str = "single_label") -> str:
     d, b = json.dumps(directory), json.dumps(base or "BASE-MODEL")
+    outputs = 1 if task == "regression" else len(labels)
+    activate = {"single_label": ".softmax(-1)", "multi_label": ".sigmoid()", "regression": ""}[task]
+    shown = {"single_label": "[labels[i] for i in probs.argmax(-1).tolist()], probs",
+             "multi_label": "[[n for n, p in zip(labels, row) if p > 0.5] for row in probs.tolist()], probs",
+             "regression": "probs.squeeze(-1).tolist()"}[task]
     if kind == "hf":
         code = (f'from transformers import pipeline\n\n'
                 f'classify = pipeline("text-classification", model={d}, top_k=None, truncation=True)\n'
@@ -163,8 +184,12 @@ def _usage(kind: str, directory: str, base: str | None, labels: list[str], max_l
                 f'batch = tokenizer([{json.dumps(EXAMPLE)}], padding=True, truncation=True, return_tensors="np")\n'
                 f'logits = session.run(["logits"], {{"input_ids": batch["input_ids"], '
                 f'"attention_mask": batch["attention_mask"]}})[0]\n'
-                f"probs = np.exp(logits - logits.max(-1, keepdims=True))\nprobs /= probs.sum(-1, keepdims=True)\n"
-                f"print([labels[int(i)] for i in probs.argmax(-1)], probs)")
+                + {"single_label": "probs = np.exp(logits - logits.max(-1, keepdims=True))\n"
+                                   "probs /= probs.sum(-1, keepdims=True)\n"
+                                   "print([labels[int(i)] for i in probs.argmax(-1)], probs)",
+                   "multi_label": "probs = 1 / (1 + np.exp(-logits))\n"
+                                  "print([[labels[i] for i in np.flatnonzero(row > 0.5)] for row in probs], probs)",
+                   "regression": "print(logits[:, 0])"}[task])
         note = "Inputs are int64 `input_ids` and `attention_mask` of shape (batch, sequence); the output is `logits`."
     else:
         code = ("import torch\nfrom peft import PeftModel\n"
@@ -174,14 +199,15 @@ def _usage(kind: str, directory: str, base: str | None, labels: list[str], max_l
                 + f"labels = {json.dumps(labels)}\n"
                 f"logging.set_verbosity_error()  # the base has no head for these labels: the adapter brings it\n"
                 f"base = AutoModelForSequenceClassification.from_pretrained(\n"
-                f"    {b}, num_labels=len(labels), id2label=dict(enumerate(labels)),\n"
-                f"    label2id={{name: i for i, name in enumerate(labels)}})\n"
+                f"    {b}, num_labels={outputs}, id2label=dict(enumerate(labels)),\n"
+                f"    label2id={{name: i for i, name in enumerate(labels)}},\n"
+                f"    problem_type={json.dumps(task_kind(task).problem_type)})\n"
                 f"model = PeftModel.from_pretrained(base, {d}).eval()\n"
                 f"tokenizer = AutoTokenizer.from_pretrained({b})\n"
                 f'batch = tokenizer([{json.dumps(EXAMPLE)}], padding=True, truncation=True, max_length={max_length}, '
                 f'return_tensors="pt")\n'
-                f"with torch.no_grad():\n    probs = model(**batch).logits.softmax(-1)\n"
-                f"print([labels[i] for i in probs.argmax(-1).tolist()], probs)")
+                f"with torch.no_grad():\n    probs = model(**batch).logits{activate}\n"
+                f"print({shown})")
         note = ("The whole classification head is stored in the adapter, so the base model's freshly "
                 "initialised head is replaced, not used. With this project: "
                 f"`python -m train.predict --adapter {directory} \"{EXAMPLE}\"`, and "

@@ -27,19 +27,20 @@ from ..files import check_output, read_json_as
 from ..rundir import read_run_info
 from ..model import check_tokenizer, check_weights
 from ..prefix import predict
+from ..tasks import kind_of_model
 from .runs import adapter_dir, check_finished, load_for_inference
-from .scoring import file_format, given_texts, read_rows, write_predictions
+from .scoring import file_format, given_texts, prediction, read_rows, write_predictions
 
 
 def load_classifier(adapter: str | None, model: str | None, device):
-    """(model, tokenizer, labels, max_length) from an adapter (on its base, or on `model`), or from a merged
-    export named by `model` alone."""
+    """(model, tokenizer, labels, max_length, multi-label threshold) from an adapter (on its base, or on `model`),
+    or from a merged export named by `model` alone (threshold 0.5)."""
     if adapter is None:
         if model is None:
             raise UserError("pass --adapter DIR (a trained adapter or run), or --model DIR (a merged export)")
-        return load_merged(model, device)
+        return *load_merged(model, device), 0.5
     net, tokenizer, info = load_for_inference(str(adapter_dir(adapter)), model, device)
-    return net, tokenizer, info["labels"], info["train"].max_length
+    return net, tokenizer, info["labels"], info["train"].max_length, info["train"].threshold
 
 
 def recorded_columns(adapter: str | None) -> tuple[str, ...] | None:
@@ -147,23 +148,24 @@ def _predict(args) -> int:
     if args.adapter is not None:
         check_finished(args.adapter, adapter_dir(args.adapter), args.allow_unfinished)
     device = pick_device(args.device)
-    model, tokenizer, labels, max_length = load_classifier(args.adapter, args.model, device)
-    texts = rows.texts
+    model, tokenizer, labels, max_length, threshold = load_classifier(args.adapter, args.model, device)
+    texts, kind = rows.texts, kind_of_model(model.config).name
     data = encode(Split(texts, [0] * len(texts)), tokenizer, max_length, None)
-    probs = predict(model, data, args.batch_size, device, pick_precision(args.precision, device),
-                    progress=bool(args.input))
+    outputs = predict(model, data, args.batch_size, device, pick_precision(args.precision, device),
+                      progress=bool(args.input))
     if args.input:
-        write_predictions(args.output, rows, probs, labels)
+        write_predictions(args.output, rows, outputs, labels, kind, threshold)
         skipped = f"; skipped {rows.skipped} malformed" if rows.skipped else ""
         print(f"scored {len(rows.texts):,} rows of {args.input} into {args.output}{skipped}", file=sys.stderr)
         return 0
-    for text, row in zip(texts, probs):
-        k = int(row.argmax())
+    for text, row in zip(texts, outputs.tolist()):
+        p = prediction(kind, row, labels, threshold)
         if args.json:
-            print(json.dumps({"text": list(text) if isinstance(text, tuple) else text, "label": labels[k],
-                              "probability": float(row[k]), "probabilities": dict(zip(labels, row.tolist()))}))
-        else:
-            print(f"{labels[k]}\t{float(row[k]):.4f}\t" + ("\t".join(text) if isinstance(text, tuple) else text))
+            print(json.dumps({"text": list(text) if isinstance(text, tuple) else text, **p}))
+            continue
+        shown = (f"{p['label']}\t{p['probability']:.4f}" if "label" in p else f"{p['score']:.4f}" if "score" in p
+                 else ",".join(p["labels"]) or "-")
+        print(f"{shown}\t" + ("\t".join(text) if isinstance(text, tuple) else text))
     return 0
 
 

@@ -16,6 +16,7 @@ from lora.adapter import CONFIG_NAME as ADAPTER_CONFIG
 from ..errors import UserError
 from ..model import load_pretrained
 from ..rundir import ADAPTER, EVAL, read_run_info
+from ..tasks import task_kind
 
 
 def adapter_dir(path: str | Path) -> Path:
@@ -54,7 +55,9 @@ def load_for_inference(adapter_dir: str, model_name: str | None,
     record = read_run_info(adapter_dir)
     cfg, labels = record.train, record.labels
     info = {"train": cfg, "labels": labels, "trainable_params": record.trainable}
-    model, tokenizer = load_pretrained(model_name or cfg.model, len(labels), labels)
+    kind = task_kind(cfg.task)
+    model, tokenizer = load_pretrained(model_name or cfg.model, kind.outputs(len(labels)), labels,
+                                       problem_type=kind.problem_type)
     try:
         load_adapter(model, adapter_dir)
     except Exception as e:  # a wrong, truncated or foreign file: safetensors and our checks raise various types

@@ -15,7 +15,7 @@ import torch
 
 from train.files import atomic_write
 
-from ..data.labels import text_problem
+from ..data.labels import MULTI, REGRESSION, SINGLE, text_problem
 from ..data.sources import records
 from ..errors import UserError
 
@@ -87,24 +87,38 @@ def _collect(found: Iterable[tuple[int, object, object, str | None]], where: str
     return rows
 
 
-def write_predictions(path: str, rows: ScoredRows, probs: torch.Tensor, labels: list[str]) -> None:
-    """One row per scored input row, in input order: its id (or line), the label, every class's probability.
-    Written whole or not at all."""
+def prediction(kind: str, row: list[float], labels: list[str], threshold: float = 0.5) -> dict:
+    """One row's prediction from its outputs as the task kind activates them: the label, its probability and
+    every class's (single-label); the labels above `threshold` and every label's probability (multi-label); the
+    score (regression)."""
+    if kind == REGRESSION:
+        return {"score": row[0]}
+    if kind == MULTI:
+        return {"labels": [n for n, p in zip(labels, row) if p > threshold], "probabilities": dict(zip(labels, row))}
+    k = max(range(len(row)), key=row.__getitem__)
+    return {"label": labels[k], "probability": row[k], "probabilities": dict(zip(labels, row))}
+
+
+def write_predictions(path: str, rows: ScoredRows, outputs: torch.Tensor, labels: list[str], kind: str = SINGLE,
+                      threshold: float = 0.5) -> None:
+    """One row per scored input row, in input order: its id (or line) and its prediction (a label, the labels
+    above the threshold as a JSON list, or a score), with every class's probability. Written whole or not at all."""
     suffix = file_format(path, "--output")
     out = io.StringIO(newline="")
-    best = probs.argmax(-1).tolist()
+    found = [prediction(kind, row, labels, threshold) for row in outputs.tolist()]
     if suffix == ".csv":
         has_id = [i is not None for i in rows.ids]
         keys = ["id"] if all(has_id) else ["line", "id"] if any(has_id) else ["line"]
+        what = {SINGLE: "label", MULTI: "labels", REGRESSION: "score"}[kind]
         writer = csv.writer(out)
-        writer.writerow([*keys, "label", *(f"prob_{name}" for name in labels)])
-        for line, i, k, row in zip(rows.lines, rows.ids, best, probs.tolist()):
+        writer.writerow([*keys, what, *(f"prob_{name}" for name in labels if kind != REGRESSION)])
+        for line, i, p in zip(rows.lines, rows.ids, found):
             key = {"line": line, "id": "" if i is None else i}
-            writer.writerow([*(key[c] for c in keys), labels[k], *row])
+            value = json.dumps(p[what]) if kind == MULTI else p[what]
+            writer.writerow([*(key[c] for c in keys), value, *p.get("probabilities", {}).values()])
     else:
-        for line, i, k, row in zip(rows.lines, rows.ids, best, probs.tolist()):
-            out.write(json.dumps({**({"line": line} if i is None else {"id": i}), "label": labels[k],
-                                  "probability": row[k], "probabilities": dict(zip(labels, row))}) + "\n")
+        for line, i, p in zip(rows.lines, rows.ids, found):
+            out.write(json.dumps({**({"line": line} if i is None else {"id": i}), **p}) + "\n")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     text = out.getvalue()
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

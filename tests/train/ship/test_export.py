@@ -144,13 +144,15 @@ def test_real_run_exports_with_cards_whose_snippets_run(tiny_model_dir, tiny_dat
         data = ModelCard(card).data  # huggingface_hub's own parse: the model-index must be well formed
         assert data.license == "apache-2.0" and data.pipeline_tag == "text-classification"
         assert data.library_name == dict(peft="peft", hf="transformers", onnx="onnx")[fmt]
-        assert data.base_model is None and {r.metric_type: r.metric_value for r in data.eval_results} == {
-            "accuracy": round(report["accuracy"], 4), "f1": round(report["macro_f1"], 4)}
+        assert data.base_model is None and {(r.metric_type, r.metric_config): r.metric_value
+                                            for r in data.eval_results} == {
+            ("accuracy", None): round(report["accuracy"], 4), ("f1", "macro"): round(report["macro_f1"], 4),
+            ("matthews_correlation", None): round(report["mcc"], 4)}
         for path in out.iterdir():  # what the hub and PEFT read names none of this machine's folders
             if path.name in ("README.md", "adapter_config.json", "config.json", "tokenizer_config.json"):
                 assert str(tmp_path) not in path.read_text() and str(tiny_model_dir) not in path.read_text(), path
         assert f"**{report['trainable_params']:,}**" in card and "| linear: the stock head" in card
-        assert f"| {report['accuracy']:.4f} | {report['macro_f1']:.4f} |" in card
+        assert f"| {report['accuracy']:.4f} | {report['macro_f1']:.4f} | {report['mcc']:.4f} |" in card
         assert all(f"| {c['label']} | {c['precision']:.4f} |" in card for c in report["per_class"])
         capsys.readouterr()
         code = snippet(card).replace('"BASE-MODEL"', json.dumps(str(tiny_model_dir)))

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from train import metrics
-from train.tasks import KINDS, LabelKindError, is_better, kind_of_labels, task_kind
+from train.data.labels import LabelKindError, kind_of_labels
+from train.tasks import KINDS, is_better, task_kind
 
 SINGLE, MULTI, REGRESSION = KINDS["single_label"], KINDS["multi_label"], KINDS["regression"]
 
