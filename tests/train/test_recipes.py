@@ -39,16 +39,16 @@ def test_warmup_rises_then_decays(tiny_model_dir, tiny_data_dir, tmp_path):
 
 
 def test_ema_weights_are_the_ones_evaluated_and_saved(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
-    import train.trainer
+    import train.prefix
 
     seen = []  # the trained weights as evaluation saw them, one dict per epoch
-    real_predict = train.trainer.predict_rows
+    real_predict = train.prefix.predict_rows
 
     def spy(model, *args, **kwargs):
         seen.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
         return real_predict(model, *args, **kwargs)
 
-    monkeypatch.setattr(train.trainer, "predict_rows", spy)
+    monkeypatch.setattr(train.prefix, "predict_rows", spy)
     plain, _ = run(tiny_model_dir, tiny_data_dir, tmp_path / "plain")
     ema, _ = run(tiny_model_dir, tiny_data_dir, tmp_path / "ema", "--ema-decay", "0.9")
     a = load_file(str(tmp_path / "plain/adapter/adapter_model.safetensors"))
