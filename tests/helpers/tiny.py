@@ -26,7 +26,8 @@ def make_tiny_model(directory: Path, num_labels: int = 4, seed: int = 0) -> Path
     vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", "<mask>", *words])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+                                                       special_tokens=[("<s>", 0), ("</s>", 2)])  # RoBERTa's
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    pad_token="<pad>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
     torch.manual_seed(seed)
@@ -65,6 +66,32 @@ def write_jsonl(path: Path, n: int, seed: int) -> Path:
         for y, title, desc in synthetic_rows(n, seed):
             f.write(json.dumps({"text": f"{title} {desc}", "label": y - 1}) + "\n")
     return path
+
+
+def write_task(directory: Path, kind: str, n_train: int = 192, n_eval: int = 48, seed: int = 0,
+               splits: tuple[str, ...] = ("train", "test")) -> Path:
+    """JSONL splits of a learnable task of each kind, from synthetic_rows' topics: "pairs" (sentence1/sentence2,
+    label 1 when both sentences share the topic), "regression" (sentence1/sentence2, a float score 0-5 that the
+    first sentence's topic sets) or "multi_label" (text, `labels`: the names of the one or two topics written,
+    with classes.txt)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, (name, n) in enumerate((s, n_train if s == "train" else n_eval) for s in splits):
+        rows, other = synthetic_rows(n, seed + i), synthetic_rows(n + 1, seed + 10 + i)[1:]  # another topic a row
+        with (directory / f"{name}.jsonl").open("w") as f:
+            for k, ((y, title, desc), (z, title2, _)) in enumerate(zip(rows, other)):
+                if kind == "pairs":
+                    second = title if k % 2 else title2
+                    row = {"sentence1": f"{title} {desc}", "sentence2": second, "label": int(k % 2 or y == z)}
+                elif kind == "regression":
+                    row = {"sentence1": title, "sentence2": desc, "label": round(1.25 * (y - 1) + 0.1 * (k % 3), 2)}
+                else:
+                    both = k % 3 == 0 and y != z
+                    row = {"text": f"{title} {title2 if both else ''} {desc}".strip(),
+                           "labels": [CLASSES[y - 1]] + ([CLASSES[z - 1]] if both else [])}
+                f.write(json.dumps(row) + "\n")
+    if kind == "multi_label":
+        (directory / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    return directory
 
 
 def train_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
