@@ -44,9 +44,9 @@ def embedding_modules(base: nn.Module) -> list[nn.Module]:
     return [base.embeddings, *([base.embeddings_project] if hasattr(base, "embeddings_project") else [])]
 
 
-def _embed(base: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """input_ids (b, t) -> what the first layer receives, (b, t, h)."""
-    x = base.embeddings(input_ids=input_ids)
+def _embed(base: nn.Module, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """input_ids (b, t) (and BERT's pairs' token types) -> what the first layer receives, (b, t, h)."""
+    x = base.embeddings(input_ids=input_ids, **({} if token_type_ids is None else {"token_type_ids": token_type_ids}))
     return base.embeddings_project(x) if hasattr(base, "embeddings_project") else x
 
 
@@ -70,14 +70,16 @@ def _run_layers(base: nn.Module, family: Family, layers, x: torch.Tensor, mask) 
 
 class Logits(nn.Module):
     """The whole classifier as net(input_ids, attention_mask) -> logits (b, K), the interface PrefixModel
-    shares, so the loop, evaluation and the ONNX graph call either the same way."""
+    shares, so the loop, evaluation and the ONNX graph call either the same way; BERT's pairs add token_type_ids."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **types).logits
 
 
 class PrefixModel(nn.Module):
@@ -125,7 +127,8 @@ def run_prefix(model: nn.Module, data, start: int, amp: torch.dtype | None, batc
                 batch = data.batch(rows)
                 mask = batch["attention_mask"].to(device)
                 with torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext():
-                    x = _embed(base, batch["input_ids"].to(device))
+                    types = batch.get("token_type_ids")
+                    x = _embed(base, batch["input_ids"].to(device), None if types is None else types.to(device))
                     x = _run_layers(base, family, layers[:start], x, _extended_mask(base, mask, x))
                 x = x.to(out.dtype).cpu()
                 for row, (i, n) in enumerate(zip(rows, lengths[rows].tolist())):

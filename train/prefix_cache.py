@@ -36,7 +36,7 @@ from .distributed import Dist, barrier
 from .errors import UserError
 from .prefix import Logits, PrefixModel, embedding_modules, run_prefix, split_encoder, start_layer
 
-PREFIX_FORMAT = 1  # bump when the layout or what is stored changes, so old caches are never read
+PREFIX_FORMAT = 2  # bump when the layout or what is stored changes, so old caches are never read
 _NOT_PREFIX = ("id2label", "label2id", "num_labels", "problem_type", "_name_or_path", "classifier_dropout",
                "hidden_dropout_prob", "attention_probs_dropout_prob")  # config keys the prefix output ignores
 

@@ -240,11 +240,13 @@ class Record(NamedTuple):
     labels: list[str]
     plan: list[tuple[str, int]]  # what trains, per module group, as printed at start
     trainable: int  # the plan's total
+    pairs: bool  # each row was a pair of texts: the exports' examples and graphs take pairs
 
 
-def run_record(cfg: TrainConfig, asked: TrainConfig, labels: list[str], plan: list[tuple[str, int]]) -> dict:
+def run_record(cfg: TrainConfig, asked: TrainConfig, labels: list[str], plan: list[tuple[str, int]],
+               pairs: bool = False) -> dict:
     """What config.json and the adapter's train_config.json hold: one shape, written by one function."""
-    return {"train": cfg.to_dict(), "asked": asked.to_flat(), "labels": list(labels),
+    return {"train": cfg.to_dict(), "asked": asked.to_flat(), "labels": list(labels), "pairs": pairs,
             "plan": [list(row) for row in plan], "trainable_params": sum(v for _, v in plan), "versions": versions()}
 
 
@@ -256,7 +258,7 @@ def parse_record(record: dict, path: Path) -> Record:
     try:
         plan = [(str(name), int(count)) for name, count in record["plan"]]
         return Record(TrainConfig.from_dict(record["train"]), dict(record["asked"]), list(record["labels"]), plan,
-                      int(record["trainable_params"]))
+                      int(record["trainable_params"]), record["pairs"] is True)
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path} is not a run config written by python -m train: {e}") from None
 

@@ -138,12 +138,11 @@ def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[
     if amp is not None:  # autocast would otherwise re-cast every frozen weight at every call
         cast_frozen(model, amp)
     groups, data_keys = param_groups(model, cfg), [x.key for x in (train_data, eval_data, valid_data) if x is not None]
-    net = Logits(model)
+    net, record = Logits(model), run_record(cfg, asked, corpus.label_names, plan_rows, train_data.pairs)
     if cfg.prefix_cache and start_layer(cfg.lora.layers, model.config.num_hidden_layers):  # below LoRA: run once
         from .prefix_cache import frozen_prefix
         net, (train_data, eval_data, valid_data) = frozen_prefix(cfg, model, (train_data, eval_data, valid_data),
                                                                  amp, d, say)
-    record = run_record(cfg, asked, corpus.label_names, plan_rows)
     s = State(cfg=cfg, record=record, run=run_dir, model=model, net=net, step_model=net,
               labels=corpus.label_names, kind=task_kind(cfg.task), train_data=train_data, eval_data=eval_data,
               valid_data=valid_data, device=device, amp=amp, dist=d, selected_on=f"best {cfg.metric} on "

@@ -29,7 +29,8 @@ def make_tiny_model(directory: Path, num_labels: int = 4, seed: int = 0) -> Path
     tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
                                                        special_tokens=[("<s>", 0), ("</s>", 2)])  # RoBERTa's
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<pad>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
+                                   pad_token="<pad>", mask_token="<mask>", cls_token="<s>", sep_token="</s>",
+                                   model_input_names=["input_ids", "attention_mask"])  # RoBERTa's: no token types
     torch.manual_seed(seed)
     config = RobertaConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                            intermediate_size=128, max_position_embeddings=80, pad_token_id=1, bos_token_id=0,

@@ -34,6 +34,8 @@ class Encoded:
     labels: torch.Tensor  # (n,) int64 class ids, (n,) float64 scores or (n, K) uint8 multi-hot (the task's kind)
     pad_id: int = 0  # the tokenizer's padding id, which batch() pads with
     key: str = ""  # the rows' fingerprint (token_key: rows, tokenizer, max_length); names the cache entry
+    pairs: bool = False  # each row is a pair of texts
+    type_sep: int | None = None  # pairs for a tokenizer with token types: the id after whose first use they are 1
     reader: CacheReader | None = field(default=None, repr=False, compare=False)  # set when from the cache
 
     @property
@@ -79,7 +81,8 @@ def encode(rows: Iterable[tuple[str, int]], tokenizer, max_length: int, cache_di
     if not cache_dir:
         seen = Fingerprint(rows)
         data = _in_memory(seen, tokenizer, max_length, pad_id)
-        return _checked(replace(data, key=data_key(content_of(rows, seen.digest), parts)), rows)
+        data = replace(data, key=data_key(content_of(rows, seen.digest), parts), pairs=seen.pairs)
+        return _checked(_with_types(data, tokenizer), rows)
     lookup, mine = lookup_key(rows, parts), None  # lookup None: a stream, named once its pass has hashed it
     if d.local_rank == 0:
         try:
@@ -100,7 +103,16 @@ def encode(rows: Iterable[tuple[str, int]], tokenizer, max_length: int, cache_di
     if opened is None or opened[1].meta.get("key") != key:
         raise UserError(f"rank {d.rank}: the token cache {path} is missing or torn on this machine; is "
                         "--cache-dir the same path on every machine?")
-    return _checked(Encoded(**opened[0], pad_id=pad_id, key=key, reader=opened[1]), rows)
+    data = Encoded(**opened[0], pad_id=pad_id, key=key, reader=opened[1], pairs=opened[1].meta.get("pairs") == "1")
+    return _checked(_with_types(data, tokenizer), rows)
+
+
+def _with_types(data: Encoded, tokenizer) -> Encoded:
+    """Pairs for a tokenizer that gives token type ids (BERT's: 0 for the first text, 1 for the second), as
+    run_glue.py passes them, so that a batch carries them too (collate); other tokenizers' pairs need none."""
+    if data.pairs and "token_type_ids" in getattr(tokenizer, "model_input_names", ()):
+        return replace(data, type_sep=tokenizer.sep_token_id)
+    return data
 
 
 def _find_or_build(rows, tokenizer, max_length: int, parts: list[str], cache_dir, lookup: str | None) -> str:
@@ -117,7 +129,8 @@ def _find_or_build(rows, tokenizer, max_length: int, parts: list[str], cache_dir
             return opened[1].meta["key"]
     seen = Fingerprint(rows)
     key = lambda: data_key(content_of(rows, seen.digest), parts)  # noqa: E731  (whole once the pass has ended)
-    build_cache(path, token_chunks(seen, tokenizer, max_length), meta=lambda: {"key": key()},
+    meta = lambda: {"key": key(), "pairs": str(int(seen.pairs))}  # noqa: E731  (the pass has ended by then)
+    build_cache(path, token_chunks(seen, tokenizer, max_length), meta=meta,
                 final=None if lookup else lambda: cache_file(cache_dir, key()))
     return key()
 
@@ -262,4 +275,8 @@ def collate(data: Encoded, indices: list[int], pad_id: int) -> dict[str, torch.T
         positions = torch.where(mask, starts[:, None] + torch.arange(width), 0)
         ids = data.ids[positions].to(torch.int64) if len(data.ids) else torch.zeros(mask.shape, dtype=torch.int64)
         labels = data.labels[index]
-    return {"input_ids": ids.masked_fill_(~mask, pad_id), "attention_mask": mask.to(torch.int64), "labels": labels}
+    batch = {"input_ids": ids.masked_fill_(~mask, pad_id), "attention_mask": mask.to(torch.int64), "labels": labels}
+    if data.type_sep is not None:  # 1 after the first separator (the second text and its end), 0 before and on pads
+        sep = batch["input_ids"] == data.type_sep
+        batch["token_type_ids"] = ((sep.cumsum(-1) - sep.long()) > 0).long() * mask
+    return batch

@@ -26,7 +26,7 @@ from .sources import Rows, content_key
 
 # The layout written below, its metadata included. A file of any other format (one without the rows' key,
 # say) is not trusted: it is rebuilt.
-TOKEN_FORMAT = "3"
+TOKEN_FORMAT = "4"
 KEY_FORMAT = "2"  # how data_key is made: unchanged, so a checkpoint made before still resumes on the same data
 CHUNK_ROWS = 8192  # rows tokenized per call: ~10 MB of Python token lists at AG News lengths
 _DTYPES = {"I32": np.int32, "I64": np.int64, "F64": np.float64, "U8": np.uint8}

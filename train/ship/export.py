@@ -82,7 +82,7 @@ def export(source: str, out: str, fmt: str, model_name: str | None = None, overw
         _need_onnx()
     model, tokenizer, info = load_for_inference(str(run.adapter_dir), model_name, torch.device("cpu"))
     trainable = (run.report or {}).get("trainable_params") or info["trainable_params"]
-    info = {"train": info["train"].to_flat(), "labels": info["labels"]}  # the model card reads flat settings
+    info = {"train": info["train"].to_flat(), "labels": info["labels"], "pairs": info["pairs"]}  # the card: flat
     trained_on = model_name or info["train"]["model"]
     base = hub_base(trained_on, base_model_id)  # a hub id or None: the card and adapter never name a local path
     license = license or base_license(trained_on, base)
@@ -102,7 +102,7 @@ def export(source: str, out: str, fmt: str, model_name: str | None = None, overw
                 model.save_pretrained(staging)
             else:
                 model.config.save_pretrained(staging)
-                checks = _write_onnx(model, tokenizer, staging / ONNX_FILE)
+                checks = _write_onnx(model, tokenizer, staging / ONNX_FILE, info["pairs"])
         write_model_card(staging, fmt, info, run.report, trainable, base_model=base, shown=target.name,
                          license=license)
         (staging / MARKER).write_text(json.dumps({"format": fmt, "source": str(Path(source).resolve())}) + "\n")
@@ -162,31 +162,33 @@ def _need_onnx() -> None:
         raise UserError(f"--format onnx needs {e.name}: pip install 'roberta-lora[onnx]'") from None
 
 
-def _write_onnx(model: nn.Module, tokenizer, path: Path) -> dict:
-    """Export with torch.export (dynamic batch and sequence), then compare ONNX Runtime with PyTorch."""
+def _write_onnx(model: nn.Module, tokenizer, path: Path, pairs: bool = False) -> dict:
+    """Export with torch.export (dynamic batch and sequence), then compare ONNX Runtime with PyTorch. A model
+    trained on pairs is traced on pairs; where its tokenizer gives token types (BERT's), they are a third input."""
     import logging
     import warnings
 
-    sample = tokenizer(["a short text", "a longer text, which makes the batch need padding"],
-                       padding=True, return_tensors="pt")
-    inputs = (sample["input_ids"], sample["attention_mask"])
+    texts = ["a short text", "a longer text, which makes the batch need padding"]
+    sample = tokenizer(texts, texts[::-1] if pairs else None, padding=True, return_tensors="pt")
+    names = ["input_ids", "attention_mask", *(["token_type_ids"] if pairs and "token_type_ids" in sample else [])]
+    inputs = tuple(sample[n] for n in names)
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed", progress lines
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             Logits(model).eval(), inputs, dynamo=True, verbose=False, external_data=False,
-            input_names=["input_ids", "attention_mask"], output_names=["logits"],
-            dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}})
+            input_names=names, output_names=["logits"],
+            dynamic_shapes={n: {0: batch, 1: sequence} for n in names})
     program.save(str(path))
     try:
         import onnxruntime
     except ImportError:
         return {}
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(["logits"], {"input_ids": inputs[0].numpy(), "attention_mask": inputs[1].numpy()})[0]
+    got = session.run(["logits"], {n: x.numpy() for n, x in zip(names, inputs)})[0]
     with torch.no_grad():
-        expected = model(input_ids=inputs[0], attention_mask=inputs[1]).logits
+        expected = model(**dict(zip(names, inputs))).logits
     diff = float((torch.from_numpy(got) - expected).abs().max())
     if not diff <= ONNX_TOLERANCE:
         raise RuntimeError(f"ONNX Runtime's logits differ from PyTorch's by {diff:.2g} (> {ONNX_TOLERANCE:g})")

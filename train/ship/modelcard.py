@@ -18,6 +18,7 @@ DATASETS = {"ag_news": "fancyzhx/ag_news", "ag_news_sample": "fancyzhx/ag_news"}
 KINDS = ("adapter", "peft", "hf", "onnx")
 LIBRARY = {"adapter": "peft", "peft": "peft", "hf": "transformers", "onnx": "onnx"}
 EXAMPLE = "Stocks rally as oil prices slip"
+PAIR = ("A man is playing a flute.", "A man plays the flute.")
 WHAT = {
     "adapter": "a LoRA adapter in PEFT's format, as `python -m train` saved it",
     "peft": "a LoRA adapter in PEFT's format, for `PeftModel.from_pretrained`",
@@ -121,7 +122,8 @@ def model_card(directory: str, kind: str, info: dict, report: dict | None, train
         f"`{base_model or Path(cfg['model']).name}` "
         f"fine-tuned with LoRA by `python -m train` (roberta-lora). This directory is {WHAT[kind]}.",
         "## Recipe", _recipe(cfg, trainable), "## Evaluation", _evaluation(cfg, report),
-        "## Usage", _usage(kind, directory, base_model, labels, cfg["max_length"], task)]
+        "## Usage", _usage(kind, directory, base_model, labels, cfg["max_length"], task,
+                                 info.get("pairs", False))]
                      ) + "\n"
 
 
@@ -163,53 +165,67 @@ def _evaluation(cfg: dict, report: dict | None) -> str:
 
 
 def _usage(kind: str, directory: str, base: str | None, labels: list[str], max_length: int,
-           task: str = "single_label") -> str:
-    d, b = json.dumps(directory), json.dumps(base or "BASE-MODEL")
-    outputs = 1 if task == "regression" else len(labels)
+           task: str = "single_label", pairs: bool = False) -> str:
+    """How to run it, as code that runs as written: the task kind's activation, and a pair where it takes pairs."""
+    texts = f"[{json.dumps(PAIR[0])}], [{json.dumps(PAIR[1])}]" if pairs else f"[{json.dumps(EXAMPLE)}]"
+    if kind == "hf":
+        given = f'{{"text": {json.dumps(PAIR[0])}, "text_pair": {json.dumps(PAIR[1])}}}' if pairs else json.dumps(EXAMPLE)
+        code = (f'from transformers import pipeline\n\n'
+                f'classify = pipeline("text-classification", model={json.dumps(directory)}, top_k=None, '
+                f'truncation=True)\nprint(classify({given}))')
+        note = ("`truncation=True` cuts texts at the training length, which the tokenizer's `model_max_length` "
+                f"holds ({max_length}). The pipeline applies the task's activation: "
+                + {"single_label": "a softmax over the classes.", "multi_label": "a sigmoid per label.",
+                   "regression": "none; the score is the model's output."}[task])
+    elif kind == "onnx":
+        code = _onnx_usage(directory, texts, task)
+        note = ("Inputs are the int64 arrays the tokenizer gives, of shape (batch, sequence) (`input_ids`, "
+                "`attention_mask`, and `token_type_ids` where the tokenizer pairs texts with them); the output is "
+                "`logits`.")
+    else:
+        code = _peft_usage(directory, base, labels, max_length, task, texts)
+        shown = f'--pair "{PAIR[0]}" "{PAIR[1]}"' if pairs else f'"{EXAMPLE}"'
+        note = ("The whole classification head is stored in the adapter, so the base model's freshly "
+                "initialised head is replaced, not used. With this project: "
+                f"`python -m train.predict --adapter {directory} {shown}`, and "
+                f"`python -m train.export {directory} --out merged --format hf` for a plain transformers model.")
+    return f"```python\n{code}\n```\n\n{note}"
+
+
+def _onnx_usage(directory: str, texts: str, task: str) -> str:
+    return (f"import numpy as np\nimport onnxruntime as ort\nfrom transformers import AutoConfig, AutoTokenizer\n\n"
+            f"directory = {json.dumps(directory)}\ntokenizer = AutoTokenizer.from_pretrained(directory)\n"
+            f"labels = AutoConfig.from_pretrained(directory).id2label\n"
+            f'session = ort.InferenceSession(f"{{directory}}/model.onnx")\n'
+            f'batch = tokenizer({texts}, padding=True, truncation=True, return_tensors="np")\n'
+            f'logits = session.run(["logits"], {{i.name: batch[i.name] for i in session.get_inputs()}})[0]\n'
+            + {"single_label": "probs = np.exp(logits - logits.max(-1, keepdims=True))\n"
+                               "probs /= probs.sum(-1, keepdims=True)\n"
+                               "print([labels[int(i)] for i in probs.argmax(-1)], probs)",
+               "multi_label": "probs = 1 / (1 + np.exp(-logits))\n"
+                              "print([[labels[i] for i in np.flatnonzero(row > 0.5)] for row in probs], probs)",
+               "regression": "print(logits[:, 0])"}[task])
+
+
+def _peft_usage(directory: str, base: str | None, labels: list[str], max_length: int, task: str, texts: str) -> str:
+    b = json.dumps(base or "BASE-MODEL")
     activate = {"single_label": ".softmax(-1)", "multi_label": ".sigmoid()", "regression": ""}[task]
     shown = {"single_label": "[labels[i] for i in probs.argmax(-1).tolist()], probs",
              "multi_label": "[[n for n, p in zip(labels, row) if p > 0.5] for row in probs.tolist()], probs",
              "regression": "probs.squeeze(-1).tolist()"}[task]
-    if kind == "hf":
-        code = (f'from transformers import pipeline\n\n'
-                f'classify = pipeline("text-classification", model={d}, top_k=None, truncation=True)\n'
-                f'print(classify({json.dumps(EXAMPLE)}))')
-        note = ("`truncation=True` cuts texts at the training length, which the tokenizer's `model_max_length` "
-                f"holds ({max_length}).")
-    elif kind == "onnx":
-        code = (f"import numpy as np\nimport onnxruntime as ort\nfrom transformers import AutoConfig, AutoTokenizer\n\n"
-                f"directory = {d}\ntokenizer = AutoTokenizer.from_pretrained(directory)\n"
-                f"labels = AutoConfig.from_pretrained(directory).id2label\n"
-                f'session = ort.InferenceSession(f"{{directory}}/model.onnx")\n'
-                f'batch = tokenizer([{json.dumps(EXAMPLE)}], padding=True, truncation=True, return_tensors="np")\n'
-                f'logits = session.run(["logits"], {{"input_ids": batch["input_ids"], '
-                f'"attention_mask": batch["attention_mask"]}})[0]\n'
-                + {"single_label": "probs = np.exp(logits - logits.max(-1, keepdims=True))\n"
-                                   "probs /= probs.sum(-1, keepdims=True)\n"
-                                   "print([labels[int(i)] for i in probs.argmax(-1)], probs)",
-                   "multi_label": "probs = 1 / (1 + np.exp(-logits))\n"
-                                  "print([[labels[i] for i in np.flatnonzero(row > 0.5)] for row in probs], probs)",
-                   "regression": "print(logits[:, 0])"}[task])
-        note = "Inputs are int64 `input_ids` and `attention_mask` of shape (batch, sequence); the output is `logits`."
-    else:
-        code = ("import torch\nfrom peft import PeftModel\n"
-                "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
-                "from transformers.utils import logging\n\n"
-                + ("" if base else "# BASE-MODEL: the hub id (or folder) of the model this adapter was trained on\n")
-                + f"labels = {json.dumps(labels)}\n"
-                f"logging.set_verbosity_error()  # the base has no head for these labels: the adapter brings it\n"
-                f"base = AutoModelForSequenceClassification.from_pretrained(\n"
-                f"    {b}, num_labels={outputs}, id2label=dict(enumerate(labels)),\n"
-                f"    label2id={{name: i for i, name in enumerate(labels)}},\n"
-                f"    problem_type={json.dumps(task_kind(task).problem_type)})\n"
-                f"model = PeftModel.from_pretrained(base, {d}).eval()\n"
-                f"tokenizer = AutoTokenizer.from_pretrained({b})\n"
-                f'batch = tokenizer([{json.dumps(EXAMPLE)}], padding=True, truncation=True, max_length={max_length}, '
-                f'return_tensors="pt")\n'
-                f"with torch.no_grad():\n    probs = model(**batch).logits{activate}\n"
-                f"print({shown})")
-        note = ("The whole classification head is stored in the adapter, so the base model's freshly "
-                "initialised head is replaced, not used. With this project: "
-                f"`python -m train.predict --adapter {directory} \"{EXAMPLE}\"`, and "
-                f"`python -m train.export {directory} --out merged --format hf` for a plain transformers model.")
-    return f"```python\n{code}\n```\n\n{note}"
+    return ("import torch\nfrom peft import PeftModel\n"
+            "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+            "from transformers.utils import logging\n\n"
+            + ("" if base else "# BASE-MODEL: the hub id (or folder) of the model this adapter was trained on\n")
+            + f"labels = {json.dumps(labels)}\n"
+            f"logging.set_verbosity_error()  # the base has no head for these labels: the adapter brings it\n"
+            f"base = AutoModelForSequenceClassification.from_pretrained(\n"
+            f"    {b}, num_labels={1 if task == 'regression' else len(labels)}, id2label=dict(enumerate(labels)),\n"
+            f"    label2id={{name: i for i, name in enumerate(labels)}},\n"
+            f"    problem_type={json.dumps(task_kind(task).problem_type)})\n"
+            f"model = PeftModel.from_pretrained(base, {json.dumps(directory)}).eval()\n"
+            f"tokenizer = AutoTokenizer.from_pretrained({b})\n"
+            f'batch = tokenizer({texts}, padding=True, truncation=True, max_length={max_length}, '
+            f'return_tensors="pt")\n'
+            f"with torch.no_grad():\n    probs = model(**batch).logits{activate}\n"
+            f"print({shown})")

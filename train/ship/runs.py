@@ -54,7 +54,7 @@ def load_for_inference(adapter_dir: str, model_name: str | None,
     {"train": TrainConfig as the run resolved it, "labels": [...], "trainable_params": the run's count}."""
     record = read_run_info(adapter_dir)
     cfg, labels = record.train, record.labels
-    info = {"train": cfg, "labels": labels, "trainable_params": record.trainable}
+    info = {"train": cfg, "labels": labels, "trainable_params": record.trainable, "pairs": record.pairs}
     kind = task_kind(cfg.task)
     model, tokenizer = load_pretrained(model_name or cfg.model, kind.outputs(len(labels)), labels,
                                        problem_type=kind.problem_type)
