@@ -76,7 +76,8 @@ def model_for(model_path: str, names: list[str], seed: int, recipe: dict, attent
     from train.config import TrainConfig
     from train.device import set_model_dropout
     from train.families import resolve_targets
-    from train.model import apply_head, head_modules
+    from train.families import head_modules
+    from train.model import apply_head
     set_seed(seed)  # before the model exists, so the new classifier head is the same every run
     model = AutoModelForSequenceClassification.from_pretrained(
         model_path, num_labels=len(names), id2label=dict(enumerate(names)),

@@ -1,8 +1,9 @@
 """Where and how fast a step runs: the device, the autocast precision, the attention kernel, and the pretrained
-model's own dropout (a large share of a CPU step: the recipes turn it off). torchrun's process group is
-train/distributed.py's."""
+model's own dropout (a large share of a CPU step: the recipes turn it off), and the library versions a run records.
+torchrun's process group is train/distributed.py's."""
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -118,3 +119,21 @@ def inference_attention(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         model.set_attn_implementation(old)
+
+
+def versions() -> dict:
+    """torch, transformers and project versions, and the git commit of the code when there is one."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"torch": torch.__version__, "transformers": version("transformers"), "roberta-lora": None}
+    try:
+        found["roberta-lora"] = version("roberta-lora")
+    except PackageNotFoundError:
+        pass
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        found["git_commit"] = commit.stdout.strip() if commit.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        found["git_commit"] = None
+    return found

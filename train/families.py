@@ -140,3 +140,18 @@ def resolve_targets(model: nn.Module, targets: tuple[str, ...], layers: tuple[in
         if suffix not in written:
             written.append(suffix)
     return tuple(written)
+
+
+def head_modules(model: nn.Module) -> tuple[str, str | None, tuple[str, ...], tuple[str, ...]]:
+    """(output layer, hidden dense layer or None, what `--head full` trains, what is stored though frozen) of
+    the classification head: from the family table, else guessed from RoBERTa's and BERT's layouts."""
+    family = family_of(model)
+    names = dict(model.named_modules())
+    if family is not None:  # the dense layer by its full name (BERT's is bert.pooler.dense)
+        dense = next((n for n in names if family.head_dense and matches(n, family.head_dense)), None)
+        return family.head_out, dense, family.head_full, family.head_saved
+    if "classifier.out_proj" in names:  # RoBERTa-like: classifier = dense -> tanh -> out_proj
+        dense = "classifier.dense" if "classifier.dense" in names else None
+        return "classifier.out_proj", dense, ("classifier",), ("classifier",) if dense else ()
+    dense = next((n for n in names if n.endswith("pooler.dense")), None)  # BERT-like: pooler -> classifier
+    return "classifier", dense, ("classifier",), ()

@@ -16,11 +16,11 @@ from torch import nn
 from lora import LoRAConfig, fuse, inject_lora, lora_layers, lora_targets
 
 from .config import TrainConfig
+from .data.labels import SINGLE
 from .device import forward_batch_size, pick_attention, set_model_dropout
 from .errors import UserError
-from .data.labels import SINGLE
-from .families import family_of, matches, resolve_targets, usable_length
-from .tasks import task_kind
+from .families import head_modules, resolve_targets, usable_length
+from .tasks import pick_metric, task_kind
 
 
 def load_pretrained(name: str, num_labels: int, label_names: list[str], attention: str = "sdpa",
@@ -140,21 +140,6 @@ def supports_sdpa(name: str, local_only: bool = True) -> bool:
     return bool(getattr(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING.get(type(config), None), "_supports_sdpa", False))
 
 
-def head_modules(model: nn.Module) -> tuple[str, str | None, tuple[str, ...], tuple[str, ...]]:
-    """(output layer, hidden dense layer or None, what `--head full` trains, what is stored though frozen) of
-    the classification head: from the family table, else guessed from RoBERTa's and BERT's layouts."""
-    family = family_of(model)
-    names = dict(model.named_modules())
-    if family is not None:  # the dense layer by its full name (BERT's is bert.pooler.dense)
-        dense = next((n for n in names if family.head_dense and matches(n, family.head_dense)), None)
-        return family.head_out, dense, family.head_full, family.head_saved
-    if "classifier.out_proj" in names:  # RoBERTa-like: classifier = dense -> tanh -> out_proj
-        dense = "classifier.dense" if "classifier.dense" in names else None
-        return "classifier.out_proj", dense, ("classifier",), ("classifier",) if dense else ()
-    dense = next((n for n in names if n.endswith("pooler.dense")), None)  # BERT-like: pooler -> classifier
-    return "classifier", dense, ("classifier",), ()
-
-
 def lora_config(cfg: TrainConfig, model: nn.Module, rank: int) -> LoRAConfig:
     """The LoRAConfig that `cfg` implies for this model: its targets resolved to this family's module names
     (train.families), and what trains and is stored for `cfg.head`; every head is the model's stock one.
@@ -178,12 +163,18 @@ def lora_config(cfg: TrainConfig, model: nn.Module, rank: int) -> LoRAConfig:
     return replace(cfg.lora, rank=rank, targets=targets, trainable_modules=trainable, saved_modules=stored)
 
 
+def set_head_bias(model: nn.Module, bias: torch.Tensor | None) -> None:
+    """Start the head's output layer from `bias` (train.tasks.head_prior; None leaves it)."""
+    if bias is not None:
+        with torch.no_grad():
+            model.get_submodule(head_modules(model)[0]).bias.copy_(bias)
+
+
 def apply_head(cfg: TrainConfig, model: nn.Module) -> None:
     """Initialise the stock head for `cfg.head` (lora_config says what trains). With head='linear', a hidden
     dense layer that the checkpoint lacks (RoBERTa's) starts as the identity, so out_proj sees tanh(features) at
     their own scale: at its random init (std 0.02) the dense layer shrinks them and the same recipe learns
-    slower. The identity is stored in the adapter like any other head
-    weight."""
+    slower. The identity is stored in the adapter like any other head weight."""
     _, dense, _, saved = head_modules(model)
     if cfg.head == "linear" and dense is not None and saved:
         layer = model.get_submodule(dense)
@@ -231,13 +222,8 @@ def resolve(cfg: TrainConfig, model: nn.Module, eval_batch_size: int,
     if length < cfg.max_length:
         say(f"note: --max-length {cfg.max_length} is more than {cfg.model} can take; using {length}")
     task = SINGLE if cfg.task == "auto" else cfg.task  # model_for sets the data's kind
-    kind = task_kind(task)
-    metric = cfg.metric or kind.default_metric
-    if metric not in kind.metric_names(model.config.num_labels):
-        raise UserError(f"--metric {metric} is not a score of this {task} task: one of "
-                        f"{', '.join(kind.metric_names(model.config.num_labels))}")
-    return replace(cfg, rank=None, top_layers=None, max_length=length, eval_batch_size=eval_batch_size,
-                   lora=replace(probe, rank=rank), task=task, metric=metric), rows
+    return replace(cfg, rank=None, top_layers=None, max_length=length, eval_batch_size=eval_batch_size, task=task,
+                   lora=replace(probe, rank=rank), metric=pick_metric(task, cfg.metric, model.config.num_labels)), rows
 
 
 def prepare(cfg: TrainConfig, model: nn.Module) -> None:

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
+from .device import versions
 from .errors import UserError
 from .files import atomic_write, lock, sweep_temps, unlock, write_bytes
 
@@ -215,22 +215,20 @@ class RunDir:
 
 # What the files hold: the run record and the checkpoint's state (eval.json's is train.metrics.eval_record).
 
-def versions() -> dict:
-    """torch, transformers and project versions, and the git commit of the code when there is one."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"torch": torch.__version__, "transformers": version("transformers"), "roberta-lora": None}
-    try:
-        found["roberta-lora"] = version("roberta-lora")
-    except PackageNotFoundError:
-        pass
-    try:
-        here = Path(__file__).resolve().parent
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        found["git_commit"] = commit.stdout.strip() if commit.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        found["git_commit"] = None
-    return found
+@dataclass
+class Progress:
+    """Where the run is; saved in every checkpoint."""
+    epoch: int = 0  # current epoch, 0-based
+    batch: int = 0  # next batch index within the epoch
+    step: int = 0  # optimizer steps done
+    train_seconds: float = 0.0  # summed over every session of a resumed run
+    sessions: int = 1  # processes the run has trained in: 1, plus one per resume
+    examples: int = 0
+    best_score: float | None = None  # the kept epoch's cfg.metric on the rows that choose it
+    history: list = field(default_factory=list)  # one dict per finished epoch
+    best: dict = field(default_factory=dict)  # the full report of the kept epoch: the best so far, or the latest
+    best_state: dict = field(default_factory=dict)  # its trainable weights, where validation rows chose it
+    plotted: list = field(default_factory=list)  # what the plots draw of each logged line (metrics.PLOTTED)
 
 
 class Record(NamedTuple):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from . import metrics
 from .distributed import Dist, all_reduce_confusion, gather_rows
+from .errors import UserError
 from .data.labels import MULTI, REGRESSION, SINGLE
 
 LOWER_IS_BETTER = frozenset({"mse"})  # every other metric is better higher
@@ -125,6 +126,18 @@ def task_kind(name: str) -> TaskKind:
     return KINDS[name]
 
 
+def head_prior(task: str, labels: torch.Tensor) -> torch.Tensor | None:
+    """The output bias a fresh head starts from: the training rows' mean score (regression, (1,)), each label's
+    log-odds (multi-label, (K,)); None for single-label, whose head starts as the model's. At LoRA's learning
+    rates Adam moves a bias ~lr a step, so a head at 0 would spend its budget reaching the labels' base rate."""
+    if task == REGRESSION:
+        return labels.double().mean().reshape(1)
+    if task == MULTI:
+        share = labels.double().mean(0).clamp(1e-4, 1 - 1e-4)
+        return (share / (1 - share)).log()
+    return None
+
+
 def kind_of_model(config) -> TaskKind:
     """The kind a model's config was trained for, by transformers' problem_type (unset: single-label)."""
     by_type = {k.problem_type: k for k in KINDS.values()}
@@ -144,6 +157,17 @@ def score_rows(kind: TaskKind, outputs: torch.Tensor, targets: torch.Tensor, ind
     else:
         summary = all_reduce_confusion(summary, d)
     return kind.scores(summary, names)
+
+
+def pick_metric(task: str, asked: str | None, outputs: int) -> str:
+    """The score that picks the best epoch: `asked` (--metric), or the kind's default; one UserError line when
+    the kind reports no such score for a head of `outputs`."""
+    kind = task_kind(task)
+    metric = asked or kind.default_metric
+    if metric not in kind.metric_names(outputs):
+        raise UserError(f"--metric {metric} is not a score of this {task} task: one of "
+                        f"{', '.join(kind.metric_names(outputs))}")
+    return metric
 
 
 def is_better(metric: str, new: float, best: float | None) -> bool:

@@ -27,28 +27,12 @@ from .device import autocast, pick_precision
 from .distributed import Dist, agreed_signal, all_sum, barrier, on_main, setup_device, shard, shutdown, wrap
 from .errors import Diverged, Finished, Stopped, StopSignals, interruptible
 from .metrics import PLOTTED, eval_record, format_report, plot_run
-from .model import EMA, model_for, param_groups
+from .model import EMA, model_for, param_groups, set_head_bias
 from .prefix import Logits, score, start_layer
-from .rundir import CHECKPOINT, EVAL, RunDir, checkpoint_state, restore_checkpoint, run_record, write_json
-from .tasks import TaskKind, is_better, task_kind
+from .rundir import CHECKPOINT, EVAL, Progress, RunDir, checkpoint_state, restore_checkpoint, run_record, write_json
+from .tasks import TaskKind, head_prior, is_better, task_kind
 
 LOSS_READ_EVERY = 16  # steps between loss reads (a wait for the device) and stop agreements (an all-reduce)
-
-
-@dataclass
-class Progress:
-    """Where the run is; saved in every checkpoint."""
-    epoch: int = 0  # current epoch, 0-based
-    batch: int = 0  # next batch index within the epoch
-    step: int = 0  # optimizer steps done
-    train_seconds: float = 0.0  # summed over every session of a resumed run
-    sessions: int = 1  # processes the run has trained in: 1, plus one per resume
-    examples: int = 0
-    best_score: float | None = None  # the kept epoch's cfg.metric on the rows that choose it
-    history: list = field(default_factory=list)  # one dict per finished epoch
-    best: dict = field(default_factory=dict)  # the full report of the kept epoch: the best so far, or the latest
-    best_state: dict = field(default_factory=dict)  # its trainable weights, where validation rows chose it
-    plotted: list = field(default_factory=list)  # what the plots draw of each logged line (metrics.PLOTTED)
 
 
 @dataclass(kw_only=True)
@@ -130,6 +114,7 @@ def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[
                                                  early and early.tokenizer, corpus.task)
     amp = pick_precision(cfg.precision, device)
     train_data, eval_data, valid_data = tokenized(early, corpus, tokenizer, cfg, d)  # counted by the pass (or cache)
+    set_head_bias(model, head_prior(cfg.task, train_data.labels))  # a resumed run's checkpoint then replaces it
     total_steps = -(-len(train_data) // cfg.batch_size) * cfg.epochs
     warmup = int(cfg.warmup_ratio * total_steps)
     counts = (len(train_data), len(eval_data), valid_data and len(valid_data))

@@ -70,11 +70,13 @@ def test_predict_gives_the_kinds_answer(regression_run, multi_run, capsys):
 
 def test_bulk_scoring_writes_each_kinds_columns(regression_run, multi_run, tmp_path):
     data, out, _ = regression_run
-    assert predict(["--adapter", str(out), "--input", str(data / "test.jsonl"), "--output", str(tmp_path / "r.csv")]) == 0
+    assert predict(["--adapter", str(out), "--input", str(data / "test.jsonl"), "--output", str(tmp_path / "r.csv")]
+                   ) == 0
     header, first = (tmp_path / "r.csv").read_text().splitlines()[:2]
     assert header == "line,score" and float(first.split(",")[1]) == pytest.approx(float(first.split(",")[1]))
     data, out, _ = multi_run
-    assert predict(["--adapter", str(out), "--input", str(data / "test.jsonl"), "--output", str(tmp_path / "m.jsonl")]) == 0
+    assert predict(["--adapter", str(out), "--input", str(data / "test.jsonl"), "--output",
+                    str(tmp_path / "m.jsonl")]) == 0
     rows = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert len(rows) == 48 and all(set(r["labels"]) <= set(CLASSES) for r in rows)
     assert all(r["labels"] == [n for n, p in r["probabilities"].items() if p > 0.5] for r in rows)

@@ -18,10 +18,10 @@ import torch
 
 from ..distributed import Dist, barrier, broadcast_object_from_main
 from ..errors import UserError
-from .cache import (CacheReader, cache_file, cache_state, content_of, data_key, lookup_key, open_cached, token_chunks,
-                    tokenizer_parts)
+from .cache import CacheReader, cache_file, cache_state, lookup_key, open_cached, token_chunks
 from .cache import build as build_cache
-from .sources import Fingerprint, Rows
+from .keys import Fingerprint, content_of, data_key, tokenizer_parts
+from .sources import Rows
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Encoded:
     offsets: torch.Tensor  # (n + 1,) int64
     labels: torch.Tensor  # (n,) int64 class ids, (n,) float64 scores or (n, K) uint8 multi-hot (the task's kind)
     pad_id: int = 0  # the tokenizer's padding id, which batch() pads with
-    key: str = ""  # the rows' fingerprint (token_key: rows, tokenizer, max_length); names the cache entry
+    key: str = ""  # the rows' data key (keys.data_key: rows, tokenizer, max_length); a checkpoint keeps it
     pairs: bool = False  # each row is a pair of texts
     type_sep: int | None = None  # pairs for a tokenizer with token types: the id after whose first use they are 1
     reader: CacheReader | None = field(default=None, repr=False, compare=False)  # set when from the cache

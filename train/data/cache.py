@@ -22,42 +22,15 @@ import torch
 from train.files import atomic_write, sweep_temps, temp_name
 
 from ..errors import UserError, progress
-from .sources import Rows, content_key
+from .keys import content_key, content_of, data_key, hash_parts
+from .sources import Rows
 
 # The layout written below, its metadata included. A file of any other format (one without the rows' key,
 # say) is not trusted: it is rebuilt.
 TOKEN_FORMAT = "4"
-KEY_FORMAT = "2"  # how data_key is made: unchanged, so a checkpoint made before still resumes on the same data
 CHUNK_ROWS = 8192  # rows tokenized per call: ~10 MB of Python token lists at AG News lengths
 _DTYPES = {"I32": np.int32, "I64": np.int64, "F64": np.float64, "U8": np.uint8}
 _CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
-
-
-def tokenizer_parts(tokenizer, max_length: int) -> list[str]:
-    """What decides the token ids of a text: the tokenizer's name, size and whole definition, and max_length."""
-    return [type(tokenizer).__name__, str(tokenizer.name_or_path), str(len(tokenizer)), str(max_length),
-            str(getattr(tokenizer, "truncation_side", "")), _tokenizer_fingerprint(tokenizer)]
-
-
-def _hash(parts: list[str], last: str) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part.encode() + b"\0")
-    h.update(last.encode())
-    return h.hexdigest()[:32]
-
-
-def data_key(content: str, parts: list[str]) -> str:
-    """What a run trained on: the rows (content: "key:" and a hub dataset's fingerprint, or "rows:" and the
-    sha256 of every row, sources.Fingerprint) as this tokenizer and max_length (tokenizer_parts) make them. A
-    checkpoint keeps it, so that a resume on other data is refused."""
-    return _hash([KEY_FORMAT, *parts], content)
-
-
-def content_of(rows, digest: Callable[[], str]) -> str:
-    """data_key's `content` of `rows`: their cheap key if they have one, else the digest of their pass."""
-    key = getattr(rows, "key", None)
-    return f"key:{key()}" if key else f"rows:{digest()}"
 
 
 def lookup_key(rows, parts: list[str]) -> str | None:
@@ -68,28 +41,8 @@ def lookup_key(rows, parts: list[str]) -> str | None:
     if getattr(rows, "key", None) or not isinstance(rows, Rows):
         return data_key(content_of(rows, lambda: content_key(rows)[0]), parts)
     if rows.origin:
-        return _hash([TOKEN_FORMAT, *parts], f"origin:{rows.origin()}")
+        return hash_parts([TOKEN_FORMAT, *parts], f"origin:{rows.origin()}")
     return None
-
-
-def token_key(rows: Iterable[tuple[str, int]], tokenizer, max_length: int) -> str:
-    """data_key of `rows`, hashing them (a chunk at a time, never held whole) unless a cheap key names them."""
-    return data_key(content_of(rows, lambda: content_key(rows)[0]), tokenizer_parts(tokenizer, max_length))
-
-
-def _tokenizer_fingerprint(tokenizer) -> str:
-    """The tokenizer's full definition (vocabulary, merges, special tokens, templates) as text, so a
-    changed tokenizer saved under the same name never reuses stale token ids."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        spec = json.loads(backend.to_str())
-        for state in ("truncation", "padding"):  # set by the last call, not part of the definition
-            spec.pop(state, None)
-        return json.dumps(spec, sort_keys=True)
-    try:
-        return json.dumps(sorted(tokenizer.get_vocab().items()))
-    except (AttributeError, NotImplementedError, TypeError):
-        return ""
 
 
 def token_chunks(rows: Iterable[tuple[str, int]], tokenizer, max_length: int,

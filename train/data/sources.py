@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
@@ -268,36 +267,3 @@ def raw_labels(paths: list[Path], columns: Columns = None) -> Iterator[tuple[obj
     for p in paths:
         for _, label, line in raw_rows(p, columns)[0]:
             yield label, f"{p} {'row' if p.suffix == '.parquet' else 'line'} {line}"
-
-
-class Fingerprint:
-    """Rows passed through while they are hashed and counted: the one pass over a split checks it (the reader
-    stops at a bad row), names its content and feeds the tokenizer. sha256 over every (text, label), fed a chunk
-    of rows at a time; `digest` is whole once the iteration has ended."""
-
-    def __init__(self, rows: Iterable[tuple[str, int]], chunk: int = 4096):
-        self.rows, self.chunk, self.hash, self.n, self.pairs = rows, chunk, hashlib.sha256(), 0, False
-
-    def __iter__(self) -> Iterator[tuple[str, int]]:
-        part = []
-        for text, label in self.rows:
-            self.pairs |= isinstance(text, tuple)  # digest() marks a split of pairs; JSON holds no raw NUL
-            part.append(f"{label}\0{json.dumps(text) if isinstance(text, tuple) else text}\0")
-            self.n += 1
-            if len(part) == self.chunk:
-                self.hash.update("".join(part).encode("utf-8", "surrogatepass"))
-                part.clear()
-            yield text, label
-        self.hash.update("".join(part).encode("utf-8", "surrogatepass"))
-
-    def digest(self) -> str:
-        """The hex digest; 'pairs-' before it for rows of text pairs, so no split of single texts shares it."""
-        return ("pairs-" if self.pairs else "") + self.hash.hexdigest()
-
-
-def content_key(rows: Iterable[tuple[str, int]], chunk: int = 4096) -> tuple[str, int]:
-    """sha256 over every (text, label), fed a chunk of rows at a time; and the number of rows."""
-    seen = Fingerprint(rows, chunk)
-    for _ in seen:
-        pass
-    return seen.digest(), seen.n

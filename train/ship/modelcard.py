@@ -169,7 +169,8 @@ def _usage(kind: str, directory: str, base: str | None, labels: list[str], max_l
     """How to run it, as code that runs as written: the task kind's activation, and a pair where it takes pairs."""
     texts = f"[{json.dumps(PAIR[0])}], [{json.dumps(PAIR[1])}]" if pairs else f"[{json.dumps(EXAMPLE)}]"
     if kind == "hf":
-        given = f'{{"text": {json.dumps(PAIR[0])}, "text_pair": {json.dumps(PAIR[1])}}}' if pairs else json.dumps(EXAMPLE)
+        given = (f'{{"text": {json.dumps(PAIR[0])}, "text_pair": {json.dumps(PAIR[1])}}}' if pairs
+                 else json.dumps(EXAMPLE))
         code = (f'from transformers import pipeline\n\n'
                 f'classify = pipeline("text-classification", model={json.dumps(directory)}, top_k=None, '
                 f'truncation=True)\nprint(classify({given}))')

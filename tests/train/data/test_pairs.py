@@ -12,10 +12,11 @@ from tokenizers import processors
 from transformers import AutoTokenizer
 
 from train.data.batches import encode
-from train.data.cache import data_key, lookup_key, token_chunks, tokenizer_parts
+from train.data.cache import lookup_key, token_chunks
+from train.data.keys import Fingerprint, data_key, tokenizer_parts
 from train.data.corpus import Split, open_corpus
 from train.data.labels import text_columns
-from train.data.sources import Fingerprint, Rows, raw_rows, records
+from train.data.sources import Rows, raw_rows, records
 from train.errors import UserError
 
 PAIRS = [("the war today", "a treaty on the border", 1), ("market shares", "the goal", 0),

@@ -55,7 +55,8 @@ def test_a_regression_export_gives_the_raw_score(tiny_model_dir, tmp_path, capsy
     theirs = [classify({"text": a, "text_pair": b})["score"] for a, b in PAIRS]  # one dict in, one answer out
     assert theirs == pytest.approx(mine, abs=1e-5)
     assert export([str(run), "--out", str(tmp_path / "peft"), "--format", "peft"]) == 0
-    base = AutoModelForSequenceClassification.from_pretrained(  # the tiny base has a 4-class head; the adapter's replaces it
+    # the tiny base has a 4-class head; the adapter's replaces it
+    base = AutoModelForSequenceClassification.from_pretrained(
         tiny_model_dir, num_labels=1, problem_type="regression", ignore_mismatched_sizes=True)
     model = PeftModel.from_pretrained(base, str(tmp_path / "peft")).eval()
     batch = AutoTokenizer.from_pretrained(tiny_model_dir)([a for a, _ in PAIRS], [b for _, b in PAIRS], padding=True,
