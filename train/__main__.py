@@ -56,8 +56,9 @@ def _data_flags(a, d: TrainConfig) -> None:
     a("--eval-file", help="evaluation CSV/JSONL/Parquet, or a glob of them")
     a("--text-columns", type=csv_list, metavar="A[,B]", help="the column holding the text, or two holding a pair "
       "(default: text, sentence, or a pair by the hub's usual names)")
-    a("--holdout", type=int, metavar="N", help="score on N training rows held out (stratified, fixed) instead of "
-      "the evaluation data: for choosing recipes")
+    a("--holdout", type=int, metavar="N", help="hold out N training rows (stratified, the same for every seed) as the "
+      "validation rows that pick the best epoch; the evaluation rows are then scored with it (with --train-file "
+      "alone, the held-out rows are scored, the final epoch's)")
     a("--max-train-samples", type=int, help="stratified subset of the training data")
     a("--max-eval-samples", type=int, help="stratified subset of the evaluation data")
     a("--task", choices=TASKS, help="single_label, multi_label (a list of labels per row) or regression (a number "

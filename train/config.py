@@ -89,8 +89,8 @@ class TrainConfig:
     eval_file: str | None = None
     # the file columns holding the text: one name, or a pair; None: the hub's usual names (labels.TEXT_COLUMNS)
     text_columns: tuple[str, ...] | None = None
-    # hold out this many training rows (stratified, the same rows for every seed) as the evaluation set,
-    # for choosing recipes without touching the real evaluation data; the eval file is then not read
+    # hold out this many training rows (stratified, the same rows for every seed) as validation rows, which pick
+    # the best epoch (recipes are chosen on them); with train_file and no eval_file they are the evaluation rows
     holdout: int | None = None
     # stratified subset sizes; None keeps everything
     max_train_samples: int | None = None

@@ -1,5 +1,6 @@
-"""A run's two splits: the evaluation rows (--holdout's carved from the training rows, the same for every seed),
-stratified subsets, and both tokenized in one pass over their rows before the model loads: the model's tokenizer
+"""A run's splits: training, evaluation and validation rows (a dev split beside a test split, or --holdout's carved
+from the training rows, the same for every seed), stratified subsets, and each tokenized in one pass over its rows
+before the model loads: the model's tokenizer
 and config are loaded alone (no weights: cheap), so that a bad row still stops the run before the slow part, and
 the row counts the plan prints come from that pass, or from the token cache, which a run finds without reading a
 row."""
@@ -81,7 +82,7 @@ def _tokenizer(name: str, max_length: int) -> tuple[object, int] | None:
 
 
 def load_data(cfg: TrainConfig) -> RowCorpus:
-    """The splits as row streams (read again whenever iterated, never all held), --holdout's evaluation rows
+    """The splits as row streams (read again whenever iterated, never all held), --holdout's validation rows
     carved out of the training rows, subsets applied. Reads no rows: the first record of each file, and
     classes.txt (the training labels where no classes.txt names the classes)."""
     try:

@@ -82,6 +82,7 @@ def test_a_multi_label_export_gives_a_sigmoid_per_label(tiny_model_dir, tmp_path
     assert export([str(run), "--out", str(tmp_path / "onnx"), "--format", "onnx"]) == 0  # checked against PyTorch
 
 
+@pytest.mark.slow
 def test_bert_pairs_carry_token_types_through_training_and_every_export(bert_pairs, tmp_path, capsys):
     import onnxruntime
     from transformers import AutoTokenizer, pipeline
