@@ -272,8 +272,8 @@ def checkpoint_state(model: nn.Module, optimizer, scaler, ema, progress: dict, d
 
 
 def restore_checkpoint(state: dict, model: nn.Module, optimizer, scaler, ema, device: torch.device,
-                       path: Path, data: list[str]) -> dict:
-    """Put a checkpoint_state (read from `path`) back in place; returns its progress (a dict). A checkpoint
+                       path: Path, data: list[str]) -> Progress:
+    """Put a checkpoint_state (read from `path`) back in place; returns its progress. A checkpoint
     of other data (`data`: the rows' fingerprints), of another model or recipe, or with a part missing, is
     one UserError line."""
     if state.get("data") != data:
@@ -293,7 +293,7 @@ def restore_checkpoint(state: dict, model: nn.Module, optimizer, scaler, ema, de
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        return dict(state["progress"])
+        return Progress(**state["progress"])  # one of an earlier build's (other fields) is a TypeError: one line
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise UserError(f"{path} does not fit this run ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
                         "start again with --overwrite") from None

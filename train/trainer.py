@@ -151,8 +151,8 @@ def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[
 def restore(s: State) -> None:
     """Continue from the checkpoint; rank 0 reads it and sends it to the others (no shared filesystem)."""
     state = on_main(s.run.load_checkpoint, s.dist)
-    s.progress = Progress(**restore_checkpoint(state, s.model, s.optimizer, s.scaler, s.ema, s.device,
-                                               s.run / CHECKPOINT, s.data_keys))
+    s.progress = restore_checkpoint(state, s.model, s.optimizer, s.scaler, s.ema, s.device, s.run / CHECKPOINT,
+                                    s.data_keys)
     s.progress.sessions += 1
     if s.dist.main:
         s.run.trim_metrics(s.progress.step)

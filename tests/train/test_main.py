@@ -120,3 +120,17 @@ def test_a_record_nested_too_deeply_or_with_a_number_too_long_is_one_line(tmp_pa
     (tmp_path / "config.json").write_text(text)
     with pytest.raises(UserError, match="config.json is not valid JSON"):
         read_json(tmp_path / "config.json", "run config")
+
+
+def test_a_checkpoint_of_an_earlier_build_is_one_line(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
+    """A checkpoint whose progress has other fields (an earlier build kept best_accuracy) is refused, not a crash."""
+    from helpers.oneline import refused
+
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model_dir, tiny_data_dir, out, "--epochs", "1", "--stop-after", "3")) == 0
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["progress"]["best_accuracy"] = state["progress"].pop("best_score")
+    torch.save(state, out / "checkpoint.pt")
+    capsys.readouterr()
+    line = refused(["--resume", str(out)], capsys)
+    assert "checkpoint.pt does not fit this run (TypeError" in line and "start again with --overwrite" in line
