@@ -1,15 +1,12 @@
 """train.tasks: the table of task kinds (sizes, losses against their formulas, activations, evaluation's two
-steps) and kind_of_labels on every way a label column is written."""
+steps). How a label column says its kind is tests/train/data/test_labels.py's."""
 import dataclasses
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from train import metrics
-from train.data.labels import LabelKindError, kind_of_labels
 from train.tasks import KINDS, is_better, task_kind
 
 SINGLE, MULTI, REGRESSION = KINDS["single_label"], KINDS["multi_label"], KINDS["regression"]
@@ -120,58 +117,3 @@ def test_is_better_reads_mse_as_lower():
     assert is_better("mse", 0.2, 0.3) and not is_better("mse", 0.3, 0.2)
     assert is_better("pearson", 0.3, 0.2) and not is_better("accuracy", 0.2, 0.2)
     assert is_better("mse", 9.0, None) and is_better("macro_f1", 0.0, None)
-
-
-@pytest.mark.parametrize("values, kind", [
-    ([0, 2, 1, 2], "single_label"),
-    (["3", " 4 ", "-1"], "single_label"),  # whole numbers as CSV writes them
-    (["World", "Sports", "Sci/Tech"], "single_label"),
-    ([1, "cat"], "single_label"),  # ids beside names: one kind; train.data.labels refuses that mix itself
-    ([[0, 2], [], ["a", "b"], (1,)], "multi_label"),
-    ([[0.0, 1.0, 1.0]], "multi_label"),  # multi-hot rows are lists too
-    ([3.8, 0.0, 5.0], "regression"),  # STS-B
-    ([2, 3.8, 5], "regression"),  # whole numbers among numbers are numbers
-    (["3.8", "5", "1e-3", ".5", "2."], "regression"),
-    ([1.0, 2.0, 0.0], "regression"),  # whole floats are numbers as written, not class ids
-    (["1.0"], "regression"),
-    ((v for v in [1, 2]), "single_label"),  # any iterable, read once
-])
-def test_kind_of_labels(values, kind):
-    assert kind_of_labels(values) == kind
-
-
-@pytest.mark.parametrize("values, index, match", [
-    (["cat", "dog", 3.8], 2, r"^label 2 \(3\.8\) is a number, but label 0 \('cat'\) is a class name: one column"),
-    ([1, 2, [1]], 2, r"^label 2 \(\[1\]\) is a list, but label 0 \(1\) is a whole number"),
-    ([[1], 2.5], 1, r"^label 1 \(2\.5\) is a number, but label 0 \(\[1\]\) is a list"),
-    ([1, "cat", 2.5, "x"], 2, r"^label 2 \(2\.5\) is a number, but label 1 \('cat'\) is a class name"),
-    (["2.5", "cat"], 1, r"^label 1 \('cat'\) is a class name, but label 0 \('2\.5'\) is a number"),
-    ([1, None], 1, r"^label 1 \(None\) is no label"),
-    ([True, 1], 0, r"^label 0 \(True\) is no label"),
-    ([float("nan")], 0, r"^label 0 \(nan\) is no label"),
-    ([1, float("inf")], 1, r"^label 1 \(inf\) is no label"),
-    (["nan"], 0, r"^label 0 \('nan'\) is no label"),
-    (["1", "+1"], 1, r"^label 1 \('\+1'\) is no label"),
-    (["1e999"], 0, r"^label 0 \('1e999'\) is no label"),
-    (["a", "  "], 1, r"^label 1 \('  '\) is no label"),
-    ([{"a": 1}], 0, r"^label 0 \(\{'a': 1\}\) is no label"),
-    ([[1, None]], 0, r"^label 0 is a list whose item 1 \(None\) is no label"),
-    ([[1], [[2]]], 1, r"^label 1 is a list whose item 0 \(\[2\]\) is no label"),
-    ([list(range(100)), 1.5], 1, r"label 0 \(\[0, 1, 2, .{27}\.\.\.\) is a list"),  # long values cut short
-])
-def test_kind_of_labels_refuses_naming_the_index(values, index, match):
-    with pytest.raises(LabelKindError, match=match) as caught:
-        kind_of_labels(values)
-    assert caught.value.index == index and isinstance(caught.value, ValueError)
-
-
-def test_kind_of_no_labels_is_refused():
-    with pytest.raises(ValueError, match=r"^no labels to read the task kind from$"):
-        kind_of_labels([])
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.integers(-10**6, 10**6), min_size=1), st.lists(st.floats(allow_nan=False, allow_infinity=False)))
-def test_whole_numbers_are_classes_until_a_float_joins(ints, floats):
-    assert kind_of_labels(ints) == "single_label"
-    assert kind_of_labels(ints + floats) == ("regression" if floats else "single_label")

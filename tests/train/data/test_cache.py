@@ -204,3 +204,21 @@ def test_an_entry_holds_its_rows_key_and_an_entry_without_one_is_rebuilt(tokeniz
     entry.with_suffix(".sum").write_text(checksum(entry) + "\n")  # whole and vouched for, but keyless
     calls = tokenizer.calls
     assert encode(SPLIT, tokenizer, 12, tmp_path).key == built.key and tokenizer.calls == calls + 1
+
+
+@pytest.mark.parametrize("kind", ["multi_label", "regression"])
+def test_every_kinds_labels_survive_the_cache(kind, tokenizer, tmp_path, small_chunks):
+    """Multi-hot rows (K not a multiple of 8: padded on disk, cut on read) and float scores come back exactly,
+    through the memory map, the pread reader and a batch alike, equal to the in-memory encoding."""
+    rng = np.random.default_rng(0)
+    labels = ([bytes(rng.integers(0, 2, 5, dtype=np.uint8)) for _ in SPLIT.texts] if kind == "multi_label"
+              else [float(x) for x in rng.normal(2.5, 1.3, len(SPLIT.texts))])
+    split = Split(SPLIT.texts, labels)
+    cached, memory = encode(split, tokenizer, 32, tmp_path), encode(split, tokenizer, 32, None)
+    expected = (torch.tensor(np.frombuffer(b"".join(labels), np.uint8).reshape(-1, 5)) if kind == "multi_label"
+                else torch.tensor(labels, dtype=torch.float64))
+    assert torch.equal(cached.labels, expected) and torch.equal(memory.labels, expected)
+    rows = [3, 17, 42, 0]
+    assert torch.equal(cached.batch(rows)["labels"], expected[rows]) and torch.equal(memory.batch(rows)["labels"],
+                                                                                    expected[rows])
+    assert torch.equal(cached.batch(rows)["input_ids"], memory.batch(rows)["input_ids"])
