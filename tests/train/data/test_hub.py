@@ -124,3 +124,31 @@ def test_a_runs_data_config_reaches_the_hub_through_load_data(monkeypatch):
     calls = _fake_hub(monkeypatch, GLUE)
     load_data(TrainConfig(data="nyu-mll/glue", data_config="mrpc", model="m"))
     assert calls == [("nyu-mll/glue", "mrpc")]  # the flag was accepted but never passed on before
+
+
+def test_a_hub_datasets_features_say_its_kind(monkeypatch):
+    """GoEmotions' `labels` (a list of ClassLabel) is multi-label, STS-B's float `label` a regression."""
+    import datasets
+
+    import train.data.hub
+    from train.data.corpus import open_corpus, to_split
+
+    def load_dataset(path, name=None, streaming=False, **kwargs):
+        if path == "go_emotions":
+            features = datasets.Features({"text": datasets.Value("string"), "labels": datasets.Sequence(
+                datasets.ClassLabel(names=["joy", "anger", "neutral"]))})
+            rows = {"train": (["yay", "grr", "ok"], [[0], [1, 0], [2]]), "validation": (["fine", "ugh"], [[2], [1]])}
+            return datasets.DatasetDict({s: datasets.Dataset.from_dict({"text": t, "labels": y}, features=features)
+                                         for s, (t, y) in rows.items()})
+        rows = {"train": (["a b", "c d"], ["b a", "d d"], [3.8, 0.5]), "validation": (["e"], ["f"], [5.0])}
+        return datasets.DatasetDict({s: datasets.Dataset.from_dict({"sentence1": a, "sentence2": b, "label": y})
+                                     for s, (a, b, y) in rows.items()})
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(train.data.hub, "hub_reachable", lambda: True)
+    go = open_corpus("go_emotions/simplified")
+    assert go.task == "multi_label" and go.label_names == ["joy", "anger", "neutral"]
+    assert to_split(go.train).labels == [b"\x01\x00\x00", b"\x01\x01\x00", b"\x00\x00\x01"]
+    sts = open_corpus("glue/stsb")
+    assert sts.task == "regression" and sts.label_names == ["score"]
+    assert to_split(sts.train).texts == [("a b", "b a"), ("c d", "d d")] and to_split(sts.eval).labels == [5.0]
