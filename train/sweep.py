@@ -29,8 +29,9 @@ MPNET = "all-mpnet-base-v2"  # the full-size proxy (12 layers, 768 wide, RoBERTa
 WRITTEN_BY = "python -m train.sweep"  # the mark on every file the sweep writes: only such files are replaced freely
 MD_MARK = f"<!-- written by {WRITTEN_BY}: rerunning the sweep replaces this file -->"
 TIMING = "sweep_seconds.json"  # in each run's folder: what the whole run cost, load to evaluation
-# What the sweep reads back: a finished run's scores (every epoch's, its labels) and its timing.
-EVAL_SHAPE = {"history": [{"accuracy": NUMBER, "macro_f1": NUMBER}], "labels": [TEXT]}
+# What the sweep reads back: a finished run's scores (every epoch's, by the metric that picks its epoch: accuracy
+# unless the task says otherwise, eval.json's `metric`), its labels, and its timing.
+EVAL_SHAPE = {"history": [{}], "labels": [TEXT], "metric?": TEXT}
 SECONDS = Shape("a number of seconds >= 0", lambda v: NUMBER.test(v) and v >= 0)
 
 
@@ -119,14 +120,15 @@ def _model_dropout(row: dict) -> str:
 
 
 def results_table(rows: list[dict]) -> str:
-    """The markdown table: one line per run, accuracy mean ± std over its seeds."""
+    """The markdown table: one line per run, its task's score (accuracy for classes) mean ± std over its seeds."""
+    metrics = sorted({r.get("metric", "accuracy") for r in rows})
     head = ("| run | targets | layers | r | alpha | dropout | model dropout | lr | head | epochs "
-            "| trainable (roberta-base) | seeds | final-epoch accuracy (mean ± std) | macro-F1 (mean) "
+            f"| trainable (roberta-base) | seeds | final-epoch {' or '.join(metrics)} (mean ± std) | macro-F1 (mean) "
             "| run time (mean) |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
-        acc, f1 = r["accuracies"], r["macro_f1s"]
+        acc, f1 = r["scores"], r["macro_f1s"]
         std = statistics.stdev(acc) if len(acc) > 1 else 0.0
         secs = [t for t in r.get("seconds", []) if t is not None]
         lines.append(f"| {r['name']} | {','.join(r['targets'])} | {r.get('layers', 'all')} | {r['rank']} "
@@ -134,7 +136,8 @@ def results_table(rows: list[dict]) -> str:
                      f"| {r['lr']:g} | {r['head']} "
                      f"| {r.get('epochs', '')} "
                      f"| {r['roberta_base_params']:,} | {len(acc)} "
-                     f"| {100 * statistics.mean(acc):.2f} ± {100 * std:.2f} | {100 * statistics.mean(f1):.2f} "
+                     f"| {100 * statistics.mean(acc):.2f} ± {100 * std:.2f} "
+                     f"| {f'{100 * statistics.mean(f1):.2f}' if f1 else ''} "
                      f"| {f'{statistics.mean(secs):.0f} s' if secs else ''} |"
                      if acc else f"| {r['name']} | | | | | | | | | | | 0 | not run | | |")
     return head + "\n".join(lines) + "\n"
@@ -246,7 +249,7 @@ def run_sweep(planned: list[tuple[dict, list[TrainConfig]]], only: set[str] | No
 
     rows = []
     for spec, cfgs in planned:
-        accs, f1s, secs, seeds, labels = [], [], [], [], 4
+        accs, f1s, secs, seeds, labels, metric = [], [], [], [], 4, "accuracy"
         for cfg in cfgs:
             folder = Path(cfg.output_dir)
             if (folder / EVAL).is_file():  # a finished run counts only if the spec still describes it
@@ -260,13 +263,16 @@ def run_sweep(planned: list[tuple[dict, list[TrainConfig]]], only: set[str] | No
             if (folder / EVAL).is_file():
                 result = read_json_as(folder / EVAL, "the eval.json of a finished run", EVAL_SHAPE,
                                       hint=f"remove {folder} to run it again")
-                last = result["history"][-1]  # not the best epoch: that one was picked on this very data
-                accs.append(last["accuracy"])
-                f1s.append(last["macro_f1"])
+                last, metric = result["history"][-1], result.get("metric", "accuracy")  # the last: no pick on it
+                if not isinstance(last.get(metric), (int, float)):
+                    raise UserError(f"{folder / EVAL} has no {metric} in its last epoch; remove {folder} to run it "
+                                    "again")
+                accs.append(last[metric])
+                f1s += [last["macro_f1"]] if isinstance(last.get("macro_f1"), (int, float)) else []
                 seeds.append(cfg.seed)
                 labels = len(result["labels"])
                 secs.append(_seconds(folder / TIMING))
-        rows.append(_row(spec, cfgs[0], seeds, accs, f1s, secs, labels))
+        rows.append(_row(spec, cfgs[0], seeds, accs, f1s, secs, labels) | {"metric": metric})
     return rows
 
 
@@ -283,7 +289,7 @@ def _row(spec: dict, c: TrainConfig, seeds: list[int], accs: list[float], f1s: l
     return {"name": spec["name"], "targets": list(c.lora.targets), "rank": "auto" if c.rank == "auto" else c.lora.rank,
             "rslora": c.lora.use_rslora, "alpha": c.lora.alpha, "dropout": c.lora.dropout,
             "model_dropout": c.model_dropout, "lr": c.lr, "head": c.head, "seeds": seeds,
-            "roberta_base_params": roberta_base_count(c, labels), "accuracies": accs, "macro_f1s": f1s,
+            "roberta_base_params": roberta_base_count(c, labels), "scores": accs, "macro_f1s": f1s,
             "epochs": c.epochs, "layers": top_label(c.top_layers), "seconds": secs,
             "config": {k: v for k, v in spec.items()}}
 

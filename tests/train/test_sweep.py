@@ -58,9 +58,9 @@ def test_a_rerun_after_the_spec_changed_is_refused_for_unfinished_and_finished_r
     base, out = tiny_base(tiny_model_dir, tiny_data_dir), tmp_path / "out"
     path = spec_file(tmp_path, {"base": base, "runs": [{"name": "a"}]})
     assert sweep([str(path), "--output-dir", str(out)]) == 0
-    first = json.loads((out / "results.json").read_text())["runs"][0]["accuracies"]
+    first = json.loads((out / "results.json").read_text())["runs"][0]["scores"]
     assert sweep([str(path), "--output-dir", str(out)]) == 0  # the same spec: the finished run is reused
-    assert json.loads((out / "results.json").read_text())["runs"][0]["accuracies"] == first
+    assert json.loads((out / "results.json").read_text())["runs"][0]["scores"] == first
     changed = spec_file(tmp_path, {"base": {**base, "lr": 1e-3}, "runs": [{"name": "a"}]}, "changed.json")
     capsys.readouterr()
     line = refused([changed, "--output-dir", out], capsys, sweep)
@@ -188,7 +188,8 @@ def test_damaged_records_of_a_finished_run_are_one_line_naming_the_file(tiny_mod
     for file, content, detail in [
             (scores, scores.read_text()[:40], "is not valid JSON"),
             (scores, json.dumps(no_history), "history is missing"),
-            (scores, json.dumps({**good, "history": [{"accuracy": "0.5", "macro_f1": 1}]}), "history[0].accuracy"),
+            (scores, json.dumps({**good, "history": [{"accuracy": "0.5", "macro_f1": 1}]}), "has no accuracy in its "
+             "last epoch"),
             (timing, "{", "is not valid JSON"), (timing, '{"seconds": "12"}', "seconds is \"12\", not a number"),
             (timing, '{"seconds": -1}', "seconds is -1, not a number of seconds >= 0")]:
         keep = file.read_text()
@@ -259,3 +260,15 @@ def test_fuzzed_numbers_parse_or_are_refused_naming_the_file_or_the_set(key, tok
     got = getattr(stubbed[0], key, None) if key != "rank" else stubbed[0].lora.rank
     assert not isinstance(value, str) and got == value
 
+
+
+def test_a_sweep_of_a_regression_reports_its_metric(tiny_model_dir, tmp_path):
+    """A sweep reads the score that picks the task's epoch (eval.json's metric), not accuracy, which it has none of."""
+    from helpers.tiny import write_task
+
+    data = write_task(tmp_path / "stsb", "regression", n_train=64, n_eval=16)
+    out, path = tmp_path / "out", spec_file(tmp_path, {"base": tiny_base(tiny_model_dir, data) | {"holdout": 16}})
+    assert sweep([str(path), "--output-dir", str(out)]) == 0
+    row = json.loads((out / "results.json").read_text())["runs"][0]
+    assert row["metric"] == "pearson" and len(row["scores"]) == 1 and row["macro_f1s"] == []
+    assert "final-epoch pearson (mean ± std)" in (out / "results.md").read_text()
