@@ -68,6 +68,13 @@ def test_predict_gives_the_kinds_answer(regression_run, multi_run, capsys):
     assert text == "war election minister goal match coach" and set(shown.split(",")) <= {*CLASSES, "-"}
 
 
+def test_a_pair_model_asks_for_pairs(regression_run, capsys):
+    _, out, _ = regression_run
+    line = refused(["--adapter", str(out), "goal match coach"], capsys, predict)
+    assert line.endswith("was trained on pairs of texts: give each pair with --pair (two arguments, or two "
+                         "tab-separated texts a line)")
+
+
 def test_bulk_scoring_writes_each_kinds_columns(regression_run, multi_run, tmp_path):
     data, out, _ = regression_run
     assert predict(["--adapter", str(out), "--input", str(data / "test.jsonl"), "--output", str(tmp_path / "r.csv")]

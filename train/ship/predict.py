@@ -43,11 +43,12 @@ def load_classifier(adapter: str | None, model: str | None, device):
     return net, tokenizer, info["labels"], info["train"].max_length, info["train"].threshold
 
 
-def recorded_columns(adapter: str | None) -> tuple[str, ...] | None:
-    """The text column(s) the adapter's run was trained on (--text-columns), read before any model loads; None
-    for a merged export, a run that named none, or no adapter at all (the loader says what is wrong)."""
+def recorded(adapter: str | None) -> tuple[tuple[str, ...] | None, bool]:
+    """(the text column(s) the adapter's run was trained on (--text-columns), whether it trained on pairs), read
+    before any model loads; (None, False) for a merged export or no adapter at all (the loader says what is wrong)."""
     found = adapter_dir(adapter) if adapter is not None else None
-    return read_run_info(found).train.text_columns if found and (found / ADAPTER_CONFIG).is_file() else None
+    record = read_run_info(found) if found and (found / ADAPTER_CONFIG).is_file() else None
+    return (record.train.text_columns, record.pairs) if record else (None, False)
 
 
 def is_merged_export(path: str | Path) -> bool:
@@ -136,13 +137,16 @@ def _predict(args) -> int:
             raise UserError("--input needs --output (a .jsonl or .csv file)")
         file_format(args.output, "--output")
         check_output(args.output, inputs=[args.input], overwrite=args.overwrite, flag="--output")
-        rows = read_rows(args.input, skip_bad=skip, columns=recorded_columns(args.adapter))
+        rows = read_rows(args.input, skip_bad=skip, columns=recorded(args.adapter)[0])
     else:
         if args.output:
             raise UserError("--output goes with --input")
         given = args.texts or [line.rstrip("\r\n") for line in sys.stdin]
         if not given:
             raise UserError("no texts: pass them as arguments, one per line on stdin, or --input FILE")
+        if recorded(args.adapter)[1] and not args.pair:
+            raise UserError(f"{args.adapter} was trained on pairs of texts: give each pair with --pair (two "
+                            "arguments, or two tab-separated texts a line)")
         where = ("pair" if args.pair else "text argument") if args.texts else "stdin line"
         rows = given_texts(pairs(given, bool(args.texts)) if args.pair else given, where, skip_bad=skip)
     if args.adapter is not None:
