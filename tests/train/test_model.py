@@ -123,3 +123,13 @@ def test_linear_head_dense_starts_as_the_identity(tiny_roberta):
     untouched = tiny_roberta()
     made(ref(rank=2, head="lora"), untouched)  # the lora head keeps its random init, as before
     assert not torch.equal(untouched.classifier.dense.weight, torch.eye(32))
+
+
+@pytest.mark.parametrize("outputs, rank", [(1, 11), (4, 11), (28, 11), (2_000, 9)])
+def test_rank_auto_and_the_budget_follow_the_heads_size(outputs, rank):
+    """A regression's head has one output, a multi-label one K: --rank auto fits the rank to what is left."""
+    with torch.device("meta"):
+        model = RobertaForSequenceClassification(RobertaConfig(num_labels=outputs))
+    config, _, total = made(ref(rank="auto"), model)
+    head = (H * H + H) + (H * outputs + outputs)
+    assert config.rank == rank == (1_000_000 - 1 - head) // (LAYERS * 2 * (H + H)) and total < 1_000_000

@@ -1,8 +1,6 @@
-"""A run's labelled data: where it is (files, globs, a directory, a hub dataset), as row streams (sources.Rows,
-never held whole) or in memory, the checks made before training, and its class names: classes.txt beside the
-training file, or the training labels themselves (whole numbers, or names sorted), remembered in the cache folder
-so that a run whose token cache already holds its rows reads none of them; and the notes they give rise to
-(labels that differ only in case). How a run's splits are cut from them is splits.py."""
+"""A run's labelled data: where it is (files, globs, a directory, a hub dataset), as row streams (sources.Rows, never
+held whole) or in memory; its task kind and label names (classes.txt, or the training labels themselves, read once and
+remembered in the cache folder, so a warm run reads no row); the checks made before training. Splits: splits.py."""
 from __future__ import annotations
 
 import glob
@@ -191,6 +189,7 @@ def check_rows(corpus: RowCorpus) -> tuple[int, int]:
 # The class names: classes.txt, or the training labels themselves, remembered in the cache folder.
 
 NAMES_FORMAT = "2"  # of the remembered names (labels-KEY.json); another is not trusted, only recomputed
+MAX_CLASSES = 100_000  # distinct labels held while reading a column: a column of scores names no classes
 
 
 def class_names(train_path: Path) -> list[str] | None:
@@ -249,7 +248,7 @@ def _infer(paths: list[Path], kind: str, name: str, columns: tuple[str, ...] | N
             yield raw
             for item in raw if isinstance(raw, (list, tuple)) else [raw]:
                 label = label_of(item)
-                if label is not None:
+                if label is not None and len(seen) <= MAX_CLASSES:  # a regression's scores: no class list
                     seen.setdefault(label, where)
     try:
         fits = label_kinds(values(), lambda i: f"the label at {at[1]}")
@@ -259,9 +258,10 @@ def _infer(paths: list[Path], kind: str, name: str, columns: tuple[str, ...] | N
         raise UserError(str(e)) from None
     except ValueError:
         raise UserError(f"{name} has no rows") from None
-    names, notes, problem = [], [], f"{name}: its labels name no classes"
+    names, notes, problem = [], [], f"{name}: its labels name " + ("no classes" if not seen else
+                                                                    f"more than {MAX_CLASSES:,} classes")
     try:
-        if seen:
+        if 0 < len(seen) <= MAX_CLASSES:
             names, notes, problem = *_class_names(seen, kind, name), None
     except UserError as e:
         problem = str(e)
