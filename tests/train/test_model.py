@@ -125,7 +125,7 @@ def test_linear_head_dense_starts_as_the_identity(tiny_roberta):
     assert not torch.equal(untouched.classifier.dense.weight, torch.eye(32))
 
 
-@pytest.mark.parametrize("outputs, rank", [(1, 11), (4, 11), (28, 10), (1_000, 3)])
+@pytest.mark.parametrize("outputs, rank", [(1, 11), (4, 11), (28, 10), (200, 6)])
 def test_rank_auto_and_the_budget_follow_the_heads_size(outputs, rank):
     """A regression's head has one output, a multi-label one K: --rank auto fits the rank to what is left."""
     with torch.device("meta"):
