@@ -50,6 +50,22 @@ def test_two_processes_match_one_and_resume(model_without_dropout, tiny_data_dir
     assert second.stdout.count("trainable ") == 1
 
 
+@pytest.mark.parametrize("kind", ["regression", "multi_label"])
+def test_two_processes_score_every_kind_as_one(kind, model_without_dropout, tmp_path):
+    """Regression's rows are gathered (correlations are no sums), multi-label's counts summed: the same scores."""
+    from helpers.tiny import write_task
+
+    data, single, multi = write_task(tmp_path / "data", kind, n_eval=45), tmp_path / "single", tmp_path / "multi"
+    args = ("--epochs", "2", "--cache-dir", str(tmp_path / "cache"))  # 45 rows: one process scores a row more
+    assert main(train_args(model_without_dropout, data, single, *args)) == 0
+    run = torchrun(*train_args(model_without_dropout, data, multi, *args))
+    assert run.returncode == 0, run.stderr[-8000:]
+    r1, r2 = (json.loads((d / "eval.json").read_text()) for d in (single, multi))
+    keys = ("pearson", "spearman", "mse") if kind == "regression" else ("micro_f1", "macro_f1", "exact_match")
+    assert r2["examples"] == r1["examples"] == 45
+    assert {k: r2[k] for k in keys} == pytest.approx({k: r1[k] for k in keys}, rel=1e-4)
+
+
 
 def test_a_refusal_under_torchrun_is_printed_once_before_torchruns_own_summary(tiny_data_dir, tmp_path):
     # each rank printed the line, then torchrun added its ChildFailedError summary: two copies and a traceback
