@@ -122,6 +122,7 @@ def test_a_record_nested_too_deeply_or_with_a_number_too_long_is_one_line(tmp_pa
         read_json(tmp_path / "config.json", "run config")
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_an_earlier_build_is_one_line(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
     """A checkpoint whose progress has other fields (an earlier build kept best_accuracy) is refused, not a crash."""
     from helpers.oneline import refused

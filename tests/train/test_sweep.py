@@ -262,6 +262,7 @@ def test_fuzzed_numbers_parse_or_are_refused_naming_the_file_or_the_set(key, tok
 
 
 
+@pytest.mark.slow
 def test_a_sweep_of_a_regression_reports_its_metric(tiny_model_dir, tmp_path):
     """A sweep reads the score that picks the task's epoch (eval.json's metric), not accuracy, which it has none of."""
     from helpers.tiny import write_task

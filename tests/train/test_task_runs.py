@@ -116,12 +116,14 @@ def test_a_validation_split_picks_the_epoch_and_the_test_file_is_scored_once(tin
     assert result["examples"] == 48  # test.jsonl, not dev
 
 
+@pytest.mark.slow
 def test_holdout_rows_pick_the_epoch_and_the_evaluation_file_is_still_scored(tiny_model_dir, tiny_data_dir, tmp_path):
     result = run(tiny_model_dir, tiny_data_dir, tmp_path / "run", "--holdout", "32", "--epochs", "2")
     assert result["selected_on"].startswith("best accuracy on ") and result["selected_on"].endswith("(held out)")
     assert result["validation"]["examples"] == 32 and result["examples"] == 64
 
 
+@pytest.mark.slow
 def test_task_overrides_the_labels_where_they_fit(tiny_model_dir, tmp_path, capsys):
     data = write_task(tmp_path / "mrpc", "pairs")
     result = run(tiny_model_dir, data, tmp_path / "r", "--task", "regression", "--epochs", "1")

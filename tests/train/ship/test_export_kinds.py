@@ -42,6 +42,7 @@ def bert_pairs(tmp_path_factory):
     return directory
 
 
+@pytest.mark.slow
 def test_a_regression_export_gives_the_raw_score(tiny_model_dir, tmp_path, capsys):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
