@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import REPO_ROOT, RESULTS_DIR, machine_info, mean_std, median, paired_ratio, write_json
-from benchmarks.contestants import LABELS, NAMES, RaceError, Setup, child_env, command, preflight
+from benchmarks.contestants import LABELS, NAMES, RaceError, Setup, race_main, child_env, command, preflight
 from benchmarks.race import race_key, resumed_runs, run_race
 from benchmarks.report import race_table
 from benchmarks.work import Lengths
@@ -272,8 +272,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except RaceError as e:  # one line and exit code 2, as our own CLI ends a user's mistake
-        print(e.code, file=sys.stderr)
-        sys.exit(2)
+    race_main(main)

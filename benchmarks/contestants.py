@@ -13,6 +13,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,16 @@ class RaceError(SystemExit):
 
     def __init__(self, message: str) -> None:
         super().__init__(f"error: {message}")
+
+
+def race_main(main: Callable[[], object]) -> None:
+    """A race run as a script: a RaceError ends it in one line on stderr and exit code 2, as our own CLI ends a
+    user's mistake (uncaught, SystemExit would print it and exit 1)."""
+    try:
+        main()
+    except RaceError as e:
+        print(e.code, file=sys.stderr)
+        sys.exit(2)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.common import REPO_ROOT, RESULTS_DIR, abba_order, machine_info, median, paired_ratio, write_json
-from benchmarks.contestants import RaceError, ours_precision, run_child
+from benchmarks.contestants import RaceError, ours_precision, race_main, run_child
 from benchmarks.task_reference import METRICS, PAPER_NOTE, SINGLE, TASKS, Task, read_run, trivial
 
 CONTESTANTS = ("default", "fast", "peft", "full", "trivial")
@@ -292,8 +292,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except RaceError as e:  # one line and exit code 2, as our own CLI ends a user's mistake
-        print(e.code, file=sys.stderr)
-        sys.exit(2)
+    race_main(main)

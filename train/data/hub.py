@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from urllib.parse import urlparse
 
 from ..errors import HubUnreachable, UserError, note
-from .labels import MULTI, REGRESSION, SINGLE, case_twins, label_column, row_text, score, text_columns
+from .labels import MULTI, REGRESSION, SINGLE, case_twins, label_column, multi_hot, row_text, score, text_columns
 from .sources import Rows
 
 
@@ -143,7 +143,7 @@ def _hub_rows(split, name: str, names: list[str], index: dict | None, task: str 
                 continue
             if task == MULTI and is_text and isinstance(label, list) and all(
                     type(y) is int and 0 <= y < len(names) for y in label):
-                yield text, bytes(int(k in label) for k in range(len(names)))
+                yield text, multi_hot(label, len(names))
                 continue
             y = index.get(label, -1) if index is not None else label if type(label) is int else -1  # not int(): "²"
             if task != SINGLE or not is_text or not 0 <= y < len(names):

@@ -182,12 +182,18 @@ def labelled(rows: Iterable[RawRow], names: list[str], layout: str, path: Path,
             if not isinstance(raw, (list, tuple)):
                 raise UserError(f"{where}: label {raw!r} is not a list; a multi-label split's labels are lists of "
                                 "class ids or names ([0, 3], [])")
-            hot = bytearray(len(names))
-            for item in raw:
-                hot[class_index(kinds.check(item, where), item, names, index, base, where)] = 1
-            yield text, bytes(hot)
+            yield text, multi_hot((class_index(kinds.check(item, where), item, names, index, base, where)
+                                   for item in raw), len(names))
         else:
             yield text, class_index(kinds.check(raw, where), raw, names, index, base, where)
+
+
+def multi_hot(classes: Iterable[int], k: int) -> bytes:
+    """A multi-label row as training takes it: K bytes, 1 for each of `classes` (0..K-1), 0 elsewhere."""
+    hot = bytearray(k)
+    for c in classes:
+        hot[c] = 1
+    return bytes(hot)
 
 
 def class_index(label: int | str, raw: object, names: list[str], index: dict[str, int], base: int,
