@@ -51,6 +51,7 @@ class State:
     eval_data: Encoded
     valid_data: Encoded | None  # the rows that pick the best epoch; None: the final epoch is kept
     selected_on: str  # what picks the kept epoch, as eval.json says it
+    evaluated_on: str  # the evaluation rows' name (a file, or a hub split as "name[split]"), as eval.json says it
     device: torch.device
     amp: torch.dtype | None  # the autocast dtype, None for fp32
     dist: Dist
@@ -132,6 +133,7 @@ def build(cfg: TrainConfig, resume: bool | str, overwrite: bool, say: Callable[[
               labels=corpus.label_names, kind=task_kind(cfg.task), train_data=train_data, eval_data=eval_data,
               valid_data=valid_data, device=device, amp=amp, dist=d, selected_on=f"best {cfg.metric} on "
               f"{corpus.valid.name}" if corpus.valid else "final epoch (no validation rows)",
+              evaluated_on=corpus.eval.name,
               optimizer=torch.optim.AdamW(groups, lr=cfg.lr), scaler=torch.amp.GradScaler(device.type,
               enabled=amp == torch.float16), ema=EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
               base_lrs=[g["lr"] for g in groups], total_steps=total_steps, warmup_steps=warmup,
@@ -288,6 +290,7 @@ def finish(s: State) -> dict:
                        s.dist, s.net) | {"eval_seconds": time.perf_counter() - started, "epoch": chosen["epoch"]}
     result = eval_record(report, p.history, p.train_seconds, p.examples, p.step, count_trainable(s.model), s.labels,
                          {"task": s.cfg.task, "metric": s.cfg.metric, "selected_on": s.selected_on,
+                          "evaluated_on": s.evaluated_on,
                           **({"validation": chosen} if s.valid_data is not None else {})})
     if s.dist.main:
         plot_run(s.run.path, result, p.plotted)

@@ -113,7 +113,7 @@ def test_a_validation_split_picks_the_epoch_and_the_test_file_is_scored_once(tin
     chosen = max(range(3), key=lambda e: (result["history"][e]["accuracy"], -e))  # the first best epoch
     assert result["best_epoch"] == chosen + 1 == result["validation"]["epoch"]
     assert result["validation"]["accuracy"] == result["history"][chosen]["accuracy"]
-    assert result["examples"] == 48  # test.jsonl, not dev
+    assert result["examples"] == 48 and result["evaluated_on"] == str(data / "test.jsonl")  # not dev
 
 
 @pytest.mark.slow

@@ -98,7 +98,7 @@ def front_matter(name: str, kind: str, cfg: dict, report: dict | None, base: str
     if report:
         results = [EvalResult(task_type="text-classification", task_name="Text classification",
                               dataset_type=dataset or "local", dataset_name=dataset or Path(
-                                  cfg.get("eval_file") or cfg["data"]).name, dataset_split="test",
+                                  cfg.get("eval_file") or cfg["data"]).name, dataset_split=split_of(report.get("evaluated_on")),
                               metric_type=metric, metric_name=label, metric_value=round(report[key], 4),
                               metric_config=config)
                    for key, (metric, label, config) in METRICS.items() if key in report]
@@ -107,6 +107,14 @@ def front_matter(name: str, kind: str, cfg: dict, report: dict | None, base: str
                          datasets=[dataset] if dataset else None, model_name=name, eval_results=results,
                          metrics=sorted({METRICS[k][0] for k in METRICS if k in (report or {"accuracy": 0})}))
     return f"---\n{data.to_yaml()}\n---"
+
+
+def split_of(rows: str | None) -> str | None:
+    """The split a report's evaluation rows were: a hub split ("name[validation]"), else the file's name up to
+    its first dot ("/data/dev.jsonl": "dev"); None where the report does not say."""
+    if not rows:
+        return None
+    return rows[rows.rindex("[") + 1:-1] if rows.endswith("]") and "[" in rows else Path(rows).name.split(".")[0]
 
 
 def model_card(directory: str, kind: str, info: dict, report: dict | None, trainable: int | None,

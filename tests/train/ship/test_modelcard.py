@@ -28,6 +28,16 @@ def test_front_matter_is_what_huggingface_hub_reads(kind, library):
     assert bare.base_model is None and bare.license is None and not bare.eval_results
 
 
+@pytest.mark.parametrize("rows, split", [("/data/mrpc/dev.jsonl", "dev"), ("fancyzhx/ag_news[test]", "test"),
+                                         ("nyu-mll/glue[validation]", "validation"), (None, None)])
+def test_the_split_is_the_one_eval_json_says_was_scored(rows, split):
+    from huggingface_hub import ModelCard
+
+    report = {**REPORT, **({"evaluated_on": rows} if rows else {})}
+    data = ModelCard(model_card("runs/x/adapter", "peft", INFO, report, 998_404)).data
+    assert {r.dataset_split for r in data.eval_results} == {split}
+
+
 def test_recipe_and_exact_trainable_count():
     card = model_card("out", "hf", INFO, REPORT, 998_404)
     assert "| trainable parameters | **998,404** |" in card
