@@ -150,9 +150,14 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
-def _cell(stat: dict | None) -> str:
-    lo, hi = (stat["min"] * 100, stat["max"] * 100) if stat else (0, 0)
-    return "—" if stat is None else f"{stat['median'] * 100:.2f}" + (f" [{lo:.2f}–{hi:.2f}]" if hi > lo else "")
+UNSCALED = ("mse",)  # an error in the label's own units, shown as is; the scores are shown ×100
+
+
+def _cell(stat: dict | None, key: str) -> str:
+    x = 1 if key in UNSCALED else 100
+    lo, hi = (stat["min"] * x, stat["max"] * x) if stat else (0, 0)
+    return "—" if stat is None else f"{stat['median'] * x:.{2 + (x == 1)}f}" + (
+        f" [{lo:.{2 + (x == 1)}f}–{hi:.{2 + (x == 1)}f}]" if hi > lo else "")
 
 
 def table_rows(result: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
@@ -160,8 +165,9 @@ def table_rows(result: dict) -> list[tuple[str, list[str], list[list[str]], str]
     out = []
     for task, entry in result["summary"].items():
         keys = TASKS[task].headline
-        header = ["contestant", *(f"{k} (median [range], ×100)" for k in keys), "wall s (median)", "epochs", "runs"]
-        rows = [[LABELS[n], *(_cell(c["metrics"][k]) for k in keys),
+        header = ["contestant", *(f"{k} (median [range]{'' if k in UNSCALED else ', ×100'})" for k in keys),
+                  "wall s (median)", "epochs", "runs"]
+        rows = [[LABELS[n], *(_cell(c["metrics"][k], k) for k in keys),
                  "—" if c["wall_seconds"] is None else f"{c['wall_seconds']:.1f}", str(c["epochs"] or "—"),
                  str(len(c["seeds"]))] for n, c in entry["contestants"].items()]
         for label, value in zip(("LoRA paper: RoBERTa-base LoRA 0.3M", "LoRA paper: RoBERTa-base full FT"),
