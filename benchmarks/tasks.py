@@ -154,10 +154,11 @@ UNSCALED = ("mse",)  # an error in the label's own units, shown as is; the score
 
 
 def _cell(stat: dict | None, key: str) -> str:
-    x = 1 if key in UNSCALED else 100
-    lo, hi = (stat["min"] * x, stat["max"] * x) if stat else (0, 0)
-    return "—" if stat is None else f"{stat['median'] * x:.{2 + (x == 1)}f}" + (
-        f" [{lo:.{2 + (x == 1)}f}–{hi:.{2 + (x == 1)}f}]" if hi > lo else "")
+    if stat is None:
+        return "—"
+    x, d = (1, 3) if key in UNSCALED else (100, 2)
+    lo, hi = stat["min"] * x, stat["max"] * x
+    return f"{stat['median'] * x:.{d}f}" + (f" [{lo:.{d}f}–{hi:.{d}f}]" if hi > lo else "")
 
 
 def table_rows(result: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
