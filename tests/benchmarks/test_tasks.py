@@ -166,7 +166,8 @@ def test_the_fast_over_peft_ratio_pairs_seeds(stand_ins):
 def test_a_regression_table_shows_the_mean_scores_error_unscaled_where_it_has_no_correlation():
     runs = [{"task": "stsb", "contestant": name, "seed": 0, "wall_seconds": wall, "epochs": epochs,
              "trainable_params": 1, "metrics": {"pearson": r, "spearman": r, "mse": mse}}
-            for name, wall, epochs, r, mse in (("default", 600.0, 3, 0.9141, 0.3548), ("trivial", None, 0, None, 2.1545))]
+            for name, wall, epochs, r, mse in (("default", 600.0, 3, 0.9141, 0.3548),
+                                               ("trivial", None, 0, None, 2.1545))]
     rows = {r[0]: r for r in tasks.table_rows({"summary": tasks.summarize(runs)})[0][2]}
     assert rows["ours, default recipe"][1:4] == ["91.41", "91.41", "0.355"]
     assert rows["trivial baseline"][1:4] == ["—", "—", "2.155"]

@@ -96,9 +96,9 @@ def front_matter(name: str, kind: str, cfg: dict, report: dict | None, base: str
                            and not Path(cfg["data"]).exists() else None)
     results = None
     if report:
+        split, where = split_of(report.get("evaluated_on")), dataset or Path(cfg.get("eval_file") or cfg["data"]).name
         results = [EvalResult(task_type="text-classification", task_name="Text classification",
-                              dataset_type=dataset or "local", dataset_name=dataset or Path(
-                                  cfg.get("eval_file") or cfg["data"]).name, dataset_split=split_of(report.get("evaluated_on")),
+                              dataset_type=dataset or "local", dataset_name=where, dataset_split=split,
                               metric_type=metric, metric_name=label, metric_value=round(report[key], 4),
                               metric_config=config)
                    for key, (metric, label, config) in METRICS.items() if key in report]
