@@ -63,9 +63,8 @@ def command(name: str, task: str, seed: int, run_dir: Path, setup: Setup) -> lis
 
 
 def read_ours(run_dir: Path, task: Task, setup: Setup) -> dict:
-    """Our run's scores from eval.json: the final epoch's (final_*, else the last history entry), as the Trainer
-    contestants are scored once at the end; the best epoch's (top level, chosen on the evaluation file) beside.
-    Its work is rows × epochs: its padded tokens are not counted here."""
+    """Our run's scores from eval.json: the final epoch's, as the Trainer contestants are scored once at the end
+    (with no validation rows, as here, the kept epoch is the final one). Work: rows × epochs, padding uncounted."""
     out = run_dir / "out"  # train.rundir's layout: eval.json, written last, and config.json
     ev = json.loads((out / "eval.json").read_text())
     kind = ev.get("task", SINGLE)  # eval.json without "task" predates the other kinds: single-label
@@ -272,8 +271,7 @@ def kept_runs(out: Path, setup: Setup, resume: bool) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the race (or, with --markdown, render --out), write --out after every run, print the tables."""
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse(argv)
+    args = parse(argv := sys.argv[1:] if argv is None else argv)
     if args.markdown:  # renders what is there, runs nothing
         if not args.out.is_file():
             raise RaceError(f"--markdown renders {args.out}, which does not exist")
