@@ -32,8 +32,9 @@ from lora import LoRAConfig, cast_frozen, count_trainable, fuse, inject_lora, lo
 from train.config import RECIPES
 
 EVAL = ("ours_merged", "peft_unmerged", "peft_merged")
-# The default recipe's LoRA path (train's all-linear recipe): every Linear of each layer, rank 6.
-ALL_LINEAR = LoRAConfig(rank=RECIPES["all-linear"]["rank"], targets=RECIPES["all-linear"]["targets"])
+# The default recipe's LoRA path (train's all-linear recipe): every Linear of each layer, at its rank ceiling,
+# which roberta-base's 4 labels leave room for.
+ALL_LINEAR = LoRAConfig(rank=RECIPES["all-linear"]["max_rank"], targets=RECIPES["all-linear"]["targets"])
 
 
 def build_base(seed: int = 0, attention: str = "sdpa", model_dropout: float | None = None) -> nn.Module:

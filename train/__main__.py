@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .cli import Parser, csv_list, layer_list, rank_value, run_main, top_layers_value
 from .config import (ATTENTIONS, DEFAULT_RECIPE, HEADS, METRICS, PRECISIONS, RECIPES, TASKS, TRACKERS, TrainConfig,
-                     recipe)
+                     with_recipe)
 from .errors import Diverged, Finished, Stopped, UserError, say_stopped, stop_signal
 
 DEFAULT_CACHE = str(__import__("train.files", fromlist=["cache_home"]).cache_home() / "roberta-lora")  # XDG rules
@@ -73,7 +73,9 @@ def _data_flags(a, d: TrainConfig) -> None:
 
 def _recipe_flags(a, d: TrainConfig) -> None:
     a("--rank", type=rank_value, help="LoRA rank, or 'auto' for the largest under the budget"
-      + _default("rank", d.lora.rank))
+      + _default("rank", d.rank or d.lora.rank))
+    a("--max-rank", type=int, help="the ceiling of --rank auto (a --rank given drops the recipe's)"
+      + _default("max_rank", d.max_rank))
     a("--alpha", type=float, help="LoRA alpha: the update is scaled by alpha/rank" + _default("alpha", d.lora.alpha))
     a("--dropout", type=float, help="dropout on LoRA's input" + _default("dropout", d.lora.dropout))
     a("--targets", type=csv_list, help="comma-separated roles (RoBERTa's module names, mapped to each family's) or "
@@ -136,10 +138,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     given = dict(vars(args))
     for key in ("recipe", "resume", "overwrite", "debug"):
         given.pop(key, None)
-    values = {**recipe(getattr(args, "recipe", DEFAULT_RECIPE)), **given}
-    for one, other in (("layers", "top_layers"), ("top_layers", "layers")):
-        if one in given and other not in given:  # the user's choice of layers replaces the recipe's
-            values[other] = None
+    values = with_recipe(getattr(args, "recipe", DEFAULT_RECIPE), given)
     values["output_dir"] = given.get("output_dir") or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     cache = given.get("cache_dir", DEFAULT_CACHE)
     values["cache_dir"] = os.path.expanduser(cache) if cache else None

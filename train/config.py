@@ -18,14 +18,15 @@ ALL_LINEAR = ("query", "key", "value", "attention.output.dense", "intermediate.d
 
 RECIPES: dict[str, dict] = {
     # The reference project's recipe: PEFT LoRA r=4 on query/value, full head, HF Trainer defaults.
-    "reference": {"rank": 4, "alpha": 16.0, "dropout": 0.0, "targets": ("query", "value"), "layers": None,
-                  "head": "full", "lr": 4e-4, "warmup_ratio": 0.0, "weight_decay": 0.0, "label_smoothing": 0.1,
-                  "epochs": 5, "model_dropout": None},
+    "reference": {"rank": 4, "max_rank": None, "alpha": 16.0, "dropout": 0.0, "targets": ("query", "value"),
+                  "layers": None, "head": "full", "lr": 4e-4, "warmup_ratio": 0.0, "weight_decay": 0.0,
+                  "label_smoothing": 0.1, "epochs": 5, "model_dropout": None},
     # LoRA on every linear layer of every block, rank 6, lean head: 998,404 trainable on roberta-base.
     # Beat the reference by > 1 pp on the offline proxy (README, sweeps/results). Without the model's own
-    # dropout: as accurate on a held-out split, and faster on CPU (sweeps/results/dropout.md).
-    "all-linear": {"rank": 6, "alpha": 16.0, "dropout": 0.0, "targets": ALL_LINEAR, "layers": None,
-                   "head": "linear", "lr": 5e-4, "warmup_ratio": 0.06, "weight_decay": 0.01,
+    # dropout: as accurate on a held-out split, and faster on CPU (sweeps/results/dropout.md). Rank 6 at most:
+    # less where a wide head leaves less room under the budget (on roberta-base, 5 from 7 labels up).
+    "all-linear": {"rank": "auto", "max_rank": 6, "alpha": 16.0, "dropout": 0.0, "targets": ALL_LINEAR,
+                   "layers": None, "head": "linear", "lr": 5e-4, "warmup_ratio": 0.06, "weight_decay": 0.01,
                    "label_smoothing": 0.1, "epochs": 5, "model_dropout": 0.0},
     # The fastest recipe at or above the reference's accuracy, chosen at full size (sweeps/mpnet-search.json,
     # sweeps/mpnet-fast.json: MPNet-base, roberta-base's shapes, 800 held-out training rows, 2 seeds): LoRA on
@@ -33,9 +34,9 @@ RECIPES: dict[str, dict] = {
     # cache), at the largest rank under the budget (12 on roberta-base), rsLoRA's alpha/sqrt(r) scale, 2 epochs;
     # without the model's own dropout, which cost a large share of a CPU step and no accuracy (sweeps/dropout.json).
     # On 6-layer MiniLM, where it was first chosen, it was the top 2 layers at rank 36 (sweeps/fast.json).
-    "fast": {"rank": "auto", "alpha": 16.0, "dropout": 0.0, "targets": ALL_LINEAR, "layers": None, "top_layers": 0.5,
-             "use_rslora": True, "head": "linear", "lr": 5e-4, "warmup_ratio": 0.06, "weight_decay": 0.01,
-             "label_smoothing": 0.1, "epochs": 2, "model_dropout": 0.0},
+    "fast": {"rank": "auto", "max_rank": None, "alpha": 16.0, "dropout": 0.0, "targets": ALL_LINEAR, "layers": None,
+             "top_layers": 0.5, "use_rslora": True, "head": "linear", "lr": 5e-4, "warmup_ratio": 0.06,
+             "weight_decay": 0.01, "label_smoothing": 0.1, "epochs": 2, "model_dropout": 0.0},
 }
 DEFAULT_RECIPE = "all-linear"
 
@@ -50,6 +51,16 @@ def recipe(name: str) -> dict:
     return dict(RECIPES[name])
 
 
+def with_recipe(name: str, given: dict) -> dict:
+    """Flat settings: recipe `name`'s, then `given`'s (the user's: they win). A choice the user made replaces the
+    recipe's that would contradict it: layers or top_layers the other; a rank, the recipe's ceiling on auto."""
+    values = {**recipe(name), **given}
+    for one, other in (("layers", "top_layers"), ("top_layers", "layers"), ("rank", "max_rank")):
+        if one in given and other not in given:
+            values[other] = None
+    return values
+
+
 HEADS = ("full", "lora", "linear")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ATTENTIONS = ("auto", "sdpa", "eager")  # train.device.pick_attention
@@ -59,8 +70,8 @@ METRICS = ("accuracy", "macro_f1", "mcc", "f1", "micro_f1", "exact_match", "pear
 _R = RECIPES[DEFAULT_RECIPE]
 
 
-def _default_lora() -> LoRAConfig:
-    return LoRAConfig(**{k: _R[k] for k in LORA_KEYS if k in _R})
+def _default_lora() -> LoRAConfig:  # its rank is the placeholder an "auto" rank keeps until it is resolved
+    return LoRAConfig(**{k: _R[k] for k in LORA_KEYS if k in _R and k != "rank"})
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,9 @@ class TrainConfig:
     lora: LoRAConfig = field(default_factory=_default_lora)
     # Asked, and resolved once at start (train.model.resolve) into lora, then None in what config.json records:
     # "auto": lora.rank becomes the largest rank under max_trainable_params; None: lora.rank as given
-    rank: str | None = None
+    rank: str | None = _R["rank"]
+    # the ceiling of an "auto" rank (None: none); resolved with it, then None
+    max_rank: int | None = _R["max_rank"]
     # adapt only the top K encoder layers, or a share of them (0.5: the top half, rounded up): lora.layers becomes
     # those layers (the ones below run once per example, through the frozen-prefix cache); None: lora.layers
     top_layers: int | float | None = None
@@ -163,15 +176,11 @@ class TrainConfig:
 
         need(isinstance(self.lora, LoRAConfig), f"lora must be a LoRAConfig, got {type(self.lora).__name__}")
         need(self.head in HEADS, f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
-        need(_finite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr!r}")
-        need(_finite(self.lora_plus_ratio) and self.lora_plus_ratio > 0,
-             f"lora_plus_ratio must be > 0, got {self.lora_plus_ratio!r}")
-        need(_finite(self.weight_decay) and self.weight_decay >= 0,
-             f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        need(_finite(self.warmup_ratio) and 0 <= self.warmup_ratio < 1,
-             f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        need(_finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
-             f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        for names, rule, ok in ((("lr", "lora_plus_ratio"), "> 0", lambda v: v > 0),
+                                (("weight_decay", "grad_clip"), ">= 0", lambda v: v >= 0),
+                                (("warmup_ratio", "label_smoothing", "ema_decay"), "in [0, 1)", lambda v: 0 <= v < 1)):
+            for name, value in ((n, getattr(self, n)) for n in names):
+                need(_finite(value) and ok(value), f"{name} must be {rule}, got {value!r}")
         for name in ("epochs", "batch_size", "eval_batch_size", "max_trainable_params"):
             value = getattr(self, name)  # eval_batch_size None: chosen by the device at the start of the run
             need((value is None and name == "eval_batch_size") or (_int(value) and value >= 1),
@@ -185,9 +194,6 @@ class TrainConfig:
              f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         need(self.model_dropout is None or (_finite(self.model_dropout) and 0 <= self.model_dropout < 1),
              f"model_dropout must be in [0, 1), got {self.model_dropout!r}")
-        need(_finite(self.grad_clip) and self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip!r}")
-        need(_finite(self.ema_decay) and 0 <= self.ema_decay < 1,
-             f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(self.attention in ATTENTIONS, f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
         need(self.report_to in TRACKERS, f"report_to must be one of {', '.join(TRACKERS)}, got {self.report_to!r}")
@@ -197,7 +203,7 @@ class TrainConfig:
         top = self.top_layers
         need(top is None or (_int(top) and top >= 1) or (isinstance(top, float) and 0 < top < 1),
              f"top_layers must be a whole number >= 1 or a share in (0, 1), got {top!r}")
-        for name in ("max_train_samples", "max_eval_samples", "stop_after", "holdout"):
+        for name in ("max_train_samples", "max_eval_samples", "stop_after", "holdout", "max_rank"):
             value = getattr(self, name)
             need(value is None or (_int(value) and value >= 1), f"{name} must be a whole number >= 1, got {value!r}")
         need(self.rank in (None, "auto"), f"rank must be a whole number >= 1 or 'auto', got {self.rank!r}")
@@ -258,7 +264,9 @@ class TrainConfig:
         """Build from flat settings (flags, recipes, sweep files): LORA_KEYS go into `lora`.
         Missing LoRA settings keep the default recipe's values. Invalid values raise one ValueError."""
         values = dict(values)
-        asked = values.pop("rank", None) if "lora" in values else None  # to_dict's layout: the request field
+        layout = "lora" in values  # to_dict's: "rank" is the request field, lora.rank the number
+        asked = values.pop("rank", None) if layout else None
+        fixed = layout or "rank" in values  # a rank given (else the default recipe's request stands)
         lora = values.pop("lora", None)
         lora = asdict(lora) if isinstance(lora, LoRAConfig) else dict(lora or asdict(_default_lora()))
         for key in LORA_KEYS:
@@ -267,6 +275,8 @@ class TrainConfig:
         if lora.get("rank") == "auto" or asked == "auto":  # resolved at start; lora.rank keeps its default till then
             values["rank"] = "auto"
             lora["rank"] = lora["rank"] if isinstance(lora.get("rank"), int) else LoRAConfig.rank
+        elif fixed:
+            values["rank"] = None
         rank = lora.get("rank", LoRAConfig.rank)
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ValueError(f"rank must be >= 1 or 'auto', got {rank!r}")
@@ -280,10 +290,7 @@ class TrainConfig:
             raise ValueError(str(e).removeprefix("invalid LoRAConfig: ")) from None
         return cls(lora=lora_cfg, **values)
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        """The inverse of to_dict."""
-        return cls.from_flat(values)
+    from_dict = from_flat  # the inverse of to_dict: from_flat reads its layout too
 
 
 def _int(x) -> bool:

@@ -205,10 +205,14 @@ def resolve(cfg: TrainConfig, model: nn.Module, eval_batch_size: int,
     per_rank = sum(modules[n].in_features + modules[n].out_features for n in names)
     head = sum(p.numel() for n, p in model.named_parameters()
                if any(n.startswith(t + ".") or f".{t}." in f".{n}" for t in probe.trainable_modules))
-    rank = cfg.lora.rank if cfg.rank is None else (cfg.max_trainable_params - 1 - head) // per_rank
+    largest = (cfg.max_trainable_params - 1 - head) // per_rank
+    rank = cfg.lora.rank if cfg.rank is None else min(largest, cfg.max_rank or largest)
     if rank < 1:
         raise UserError(f"no rank fits under {cfg.max_trainable_params:,} trainable parameters: the head alone "
                         f"has {head:,}; use --head linear or fewer targets")
+    if cfg.rank is not None and cfg.max_rank and rank < cfg.max_rank:
+        say(f"note: LoRA rank {rank}, under its ceiling of {cfg.max_rank}: the head's {head:,} trainable parameters "
+            f"leave no room for more under the budget of {cfg.max_trainable_params:,}")
     groups: dict[str, int] = {}
     for n in names:
         key = re.sub(r"\.\d+\.", ".*.", n)
@@ -222,8 +226,9 @@ def resolve(cfg: TrainConfig, model: nn.Module, eval_batch_size: int,
     if length < cfg.max_length:
         say(f"note: --max-length {cfg.max_length} is more than {cfg.model} can take; using {length}")
     task = SINGLE if cfg.task == "auto" else cfg.task  # model_for sets the data's kind
-    return replace(cfg, rank=None, top_layers=None, max_length=length, eval_batch_size=eval_batch_size, task=task,
-                   lora=replace(probe, rank=rank), metric=pick_metric(task, cfg.metric, model.config.num_labels)), rows
+    return replace(cfg, rank=None, max_rank=None, top_layers=None, max_length=length, eval_batch_size=eval_batch_size,
+                   task=task, lora=replace(probe, rank=rank),
+                   metric=pick_metric(task, cfg.metric, model.config.num_labels)), rows
 
 
 def prepare(cfg: TrainConfig, model: nn.Module) -> None:

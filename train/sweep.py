@@ -20,7 +20,7 @@ from pathlib import Path
 from train.files import NUMBER, TEXT, Shape, atomic_write, cache_home, check_output, read_json_as
 
 from .cli import Parser, run_main
-from .config import DEFAULT_RECIPE, TrainConfig, recipe
+from .config import DEFAULT_RECIPE, TrainConfig, with_recipe
 from .errors import UserError
 from .rundir import CHECKPOINT, EVAL, RunDir, write_json
 
@@ -209,7 +209,7 @@ def plan(base: dict, runs: list[dict], seeds: list[int], out: Path, path: Path,
             raise UserError(f"{where}: run {spec['name']}: {key} is the sweep's to set (seeds: the spec's "
                             '"seeds"; folders: --output-dir)')
         try:
-            fields = {**recipe(fields.pop("recipe", DEFAULT_RECIPE)), **fields}
+            fields = with_recipe(fields.pop("recipe", DEFAULT_RECIPE), fields)
             fields["model"] = resolve_model(fields.get("model", TrainConfig.model))
             cfgs = [TrainConfig.from_flat({**fields, "seed": s, "output_dir": str(out / f"{spec['name']}-seed{s}")})
                     for s in seeds]
@@ -286,7 +286,8 @@ def _seconds(path: Path) -> float | None:
 
 def _row(spec: dict, c: TrainConfig, seeds: list[int], accs: list[float], f1s: list[float],
          secs: list[float | None], labels: int) -> dict:
-    return {"name": spec["name"], "targets": list(c.lora.targets), "rank": "auto" if c.rank == "auto" else c.lora.rank,
+    rank = c.lora.rank if c.rank is None else "auto" if c.max_rank is None else f"auto, at most {c.max_rank}"
+    return {"name": spec["name"], "targets": list(c.lora.targets), "rank": rank,
             "rslora": c.lora.use_rslora, "alpha": c.lora.alpha, "dropout": c.lora.dropout,
             "model_dropout": c.model_dropout, "lr": c.lr, "head": c.head, "seeds": seeds,
             "roberta_base_params": roberta_base_count(c, labels), "scores": accs, "macro_f1s": f1s,

@@ -9,7 +9,7 @@ from helpers.tiny import train_args
 from train.__main__ import config_from_args, main, parser
 from train.config import TrainConfig
 from train.errors import UserError
-from train.config import DEFAULT_RECIPE, RECIPES
+from train.config import DEFAULT_RECIPE, RECIPES, with_recipe
 
 
 def config(*argv: str) -> TrainConfig:
@@ -40,6 +40,12 @@ def test_given_flags_win_over_the_recipe_and_others_come_from_it():
     assert config("--rank", "auto").rank == "auto" and config("--rank", "auto").to_flat()["rank"] == "auto"
 
 
+def test_a_sweeps_layers_replace_the_fast_recipes_top_layers_as_on_the_command_line():
+    cfg = TrainConfig.from_flat(with_recipe("fast", {"layers": (10, 11)}))  # train.sweep merges runs so
+    cli = config("--recipe", "fast", "--layers", "10,11")
+    assert (cfg.top_layers, cfg.lora.layers) == (cli.top_layers, cli.lora.layers) == (None, (10, 11))
+
+
 def test_help_shows_the_defaults_that_run(capsys):
     with pytest.raises(SystemExit):
         parser().parse_args(["--help"])
@@ -52,8 +58,24 @@ def test_help_shows_the_defaults_that_run(capsys):
 def test_trainconfig_the_cli_and_sweeps_default_to_the_same_recipe():
     plain, cli = TrainConfig(), config("--output-dir", "x", "--cache-dir", "")
     assert plain.lora == cli.lora and (plain.lr, plain.head, plain.warmup_ratio) == (cli.lr, cli.head, cli.warmup_ratio)
-    assert TrainConfig.from_flat({}).lora == plain.lora
-    assert plain.lora.rank == RECIPES[DEFAULT_RECIPE]["rank"] and plain.lr == RECIPES[DEFAULT_RECIPE]["lr"]
+    flat = TrainConfig.from_flat({})
+    asked = [(c.rank, c.max_rank) for c in (plain, cli, flat)]
+    assert flat.lora == plain.lora and asked == [("auto", 6)] * 3
+    default = RECIPES[DEFAULT_RECIPE]
+    assert (plain.rank, plain.max_rank, plain.lr) == (default["rank"], default["max_rank"], default["lr"])
+
+
+def test_a_rank_given_drops_the_recipes_ceiling_and_max_rank_sets_one():
+    """The default recipe's rank is 'auto, at most 6'; --rank N is N (refused if over the budget), --rank auto the
+    largest under it, unless --max-rank caps it; the fast recipe has no ceiling."""
+    eight = config("--rank", "8")
+    assert (eight.rank, eight.max_rank, eight.lora.rank) == (None, None, 8)
+    assert (config("--rank", "auto").rank, config("--rank", "auto").max_rank) == ("auto", None)
+    assert config("--rank", "auto", "--max-rank", "9").max_rank == 9 == config("--max-rank", "9").max_rank
+    assert config("--recipe", "fast").max_rank is None and config("--recipe", "reference").lora.rank == 4
+    assert TrainConfig.from_flat(config("--max-rank", "9").to_flat()).max_rank == 9  # config.json's round trip
+    with pytest.raises(UserError, match=r"^max_rank must be a whole number >= 1, got 0$"):
+        config("--max-rank", "0")
 
 
 def write_rows(path, rows) -> None:
@@ -170,7 +192,8 @@ def test_defaults_that_depend_on_the_recipe_are_shown_per_recipe():
 
     text = " ".join(parser().format_help().split())
     assert "passes over the training data (default: all-linear: 5; fast: 2; reference: 5)" in text
-    assert "(default: all-linear: 6; fast: auto; reference: 4)" in text
+    assert "(default: all-linear: auto; fast: auto; reference: 4)" in text
+    assert "(a --rank given drops the recipe's) (default: all-linear: 6; fast: none; reference: none)" in text
 
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):

@@ -133,3 +133,21 @@ def test_rank_auto_and_the_budget_follow_the_heads_size(outputs, rank):
     config, _, total = made(ref(rank="auto"), model)
     head = (H * H + H) + (H * outputs + outputs)
     assert config.rank == rank == (1_000_000 - 1 - head) // (LAYERS * 2 * (H + H)) and total < 1_000_000
+
+
+@pytest.mark.parametrize("outputs, rank", [(1, 6), (4, 6), (6, 6), (7, 5), (28, 5)])
+def test_the_default_recipes_rank_6_is_a_ceiling_that_a_wide_head_lowers(outputs, rank):
+    """The default recipe trains rank 6 on every Linear while the head leaves room for it under the budget; 7 labels
+    or more (GoEmotions' 28) leave room for 5 on roberta-base, and a note says so. A rank given is never lowered."""
+    with torch.device("meta"):
+        model = RobertaForSequenceClassification(RobertaConfig(num_labels=outputs))
+    notes: list[str] = []
+    resolved, rows = resolve(TrainConfig(), model, 32, say=notes.append)
+    assert resolved.lora.rank == rank and sum(v for _, v in rows) < 1_000_000
+    assert (resolved.rank, resolved.max_rank) == (None, None)  # resolved: config.json records the number
+    assert [n for n in notes if "ceiling" in n] == ([] if rank == 6 else [
+        f"note: LoRA rank 5, under its ceiling of 6: the head's {H * outputs + outputs:,} trainable parameters leave "
+        "no room for more under the budget of 1,000,000"])
+    if rank < 6:
+        with pytest.raises(UserError, match=r"trainable parameters reach the budget of 1,000,000"):
+            resolve(TrainConfig.from_flat({"rank": 6}), model, 32)
